@@ -18,8 +18,12 @@ export interface Device {
   /** The arena: slot i starts at i * slotSize. */
   readonly buffer: Uint8Array;
   readonly lengths: Int32Array;
-  /** Start reading; `onBatch(count)` runs once per drained batch. */
-  start(onBatch: (count: number) => void): void;
+  /**
+   * Start reading; `onBatch(count)` runs once per drained batch. `onError` hears of a read or write
+   * error that ends the device (already classified and closed: the interface vanished, or a fatal
+   * errno); without it such an error is thrown to process 'uncaughtException'.
+   */
+  start(onBatch: (count: number) => void, onError?: (err: Error) => void): void;
   /** Write slots 0..count-1 whose length is > 0. Returns how many were written. */
   write(count: number): number;
   /** Stop reading and close the file descriptor. Idempotent. */

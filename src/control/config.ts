@@ -1,0 +1,774 @@
+/**
+ * Settings for `tunnat run` and `tunnat check`, merged from (lowest to highest) built-in defaults <
+ * the JSON config file (--config FILE / TUNNAT_CONFIG) < TUNNAT_* environment < command-line flags,
+ * and validated by the hand-written schema below. Every error names the field as the user wrote it
+ * (--max-flows, TUNNAT_MAX_FLOWS or "maxFlows" in FILE) and the bad value, and exits 2.
+ *
+ * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
+ */
+import { readFileSync } from "node:fs";
+import { AWS_TIMEOUTS, DEFAULT_TIMEOUTS, defaultNatConfig, type NatConfig } from "../nat/config.js";
+import {
+  type Cidr,
+  cidrContains,
+  cidrOverlaps,
+  formatCidr,
+  formatIpv4,
+  parseCidr,
+  parseIpv4,
+} from "../wire/addr.js";
+import { ErrorCode, TunnatError } from "./errors.js";
+
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+export type Preset = "default" | "aws";
+export type MappingLog = { kind: "off" } | { kind: "stdout" } | { kind: "file"; path: string };
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** What the daemon needs besides the core's NatConfig. */
+export interface ControlSettings {
+  /** The config file read, if any (SIGHUP re-reads it). */
+  configFile: string | undefined;
+  insideInterface: string | undefined;
+  outsideInterface: string | undefined;
+  tun: string;
+  /** Address put on the TUN (a link-local /32 by default); null = none. */
+  tunAddress: Cidr | null;
+  metrics: HostPort;
+  controlSocket: string;
+  logLevel: LogLevel;
+  preset: Preset;
+  manageRoutes: boolean;
+  /** Policy routing table and rule priority owned by tunnat (stale ones are removed at start). */
+  routeTable: number;
+  rulePriority: number;
+  /** Set net.ipv4.ip_forward=1 when it is 0 instead of refusing to start. */
+  setIpForward: boolean;
+  offloads: boolean;
+  mappingLog: MappingLog;
+  logDestinations: boolean;
+}
+
+export interface TunnatConfig {
+  nat: NatConfig;
+  control: ControlSettings;
+}
+
+/** Where a value came from; used in error messages. */
+export type Source = "default" | "file" | "env" | "flag";
+
+/** A parse failure with its own explanation (replaces "expected ..."). */
+class Bad {
+  constructor(readonly why: string) {}
+}
+
+type Parsed<T> = T | Bad;
+
+interface Field<T> {
+  /** camelCase key; also the config file key ("timeouts.udp" = nested object). */
+  key: string;
+  flag: string;
+  env: string;
+  /** Shown after "expected" in errors and in --help. */
+  expect: string;
+  describe: string;
+  boolean?: boolean;
+  repeatable?: boolean;
+  /** Default as the user would write it (parsed like any other input), or undefined. */
+  def?: string;
+  parse(text: string): Parsed<T>;
+}
+
+function intRange(lo: number, hi: number) {
+  return (text: string): Parsed<number> => {
+    if (!/^[0-9]+$/.test(text)) return new Bad(`expected an integer ${lo}..${hi}`);
+    const n = Number(text);
+    if (n < lo || n > hi) return new Bad(`expected an integer ${lo}..${hi}`);
+    return n;
+  };
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (text: string): Parsed<T> =>
+    (values as readonly string[]).includes(text)
+      ? (text as T)
+      : new Bad(`expected one of ${values.join(", ")}`);
+}
+
+function parseBool(text: string): Parsed<boolean> {
+  const t = text.toLowerCase();
+  if (t === "true" || t === "1" || t === "yes" || t === "on") return true;
+  if (t === "false" || t === "0" || t === "no" || t === "off") return false;
+  return new Bad("expected true or false");
+}
+
+const MAX_TIMEOUT = 30 * 86400;
+/** Seconds, optionally with an s/m/h/d suffix ("2h4m" is not accepted; "124m" is). */
+function parseDuration(text: string): Parsed<number> {
+  const m = /^([0-9]+)([smhd]?)$/.exec(text);
+  const why = `expected a duration in seconds 1..${MAX_TIMEOUT} (suffix s, m, h or d allowed)`;
+  if (!m) return new Bad(why);
+  const mult = m[2] === "m" ? 60 : m[2] === "h" ? 3600 : m[2] === "d" ? 86400 : 1;
+  const n = Number(m[1]) * mult;
+  if (n < 1 || n > MAX_TIMEOUT) return new Bad(why);
+  return n;
+}
+
+/** Linux IFNAMSIZ is 16 with the NUL; dev_valid_name() refuses "/", ":" and whitespace. */
+function parseIfName(text: string): Parsed<string> {
+  if (text.length < 1 || text.length > 15 || text === "." || text === ".." || /[/:\s]/.test(text))
+    return new Bad("expected an interface name of 1..15 characters without '/', ':' or spaces");
+  return text;
+}
+
+function parseInsidePrefix(text: string): Parsed<Cidr> {
+  const c = parseCidr(text);
+  if (!c || !text.includes("/")) return new Bad("expected an IPv4 prefix like 10.0.0.0/16");
+  if (c.hostBits)
+    return new Bad(`host bits are set; did you mean ${formatCidr(c)}? (the prefix must be masked)`);
+  if (c.len === 0) return new Bad("expected a prefix longer than /0 (0.0.0.0/0 would NAT the host)");
+  return { addr: c.addr, len: c.len };
+}
+
+/** Addresses that can never be a NAT (outside) address. */
+function specialUse(ip: number): string | null {
+  const a = ip >>> 24;
+  if (a === 0) return "in 0.0.0.0/8 (this network)";
+  if (a === 127) return "a loopback address";
+  if (a >= 224 && a <= 239) return "a multicast address";
+  if (a >= 240) return "a reserved or broadcast address";
+  return null;
+}
+
+function parseNatAddress(text: string): Parsed<number> {
+  const ip = parseIpv4(text);
+  if (ip < 0) return new Bad("expected an IPv4 address like 198.51.100.7");
+  const special = specialUse(ip);
+  if (special) return new Bad(`${formatIpv4(ip)} is ${special} and cannot be a NAT address`);
+  return ip;
+}
+
+function parseTunAddress(text: string): Parsed<Cidr | null> {
+  if (text === "none") return null;
+  const c = parseCidr(text);
+  if (!c) return new Bad('expected an IPv4 address with prefix like 169.254.77.1/32, or "none"');
+  // Keep the host bits: this is an interface address, not a route.
+  return { addr: parseIpv4(text.split("/")[0] ?? ""), len: c.len };
+}
+
+function parseHostPort(text: string): Parsed<HostPort> {
+  const why = "expected HOST:PORT with an IPv4 address, [IPv6] or localhost, port 1..65535";
+  const m = /^(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):([0-9]{1,5})$/.exec(text);
+  if (!m) return new Bad(why);
+  const host = m[1] ?? "";
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return new Bad(why);
+  if (!host.startsWith("[") && host !== "localhost" && parseIpv4(host) < 0) return new Bad(why);
+  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port };
+}
+
+function parsePorts(text: string): Parsed<[number, number]> {
+  const why = "expected a port range LO-HI within 1-65535 with LO <= HI";
+  const m = /^([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(text);
+  if (!m) return new Bad(why);
+  const lo = Number(m[1]);
+  const hi = m[2] === undefined ? lo : Number(m[2]);
+  if (lo < 1 || hi > 65535 || lo > hi) return new Bad(why);
+  return [lo, hi];
+}
+
+function parseAbsPath(text: string): Parsed<string> {
+  return text.startsWith("/") && !text.includes("\0") ? text : new Bad("expected an absolute path");
+}
+
+function parseMappingLog(text: string): Parsed<MappingLog> {
+  if (text === "off") return { kind: "off" };
+  if (text === "stdout" || text === "-") return { kind: "stdout" };
+  if (text.length === 0 || text.includes("\0")) return new Bad('expected "off", "stdout" or a file');
+  return { kind: "file", path: text };
+}
+
+function parseRouteTable(text: string): Parsed<number> {
+  const why = "expected a routing table id 1..4294967295 other than 253, 254, 255";
+  if (!/^[0-9]+$/.test(text)) return new Bad(why);
+  const n = Number(text);
+  // 253/254/255 are the kernel's default, main and local tables (RT_TABLE_*): never ours.
+  if (n < 1 || n > 4294967295 || n === 253 || n === 254 || n === 255) return new Bad(why);
+  return n;
+}
+
+function field<T>(f: Field<T>): Field<T> {
+  return f;
+}
+
+/** The schema. Order is the order of --help. */
+export const FIELDS = {
+  inside: field<Cidr>({
+    key: "inside",
+    flag: "inside",
+    env: "TUNNAT_INSIDE",
+    repeatable: true,
+    expect: "an IPv4 prefix",
+    describe: "inside prefix whose traffic is translated (repeatable, required)",
+    parse: parseInsidePrefix,
+  }),
+  insideInterface: field<string>({
+    key: "insideInterface",
+    flag: "inside-interface",
+    env: "TUNNAT_INSIDE_INTERFACE",
+    expect: "an interface name",
+    describe: "interface the inside hosts' traffic arrives on (required with route management)",
+    parse: parseIfName,
+  }),
+  natAddress: field<number>({
+    key: "natAddress",
+    flag: "nat-address",
+    env: "TUNNAT_NAT_ADDRESS",
+    repeatable: true,
+    expect: "an IPv4 address",
+    describe: "NAT (outside) address the host does not own itself (repeatable, required)",
+    parse: parseNatAddress,
+  }),
+  outsideInterface: field<string>({
+    key: "outsideInterface",
+    flag: "outside-interface",
+    env: "TUNNAT_OUTSIDE_INTERFACE",
+    expect: "an interface name",
+    describe: "interface facing the internet (MTU, proxy ARP; required with route management)",
+    parse: parseIfName,
+  }),
+  tun: field<string>({
+    key: "tun",
+    flag: "tun",
+    env: "TUNNAT_TUN",
+    def: "tunnat0",
+    expect: "an interface name",
+    describe: "TUN device name",
+    parse: parseIfName,
+  }),
+  tunAddress: field<Cidr | null>({
+    key: "tunAddress",
+    flag: "tun-address",
+    env: "TUNNAT_TUN_ADDRESS",
+    def: "169.254.77.1/32",
+    expect: "ADDR/LEN or none",
+    describe: 'address given to the TUN device, or "none"',
+    parse: parseTunAddress,
+  }),
+  metrics: field<HostPort>({
+    key: "metrics",
+    flag: "metrics",
+    env: "TUNNAT_METRICS",
+    def: "127.0.0.1:9469",
+    expect: "HOST:PORT",
+    describe: "listen address for /metrics and /healthz",
+    parse: parseHostPort,
+  }),
+  maxFlows: field<number>({
+    key: "maxFlows",
+    flag: "max-flows",
+    env: "TUNNAT_MAX_FLOWS",
+    def: "262144",
+    expect: "an integer 1024..16777216",
+    describe: "connection table capacity",
+    parse: intRange(1024, 16_777_216),
+  }),
+  ports: field<[number, number]>({
+    key: "ports",
+    flag: "ports",
+    env: "TUNNAT_PORTS",
+    def: "1-65535",
+    expect: "LO-HI",
+    describe: "outside port range for TCP and UDP mappings",
+    parse: parsePorts,
+  }),
+  mapping: field<NatConfig["mapping"]>({
+    key: "mapping",
+    flag: "mapping",
+    env: "TUNNAT_MAPPING",
+    def: "endpoint-independent",
+    expect: "endpoint-independent or per-destination",
+    describe: "mapping behaviour (RFC 4787 REQ-1; per-destination = AWS-like port reuse)",
+    parse: oneOf(["endpoint-independent", "per-destination"] as const),
+  }),
+  filtering: field<NatConfig["filtering"]>({
+    key: "filtering",
+    flag: "filtering",
+    env: "TUNNAT_FILTERING",
+    def: "address-and-port-dependent",
+    expect: "address-and-port-dependent, address-dependent or endpoint-independent",
+    describe: "inbound filtering behaviour (RFC 4787 REQ-8)",
+    parse: oneOf(["address-and-port-dependent", "address-dependent", "endpoint-independent"] as const),
+  }),
+  tcpEstablished: field<number>({
+    key: "timeouts.tcpEstablished",
+    flag: "tcp-established-timeout",
+    env: "TUNNAT_TCP_ESTABLISHED_TIMEOUT",
+    expect: "seconds",
+    describe: `idle timeout of established TCP flows (default ${DEFAULT_TIMEOUTS.tcpEstablished}; RFC 5382 REQ-5 minimum 7440)`,
+    parse: parseDuration,
+  }),
+  tcpTransitory: field<number>({
+    key: "timeouts.tcpTransitory",
+    flag: "tcp-transitory-timeout",
+    env: "TUNNAT_TCP_TRANSITORY_TIMEOUT",
+    expect: "seconds",
+    describe: `timeout of opening/closing TCP flows (default ${DEFAULT_TIMEOUTS.tcpTransitory}; minimum 240)`,
+    parse: parseDuration,
+  }),
+  udp: field<number>({
+    key: "timeouts.udp",
+    flag: "udp-timeout",
+    env: "TUNNAT_UDP_TIMEOUT",
+    expect: "seconds",
+    describe: `UDP mapping timeout (default ${DEFAULT_TIMEOUTS.udp}; RFC 4787 REQ-5 minimum 120)`,
+    parse: parseDuration,
+  }),
+  icmp: field<number>({
+    key: "timeouts.icmp",
+    flag: "icmp-timeout",
+    env: "TUNNAT_ICMP_TIMEOUT",
+    expect: "seconds",
+    describe: `ICMP query timeout (default ${DEFAULT_TIMEOUTS.icmp}; RFC 5508 REQ-2 minimum 60)`,
+    parse: parseDuration,
+  }),
+  preset: field<Preset>({
+    key: "preset",
+    flag: "preset",
+    env: "TUNNAT_PRESET",
+    def: "default",
+    expect: "default or aws",
+    describe: "aws = AWS NAT Gateway behaviour: 350 s idle timeout everywhere, RST on expiry",
+    parse: oneOf(["default", "aws"] as const),
+  }),
+  perHostQuota: field<number>({
+    key: "perHostQuota",
+    flag: "per-host-quota",
+    env: "TUNNAT_PER_HOST_QUOTA",
+    def: "0",
+    expect: "an integer 0..16777216",
+    describe: "mappings one inside host may hold per protocol, 0 = no limit (RFC 6888 REQ-4)",
+    parse: intRange(0, 16_777_216),
+  }),
+  logLevel: field<LogLevel>({
+    key: "logLevel",
+    flag: "log-level",
+    env: "TUNNAT_LOG_LEVEL",
+    def: "info",
+    expect: "trace, debug, info, warn, error, fatal or silent",
+    describe: "log level",
+    parse: oneOf(["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const),
+  }),
+  manageRoutes: field<boolean>({
+    key: "manageRoutes",
+    flag: "manage-routes",
+    env: "TUNNAT_MANAGE_ROUTES",
+    boolean: true,
+    def: "true",
+    expect: "true or false",
+    describe: "install and remove the routes, rules, proxy ARP and sysctls (--no-manage-routes)",
+    parse: parseBool,
+  }),
+  routeTable: field<number>({
+    key: "routeTable",
+    flag: "route-table",
+    env: "TUNNAT_ROUTE_TABLE",
+    def: "4242",
+    expect: "a table id",
+    describe: "policy routing table owned by tunnat",
+    parse: parseRouteTable,
+  }),
+  rulePriority: field<number>({
+    key: "rulePriority",
+    flag: "rule-priority",
+    env: "TUNNAT_RULE_PRIORITY",
+    def: "4242",
+    expect: "an integer 1..32765",
+    describe: "priority of tunnat's ip rules (stale rules with it and our table are removed)",
+    parse: intRange(1, 32765),
+  }),
+  setIpForward: field<boolean>({
+    key: "setIpForward",
+    flag: "set-ip-forward",
+    env: "TUNNAT_SET_IP_FORWARD",
+    boolean: true,
+    def: "false",
+    expect: "true or false",
+    describe: "set net.ipv4.ip_forward=1 if it is 0 (restored on exit) instead of refusing",
+    parse: parseBool,
+  }),
+  vnetHdr: field<boolean>({
+    key: "vnetHdr",
+    flag: "vnet-hdr",
+    env: "TUNNAT_VNET_HDR",
+    boolean: true,
+    def: "true",
+    expect: "true or false",
+    describe: "open the TUN with IFF_VNET_HDR (needed for offloads)",
+    parse: parseBool,
+  }),
+  offloads: field<boolean>({
+    key: "offloads",
+    flag: "offloads",
+    env: "TUNNAT_OFFLOADS",
+    boolean: true,
+    expect: "true or false",
+    describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
+    parse: parseBool,
+  }),
+  restoreTtl: field<boolean>({
+    key: "restoreTtl",
+    flag: "restore-ttl",
+    env: "TUNNAT_RESTORE_TTL",
+    boolean: true,
+    def: "true",
+    expect: "true or false",
+    describe: "give back the TTL lost on the second pass through the kernel",
+    parse: parseBool,
+  }),
+  controlSocket: field<string>({
+    key: "controlSocket",
+    flag: "control-socket",
+    env: "TUNNAT_CONTROL_SOCKET",
+    def: "/run/tunnat/tunnat.sock",
+    expect: "an absolute path",
+    describe: "unix socket for tunnat flows / tunnat stats",
+    parse: parseAbsPath,
+  }),
+  mappingLog: field<MappingLog>({
+    key: "mappingLog",
+    flag: "mapping-log",
+    env: "TUNNAT_MAPPING_LOG",
+    def: "off",
+    expect: "off, stdout or a file",
+    describe: "log mapping creation/removal (RFC 6888 §4): off, stdout or FILE",
+    parse: parseMappingLog,
+  }),
+  logDestinations: field<boolean>({
+    key: "logDestinations",
+    flag: "log-destinations",
+    env: "TUNNAT_LOG_DESTINATIONS",
+    boolean: true,
+    def: "false",
+    expect: "true or false",
+    describe: "include destinations in the mapping log (off by default, RFC 6888 REQ-12)",
+    parse: parseBool,
+  }),
+} as const;
+
+export type FieldName = keyof typeof FIELDS;
+type FieldValue<K extends FieldName> = (typeof FIELDS)[K] extends Field<infer T> ? T : never;
+
+/** The --config flag is not a setting itself; it says where the file is. */
+export const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
+
+/** One raw input: the text(s) given and where. */
+interface Raw {
+  texts: string[];
+  source: Source;
+  where: string;
+}
+
+export interface LoadInput {
+  /** Parsed flags keyed by their kebab-case name (yargs argv); absent = undefined. */
+  flags?: Record<string, unknown>;
+  env?: Record<string, string | undefined>;
+  /** Read a file (tests replace it). */
+  readFile?: (path: string) => string;
+}
+
+function configError(where: string, value: unknown, why: string): TunnatError {
+  return new TunnatError(ErrorCode.Config, `invalid ${where} ${JSON.stringify(value)}: ${why}`);
+}
+
+/** Flatten a file/flag value into texts; returns null for impossible shapes (objects). */
+function toTexts(v: unknown, repeatable: boolean): string[] | null {
+  if (v === undefined || v === null) return [];
+  if (Array.isArray(v)) {
+    if (!repeatable && v.length > 1) return v.map((x) => String(x)).slice(-1); // last wins
+    const out: string[] = [];
+    for (const x of v) {
+      const t = toTexts(x, repeatable);
+      if (t === null) return null;
+      out.push(...t);
+    }
+    return out;
+  }
+  if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") return [String(v)];
+  return null;
+}
+
+function splitList(texts: string[], repeatable: boolean): string[] {
+  if (!repeatable) return texts;
+  const out: string[] = [];
+  for (const t of texts)
+    for (const part of t.split(",")) if (part.trim() !== "") out.push(part.trim());
+  return out;
+}
+
+/** Read and flatten the JSON config file into field key -> value. */
+function readConfigFile(
+  path: string,
+  readFile: (p: string) => string,
+): Map<string, { value: unknown; key: string }> {
+  let text: string;
+  try {
+    text = readFile(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? String(e);
+    throw new TunnatError(
+      ErrorCode.ConfigFile,
+      `cannot read config file ${path}: ${code}; check the --config path and its permissions`,
+    );
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new TunnatError(
+      ErrorCode.ConfigFile,
+      `config file ${path} is not valid JSON: ${(e as Error).message}`,
+    );
+  }
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+    throw new TunnatError(ErrorCode.ConfigFile, `config file ${path} must hold a JSON object`);
+  const known = new Set<string>(Object.values(FIELDS).map((f) => f.key));
+  const out = new Map<string, { value: unknown; key: string }>();
+  const walk = (obj: Record<string, unknown>, prefix: string): void => {
+    for (const [k, v] of Object.entries(obj)) {
+      const key = prefix + k;
+      if (key === "timeouts" && typeof v === "object" && v !== null && !Array.isArray(v)) {
+        walk(v as Record<string, unknown>, "timeouts.");
+        continue;
+      }
+      if (!known.has(key))
+        throw new TunnatError(
+          ErrorCode.Config,
+          `unknown setting "${key}" in ${path}; known settings: ${[...known].join(", ")}`,
+        );
+      out.set(key, { value: v, key });
+    }
+  };
+  walk(doc as Record<string, unknown>, "");
+  return out;
+}
+
+export interface Resolved {
+  values: { [K in FieldName]: FieldValue<K> | undefined };
+  /** Where each set value came from, for cross-field error messages. */
+  origin: { [K in FieldName]?: { where: string; text: string; source: Source } };
+  configFile: string | undefined;
+}
+
+/** Merge and parse every field; cross-field rules are applied by loadConfig. */
+export function resolveSettings(input: LoadInput): Resolved {
+  const flags = input.flags ?? {};
+  const env = input.env ?? {};
+  const readFile = input.readFile ?? ((p: string) => readFileSync(p, "utf8"));
+
+  const cfgFlag = flags[CONFIG_FLAG.flag];
+  const cfgTexts = toTexts(cfgFlag, false);
+  let configFile: string | undefined;
+  if (cfgTexts && cfgTexts.length > 0) configFile = cfgTexts[cfgTexts.length - 1];
+  else if (env[CONFIG_FLAG.env] !== undefined && env[CONFIG_FLAG.env] !== "")
+    configFile = env[CONFIG_FLAG.env];
+  const file = configFile !== undefined ? readConfigFile(configFile, readFile) : new Map();
+
+  const values = {} as Resolved["values"];
+  const origin: Resolved["origin"] = {};
+  for (const name of Object.keys(FIELDS) as FieldName[]) {
+    const f: Field<unknown> = FIELDS[name];
+    const repeatable = f.repeatable === true;
+    // Highest layer that sets the field wins; repeatable fields are not merged across layers.
+    let raw: Raw | null = null;
+    const flagVal = flags[f.flag];
+    if (flagVal !== undefined) {
+      const texts = toTexts(flagVal, repeatable);
+      if (texts === null) throw configError(`--${f.flag}`, flagVal, `expected ${f.expect}`);
+      raw = { texts: splitList(texts, repeatable), source: "flag", where: `--${f.flag}` };
+    } else if (env[f.env] !== undefined) {
+      raw = { texts: splitList([env[f.env] ?? ""], repeatable), source: "env", where: f.env };
+    } else if (file.has(f.key)) {
+      const v = file.get(f.key)?.value;
+      const texts = toTexts(v, repeatable);
+      const where = `"${f.key}" in ${configFile}`;
+      if (texts === null) throw configError(where, v, `expected ${f.expect}`);
+      raw = { texts: splitList(texts, repeatable), source: "file", where };
+    } else if (f.def !== undefined) {
+      raw = { texts: [f.def], source: "default", where: `default of --${f.flag}` };
+    }
+    if (raw === null) {
+      (values as Record<string, unknown>)[name] = undefined;
+      continue;
+    }
+    if (!repeatable && raw.texts.length === 0) raw.texts = [""];
+    const parsed: unknown[] = [];
+    for (const text of raw.texts) {
+      const p = f.parse(text);
+      if (p instanceof Bad) throw configError(raw.where, text, p.why);
+      parsed.push(p);
+    }
+    (values as Record<string, unknown>)[name] = repeatable
+      ? parsed
+      : parsed[parsed.length - 1];
+    (origin as Record<string, unknown>)[name] = {
+      where: raw.where,
+      text: raw.texts.join(","),
+      source: raw.source,
+    };
+  }
+  return { values, origin, configFile };
+}
+
+/** RFC minimums for the timeouts, and why (checked unless the aws preset is chosen). */
+const TIMEOUT_MINIMUMS = {
+  tcpEstablished: { min: 7440, why: "RFC 5382 REQ-5 requires at least 7440 s (2 h 4 min)" },
+  tcpTransitory: { min: 240, why: "RFC 5382 REQ-5 requires at least 240 s (4 min)" },
+  udp: { min: 120, why: "RFC 4787 REQ-5 requires at least 120 s (2 min)" },
+  icmp: { min: 60, why: "RFC 5508 REQ-2 requires at least 60 s" },
+} as const;
+
+/** Load, merge and validate everything; throws TunnatError(TUNNAT_ERR_CONFIG) naming the field. */
+export function loadConfig(input: LoadInput): TunnatConfig {
+  const { values: v, origin, configFile } = resolveSettings(input);
+  const flagHint = (name: FieldName) => {
+    const f = FIELDS[name];
+    return `--${f.flag}, ${f.env} or "${f.key}" in the config file`;
+  };
+  const inside = (v.inside as Cidr[] | undefined) ?? [];
+  const natAddresses = (v.natAddress as number[] | undefined) ?? [];
+  if (inside.length === 0)
+    throw new TunnatError(
+      ErrorCode.Config,
+      `missing --inside: give at least one inside prefix (${flagHint("inside")}), e.g. --inside 10.0.0.0/16`,
+    );
+  if (natAddresses.length === 0)
+    throw new TunnatError(
+      ErrorCode.Config,
+      `missing --nat-address: give at least one NAT address (${flagHint("natAddress")})`,
+    );
+  const seen = new Set<number>();
+  for (const a of natAddresses) {
+    if (seen.has(a))
+      throw configError(origin.natAddress?.where ?? "--nat-address", formatIpv4(a), "listed twice");
+    seen.add(a);
+  }
+  // RFC 4787 REQ-7: the inside network must not use addresses that conflict with the outside.
+  // A NAT address inside an inside prefix would be thrown back to the main table and its replies
+  // would never reach the TUN.
+  for (const a of natAddresses)
+    for (const p of inside)
+      if (cidrContains(p, a))
+        throw configError(
+          origin.natAddress?.where ?? "--nat-address",
+          formatIpv4(a),
+          `lies inside the inside prefix ${formatCidr(p)}; RFC 4787 REQ-7 needs inside and outside addresses that do not conflict: choose a NAT address outside every --inside prefix`,
+        );
+  for (let i = 0; i < inside.length; i++)
+    for (let j = i + 1; j < inside.length; j++) {
+      const a = inside[i] as Cidr;
+      const b = inside[j] as Cidr;
+      if (cidrOverlaps(a, b))
+        throw configError(
+          origin.inside?.where ?? "--inside",
+          formatCidr(b),
+          `overlaps ${formatCidr(a)}; list each inside prefix once`,
+        );
+    }
+
+  const preset = v.preset as Preset;
+  const base = preset === "aws" ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS;
+  const timeouts = { ...base };
+  for (const k of ["tcpEstablished", "tcpTransitory", "udp", "icmp"] as const) {
+    const given = v[k] as number | undefined;
+    if (given === undefined) continue;
+    const rule = TIMEOUT_MINIMUMS[k];
+    if (preset !== "aws" && given < rule.min)
+      throw configError(
+        origin[k]?.where ?? `--${FIELDS[k].flag}`,
+        origin[k]?.text ?? String(given),
+        `${rule.why}; use --preset aws to accept the AWS NAT Gateway's shorter idle timeouts`,
+      );
+    timeouts[k] = given;
+  }
+
+  const manageRoutes = v.manageRoutes as boolean;
+  const insideInterface = v.insideInterface as string | undefined;
+  const outsideInterface = v.outsideInterface as string | undefined;
+  if (manageRoutes && insideInterface === undefined)
+    throw new TunnatError(
+      ErrorCode.Config,
+      `missing --inside-interface: route management needs the interface inside traffic arrives on (${flagHint("insideInterface")}), or use --no-manage-routes`,
+    );
+  if (manageRoutes && outsideInterface === undefined)
+    throw new TunnatError(
+      ErrorCode.Config,
+      `missing --outside-interface: route management needs the interface facing the internet (${flagHint("outsideInterface")}), or use --no-manage-routes`,
+    );
+
+  const vnetHdr = v.vnetHdr as boolean;
+  const offloadsGiven = v.offloads as boolean | undefined;
+  if (offloadsGiven === true && !vnetHdr)
+    throw configError(
+      origin.offloads?.where ?? "--offloads",
+      origin.offloads?.text ?? "true",
+      "offloads need the virtio_net_hdr: drop --no-vnet-hdr or turn offloads off",
+    );
+  const ports = v.ports as [number, number];
+
+  const nat = defaultNatConfig({
+    natAddresses,
+    inside,
+    portLo: ports[0],
+    portHi: ports[1],
+    mapping: v.mapping as NatConfig["mapping"],
+    filtering: v.filtering as NatConfig["filtering"],
+    timeouts,
+    rstOnExpired: preset === "aws",
+    maxFlows: v.maxFlows as number,
+    perHostQuota: v.perHostQuota as number,
+    vnetHdr,
+    restoreTtl: v.restoreTtl as boolean,
+  });
+  const control: ControlSettings = {
+    configFile,
+    insideInterface,
+    outsideInterface,
+    tun: v.tun as string,
+    tunAddress: v.tunAddress as Cidr | null,
+    metrics: v.metrics as HostPort,
+    controlSocket: v.controlSocket as string,
+    logLevel: v.logLevel as LogLevel,
+    preset,
+    manageRoutes,
+    routeTable: v.routeTable as number,
+    rulePriority: v.rulePriority as number,
+    setIpForward: v.setIpForward as boolean,
+    offloads: offloadsGiven ?? vnetHdr,
+    mappingLog: v.mappingLog as MappingLog,
+    logDestinations: v.logDestinations as boolean,
+  };
+  return { nat, control };
+}
+
+/** A JSON-friendly view of the effective settings (for `tunnat check --json` and the start log). */
+export function describeConfig(c: TunnatConfig): Record<string, unknown> {
+  return {
+    inside: c.nat.inside.map(formatCidr),
+    natAddresses: c.nat.natAddresses.map(formatIpv4),
+    ports: `${c.nat.portLo}-${c.nat.portHi}`,
+    mapping: c.nat.mapping,
+    filtering: c.nat.filtering,
+    timeouts: c.nat.timeouts,
+    rstOnExpired: c.nat.rstOnExpired,
+    maxFlows: c.nat.maxFlows,
+    perHostQuota: c.nat.perHostQuota,
+    vnetHdr: c.nat.vnetHdr,
+    ...c.control,
+    tunAddress: c.control.tunAddress ? formatCidr(c.control.tunAddress) : null,
+    metrics: `${c.control.metrics.host}:${c.control.metrics.port}`,
+  };
+}

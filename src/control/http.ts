@@ -1,0 +1,97 @@
+/**
+ * The HTTP listener on the metrics address: GET /healthz and /readyz (200 once the data path is
+ * forwarding, 503 before and while stopping) and GET /metrics from a MetricsProvider. The
+ * provider defaults to prom-client's default registry; control/metrics.ts installs the real one
+ * with setMetricsProvider(). Scrapes read counters; they never touch the data path.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { register } from "prom-client";
+import type { HostPort } from "./config.js";
+import { ErrorCode, TunnatError } from "./errors.js";
+
+export interface MetricsProvider {
+  contentType: string;
+  metrics(): Promise<string>;
+}
+
+let provider: MetricsProvider = register;
+
+/** Install the provider /metrics answers from (process-wide, like prom-client's registry). */
+export function setMetricsProvider(p: MetricsProvider): void {
+  provider = p;
+}
+
+export function getMetricsProvider(): MetricsProvider {
+  return provider;
+}
+
+export interface HttpServer {
+  readonly server: Server;
+  /** The bound address (port resolved when 0 was asked for). */
+  readonly address: HostPort;
+  setReady(ready: boolean): void;
+  close(): Promise<void>;
+}
+
+export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
+  let ready = false;
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.writeHead(405, { allow: "GET, HEAD" }).end();
+      return;
+    }
+    if (path === "/healthz" || path === "/readyz") {
+      res.writeHead(ready ? 200 : 503, { "content-type": "text/plain; charset=utf-8" });
+      res.end(ready ? "ok\n" : "starting\n");
+      return;
+    }
+    if (path === "/metrics") {
+      const p = provider;
+      p.metrics().then(
+        (body) => {
+          res.writeHead(200, { "content-type": p.contentType }).end(body);
+        },
+        (e: unknown) => {
+          res.writeHead(500, { "content-type": "text/plain" }).end(`metrics failed: ${String(e)}\n`);
+        },
+      );
+      return;
+    }
+    res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+  };
+  const server = createServer(handle);
+  // Keep-alive sockets from scrapers must not hold shutdown past its 2 s budget.
+  server.keepAliveTimeout = 5000;
+  await new Promise<void>((resolve, reject) => {
+    const onError = (e: NodeJS.ErrnoException) =>
+      reject(
+        new TunnatError(
+          ErrorCode.Control,
+          `cannot listen on ${listen.host}:${listen.port} for /metrics and /healthz: ${e.code ?? e.message}; choose another --metrics HOST:PORT`,
+        ),
+      );
+    server.once("error", onError);
+    server.listen(listen.port, listen.host, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  const bound =
+    addr && typeof addr === "object" ? { host: addr.address, port: addr.port } : { ...listen };
+  return {
+    server,
+    address: bound,
+    setReady(r: boolean) {
+      ready = r;
+    },
+    close() {
+      ready = false;
+      return new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}

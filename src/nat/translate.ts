@@ -1,0 +1,555 @@
+/**
+ * src/nat — the translation core.
+ *
+ * Contract: `Translator.process(buf, off, len)` takes one packet as the TUN device delivered it (a
+ * virtio_net_hdr first when the config says so), decides, and rewrites it in place. It returns a
+ * Verdict and leaves the length to send in `outLen`:
+ *  - Forward: the packet was translated (outbound, inbound or hairpinned) and goes back to the TUN;
+ *  - Drop: the packet is dropped; the reason is counted in `stats.drops` (and kept in `lastDrop`);
+ *  - Reply: the core wrote its own packet (ICMP 3/13, or an RST in the `aws` preset) over the slot.
+ * It never throws on packet contents, allocates nothing and logs nothing. Time comes from the Clock.
+ *
+ * Direction is read from the addresses, because one TUN carries both ways (DESIGN.md §1): a source
+ * inside an inside prefix is outbound; a destination that is a NAT address is inbound; outbound
+ * traffic whose translated destination is a NAT address is hairpinned (RFC 4787 REQ-9, RFC 5382
+ * REQ-8, RFC 5508 REQ-7): translated out, then back in.
+ *
+ * Checksums: address and port changes are applied with the flow's precomputed RFC 1624 deltas (the
+ * VPP approach). With virtio NEEDS_CSUM the transport checksum holds only the pseudo-header sum, so
+ * only the address part of the delta is applied to it; GSO super-packets are rewritten once and the
+ * kernel segments them after we write them back.
+ */
+import type { Clock } from "../conntrack/clock.js";
+import { FlowTable, type FlowHooks } from "../conntrack/table.js";
+import { adjust, adjustPartial, delta16, delta32, fold, negate, sum } from "../wire/checksum.js";
+import * as icmp from "../wire/icmp.js";
+import * as ipv4 from "../wire/ipv4.js";
+import * as tcp from "../wire/tcp.js";
+import * as udp from "../wire/udp.js";
+import * as vnet from "../wire/vnet.js";
+import type { NatConfig } from "./config.js";
+import { FragmentCache } from "./fragments.js";
+import {
+  checkEmbedded,
+  embeddedHeaderChecksumOk,
+  rewriteEmbedded,
+  writeIcmpError,
+  writeRst,
+} from "./icmp-error.js";
+import { DropReason, type NatStats } from "./stats.js";
+
+export const Verdict = { Forward: 0, Drop: 1, Reply: 2 } as const;
+export type Verdict = (typeof Verdict)[keyof typeof Verdict];
+
+const FLOW_REPLIED = 1;
+
+export class Translator {
+  readonly table: FlowTable;
+  /** Bytes to send from the slot's start after Forward or Reply (virtio header included). */
+  outLen = 0;
+  /** The DropReason of the last Drop verdict (for tests and the flows tool). */
+  lastDrop = -1;
+
+  private readonly insideAddr: Uint32Array;
+  private readonly insideMask: Uint32Array;
+  private readonly vnetHdr: boolean;
+  private readonly restoreTtl: boolean;
+  private readonly rstOnExpired: boolean;
+  private readonly icmpProhibited: boolean;
+  private readonly frags: FragmentCache;
+  private now = 0;
+  /** IP ID of packets the core originates. */
+  private ident = 0;
+  // Per-packet scratch, set by process(): GSO segments and on-wire bytes this packet stands for.
+  private segs = 1;
+  private wireBytes = 0;
+  private partial = false;
+
+  constructor(
+    cfg: NatConfig,
+    private readonly clock: Clock,
+    private readonly stats: NatStats,
+    hooks?: FlowHooks,
+  ) {
+    this.table = new FlowTable(cfg, stats, hooks);
+    this.insideAddr = new Uint32Array(cfg.inside.length);
+    this.insideMask = new Uint32Array(cfg.inside.length);
+    cfg.inside.forEach((pfx, i) => {
+      const mask = pfx.len === 0 ? 0 : (0xffffffff << (32 - pfx.len)) >>> 0;
+      this.insideMask[i] = mask;
+      this.insideAddr[i] = (pfx.addr & mask) >>> 0;
+    });
+    this.vnetHdr = cfg.vnetHdr;
+    this.restoreTtl = cfg.restoreTtl;
+    this.rstOnExpired = cfg.rstOnExpired;
+    this.icmpProhibited = cfg.icmpAdminProhibited;
+    const seed = cfg.hashSeed ?? (Math.random() * 0x100000000) >>> 0;
+    this.frags = new FragmentCache(seed ^ 0x5bd1e995);
+    this.ident = seed & 0xffff;
+  }
+
+  /** Whether `addr` lies in one of the inside prefixes. */
+  isInside(addr: number): boolean {
+    const n = this.insideAddr.length;
+    for (let i = 0; i < n; i++) {
+      if ((addr & this.insideMask[i]!) >>> 0 === this.insideAddr[i]) return true;
+    }
+    return false;
+  }
+
+  /** Expire idle flows incrementally; the data loop calls this once per tick. */
+  sweep(budget: number): number {
+    return this.table.sweep(Math.floor(this.clock.now() / 1000), budget);
+  }
+
+  process(buf: Uint8Array, off: number, len: number): Verdict {
+    this.now = Math.floor(this.clock.now() / 1000);
+    this.outLen = len;
+    let p = off;
+    let plen = len;
+    this.partial = false;
+    this.segs = 1;
+    if (this.vnetHdr) {
+      if (len < vnet.LEN) return this.drop(DropReason.BadVnetHdr);
+      const gso = vnet.gsoType(buf, off);
+      if (gso !== vnet.GSO_NONE && gso !== vnet.GSO_TCPV4 && gso !== vnet.GSO_UDP_L4) {
+        return this.drop(DropReason.BadVnetHdr);
+      }
+      this.partial = (vnet.flags(buf, off) & vnet.F_NEEDS_CSUM) !== 0;
+      p = off + vnet.LEN;
+      plen = len - vnet.LEN;
+      if (gso !== vnet.GSO_NONE) {
+        const size = vnet.gsoSize(buf, off);
+        const hdr = vnet.gsoHdrLen(buf, off);
+        if (size === 0 || hdr >= plen) return this.drop(DropReason.BadVnetHdr);
+        this.segs = Math.ceil((plen - hdr) / size);
+        this.wireBytes = plen + (this.segs - 1) * hdr;
+      }
+    }
+    const hl = ipv4.check(buf, p, plen);
+    if (hl < 0) return this.drop(DropReason.MalformedIp);
+    const tl = ipv4.totalLength(buf, p);
+    if (this.segs === 1) this.wireBytes = tl;
+    const src = ipv4.src(buf, p);
+    const dst = ipv4.dst(buf, p);
+
+    let v: Verdict;
+    if (this.isInside(src)) {
+      this.stats.packetsInFromSource += this.segs;
+      this.stats.bytesInFromSource += this.wireBytes;
+      v = this.outbound(buf, p, hl, tl);
+      if (v === Verdict.Forward && this.table.isNatAddress(ipv4.dst(buf, p))) {
+        this.stats.hairpinPackets += this.segs;
+        v = this.inbound(buf, p, hl, tl);
+      } else if (v === Verdict.Forward) {
+        this.stats.packetsOutToDestination += this.segs;
+        this.stats.bytesOutToDestination += this.wireBytes;
+      }
+    } else if (this.table.isNatAddress(dst)) {
+      if (this.table.isNatAddress(src)) return this.drop(DropReason.Spoofed);
+      this.stats.packetsInFromDestination += this.segs;
+      this.stats.bytesInFromDestination += this.wireBytes;
+      v = this.inbound(buf, p, hl, tl);
+    } else {
+      return this.drop(DropReason.NotNatTraffic);
+    }
+    if (v === Verdict.Forward) {
+      if (this.restoreTtl) {
+        // The kernel decremented the TTL on the way into the TUN and will again on the way out;
+        // give one back so the gateway counts as one hop (DESIGN.md §1).
+        const ttl = ipv4.ttl(buf, p);
+        if (ttl < 255) ipv4.setTtl(buf, p, ttl + 1);
+      }
+    } else if (v === Verdict.Reply) {
+      this.stats.repliesGenerated++;
+    }
+    return v;
+  }
+
+  private drop(reason: number): Verdict {
+    this.stats.drops[reason]!++;
+    this.lastDrop = reason;
+    return Verdict.Drop;
+  }
+
+  // ---------------------------------------------------------------- outbound (inside -> outside)
+
+  private outbound(buf: Uint8Array, p: number, hl: number, tl: number): Verdict {
+    const proto = ipv4.protocol(buf, p);
+    const ff = ipv4.flagsFrag(buf, p);
+    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.laterFragment(buf, p, proto, true);
+    const l4 = p + hl;
+    const l4len = tl - hl;
+    if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
+      let tflags = 0;
+      if (proto === ipv4.PROTO_TCP) {
+        if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
+        tflags = tcp.flags(buf, l4);
+      } else if (udp.check(buf, l4, l4len, this.segs > 1) < 0) {
+        return this.drop(DropReason.MalformedL4);
+      }
+      const src = ipv4.src(buf, p);
+      const dst = ipv4.dst(buf, p);
+      const sport = udp.srcPort(buf, l4);
+      const dport = udp.dstPort(buf, l4);
+      const t = this.table;
+      let f = t.lookupInside(proto, src, sport, dst, dport, this.now);
+      if (f < 0) {
+        if (proto === ipv4.PROTO_TCP) {
+          if (tflags & tcp.RST) return this.drop(DropReason.TcpNoFlow);
+          if (!(tflags & tcp.SYN) || tflags & tcp.FLAG_ACK) {
+            // A segment of a connection we do not know. The aws preset answers it with an RST, as
+            // the AWS NAT Gateway does once a connection has timed out. Otherwise pick it up (as
+            // Linux does with nf_conntrack_tcp_loose), so flows survive a daemon restart.
+            if (this.rstOnExpired) {
+              this.outLen = this.hdrOff(p) + writeRst(buf, p, hl, tl, this.nextIdent());
+              this.clearVnet(buf, p);
+              return Verdict.Reply;
+            }
+          }
+        }
+        f = t.createOutbound(proto, src, sport, dst, dport, this.now);
+        if (f < 0) return this.refuse(buf, p, tl, -f - 1);
+      }
+      if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, true, this.now);
+      else t.refresh(f, this.now);
+      const oaddr = t.oaddr[f]!;
+      const oport = t.oport[f]!;
+      const ipd = t.ipDelta[f]!;
+      ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
+      udp.setSrcPort(buf, l4, oport);
+      this.fixL4(buf, l4, proto, ipd, t.l4Delta[f]!);
+      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, oaddr, false);
+      t.pktsOut[f]! += this.segs;
+      t.bytesOut[f]! += this.wireBytes;
+      return Verdict.Forward;
+    }
+    if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
+    return this.drop(DropReason.UnsupportedProtocol);
+  }
+
+  private icmpOutbound(buf: Uint8Array, p: number, hl: number, tl: number, ff: number): Verdict {
+    const ic = p + hl;
+    const iclen = tl - hl;
+    if (icmp.check(buf, ic, iclen) < 0) return this.drop(DropReason.MalformedL4);
+    const type = icmp.type(buf, ic);
+    if (type === icmp.ECHO_REQUEST) {
+      const src = ipv4.src(buf, p);
+      const dst = ipv4.dst(buf, p);
+      const id = icmp.id(buf, ic);
+      const t = this.table;
+      let f = t.lookupInside(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
+      if (f < 0) {
+        f = t.createOutbound(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
+        if (f < 0) return this.refuse(buf, p, tl, -f - 1);
+      }
+      t.refresh(f, this.now);
+      const oaddr = t.oaddr[f]!;
+      const oid = t.oport[f]!;
+      ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), t.ipDelta[f]!));
+      // The ICMP checksum has no pseudo-header: only the identifier changes it.
+      icmp.setId(buf, ic, oid);
+      icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(id, oid)));
+      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, oaddr, false);
+      t.pktsOut[f]! += 1;
+      t.bytesOut[f]! += tl;
+      return Verdict.Forward;
+    }
+    if (icmp.isError(type)) return this.icmpErrorOutbound(buf, p, ic, iclen);
+    return this.drop(DropReason.IcmpUnsupported);
+  }
+
+  /**
+   * An inside host reports an error about a packet it received from outside (RFC 5508 REQ-5): the
+   * embedded datagram went remote -> inside host, so its destination is restored to the mapping's
+   * outside endpoint and the outer source becomes the NAT address. Errors never create or refresh
+   * a flow (RFC 5508 REQ-6, RFC 7857 §3.5).
+   */
+  private icmpErrorOutbound(buf: Uint8Array, p: number, ic: number, iclen: number): Verdict {
+    const e = this.checkError(buf, ic, iclen);
+    if (e < 0) return Verdict.Drop;
+    const ehl = (buf[e]! & 0x0f) << 2;
+    const eproto = buf[e + ipv4.PROTOCOL]!;
+    const l4 = e + ehl;
+    const esrc = ipv4.src(buf, e);
+    const edst = ipv4.dst(buf, e);
+    let f: number;
+    if (eproto === ipv4.PROTO_ICMP) {
+      f = this.table.lookupInside(eproto, edst, icmp.id(buf, l4), esrc, 0, this.now);
+    } else if (eproto === ipv4.PROTO_TCP || eproto === ipv4.PROTO_UDP) {
+      f = this.table.lookupInside(
+        eproto,
+        edst,
+        udp.dstPort(buf, l4),
+        esrc,
+        udp.srcPort(buf, l4),
+        this.now,
+      );
+    } else {
+      return this.drop(DropReason.IcmpErrorNoFlow);
+    }
+    if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
+    const oaddr = this.table.oaddr[f]!;
+    rewriteEmbedded(buf, ic, iclen, e, ehl, false, oaddr, this.table.oport[f]!);
+    ipv4.rewriteSrc(buf, p, oaddr);
+    this.stats.icmpErrorsTranslated++;
+    return Verdict.Forward;
+  }
+
+  // ---------------------------------------------------------------- inbound (outside -> inside)
+
+  private inbound(buf: Uint8Array, p: number, hl: number, tl: number): Verdict {
+    const proto = ipv4.protocol(buf, p);
+    const ff = ipv4.flagsFrag(buf, p);
+    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.laterFragment(buf, p, proto, false);
+    const l4 = p + hl;
+    const l4len = tl - hl;
+    if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
+      let tflags = 0;
+      if (proto === ipv4.PROTO_TCP) {
+        if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
+        tflags = tcp.flags(buf, l4);
+      } else if (udp.check(buf, l4, l4len, this.segs > 1) < 0) {
+        return this.drop(DropReason.MalformedL4);
+      }
+      const src = ipv4.src(buf, p);
+      const dst = ipv4.dst(buf, p);
+      const sport = udp.srcPort(buf, l4);
+      const dport = udp.dstPort(buf, l4);
+      const t = this.table;
+      let f = t.lookupOutside(proto, dst, dport, src, sport, this.now);
+      if (f < 0) {
+        // Only a SYN may open a flow from outside, and only where the filtering mode lets an
+        // existing mapping accept a new remote (RFC 4787 REQ-8, RFC 5382 REQ-3). Everything else
+        // is dropped without an answer (RFC 5382 REQ-4).
+        if (proto === ipv4.PROTO_TCP && (!(tflags & tcp.SYN) || tflags & (tcp.RST | tcp.FLAG_ACK))) {
+          return this.drop(
+            t.hasMapping(proto, dst, dport) ? DropReason.Filtered : DropReason.Unsolicited,
+          );
+        }
+        f = t.createInbound(proto, dst, dport, src, sport, this.now);
+        if (f < 0) return this.drop(-f - 1);
+      }
+      if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, false, this.now);
+      else t.refresh(f, this.now);
+      t.flags[f]! |= FLOW_REPLIED;
+      const iaddr = t.iaddr[f]!;
+      const ipd = negate(t.ipDelta[f]!);
+      ipv4.writeU32(buf, p + ipv4.DST, iaddr);
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
+      udp.setDstPort(buf, l4, t.iport[f]!);
+      this.fixL4(buf, l4, proto, ipd, negate(t.l4Delta[f]!));
+      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, iaddr, true);
+      t.pktsIn[f]! += this.segs;
+      t.bytesIn[f]! += this.wireBytes;
+      this.stats.packetsOutToSource += this.segs;
+      this.stats.bytesOutToSource += this.wireBytes;
+      return Verdict.Forward;
+    }
+    if (proto === ipv4.PROTO_ICMP) return this.icmpInbound(buf, p, hl, tl, ff);
+    return this.drop(DropReason.UnsupportedProtocol);
+  }
+
+  private icmpInbound(buf: Uint8Array, p: number, hl: number, tl: number, ff: number): Verdict {
+    const ic = p + hl;
+    const iclen = tl - hl;
+    if (icmp.check(buf, ic, iclen) < 0) return this.drop(DropReason.MalformedL4);
+    const type = icmp.type(buf, ic);
+    if (type === icmp.ECHO_REPLY) {
+      const src = ipv4.src(buf, p);
+      const dst = ipv4.dst(buf, p);
+      const oid = icmp.id(buf, ic);
+      const t = this.table;
+      const f = t.lookupOutside(ipv4.PROTO_ICMP, dst, oid, src, 0, this.now);
+      if (f < 0) return this.drop(DropReason.Unsolicited);
+      t.refresh(f, this.now);
+      t.flags[f]! |= FLOW_REPLIED;
+      const iaddr = t.iaddr[f]!;
+      const id = t.iport[f]!;
+      ipv4.writeU32(buf, p + ipv4.DST, iaddr);
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), negate(t.ipDelta[f]!)));
+      icmp.setId(buf, ic, id);
+      icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(oid, id)));
+      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, iaddr, true);
+      t.pktsIn[f]! += 1;
+      t.bytesIn[f]! += tl;
+      this.stats.packetsOutToSource += 1;
+      this.stats.bytesOutToSource += tl;
+      return Verdict.Forward;
+    }
+    if (icmp.isError(type)) return this.icmpErrorInbound(buf, p, ic, iclen, tl);
+    // Echo requests to the NAT address and other ICMP are not ours to answer (RFC 5508 REQ-11).
+    return this.drop(type === icmp.ECHO_REQUEST ? DropReason.Unsolicited : DropReason.IcmpUnsupported);
+  }
+
+  /**
+   * An error from outside about a packet that left through us (RFC 5508 REQ-4): the embedded
+   * datagram went NAT address -> remote; its source is restored to the inside endpoint and the outer
+   * destination becomes that inside host. Type and code are kept.
+   */
+  private icmpErrorInbound(
+    buf: Uint8Array,
+    p: number,
+    ic: number,
+    iclen: number,
+    tl: number,
+  ): Verdict {
+    const e = this.checkError(buf, ic, iclen);
+    if (e < 0) return Verdict.Drop;
+    const ehl = (buf[e]! & 0x0f) << 2;
+    const eproto = buf[e + ipv4.PROTOCOL]!;
+    const l4 = e + ehl;
+    const esrc = ipv4.src(buf, e);
+    const edst = ipv4.dst(buf, e);
+    let f: number;
+    if (eproto === ipv4.PROTO_ICMP) {
+      f = this.table.lookupOutside(eproto, esrc, icmp.id(buf, l4), edst, 0, this.now);
+    } else if (eproto === ipv4.PROTO_TCP || eproto === ipv4.PROTO_UDP) {
+      f = this.table.lookupOutside(
+        eproto,
+        esrc,
+        udp.srcPort(buf, l4),
+        edst,
+        udp.dstPort(buf, l4),
+        this.now,
+      );
+    } else {
+      return this.drop(DropReason.IcmpErrorNoFlow);
+    }
+    if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
+    const iaddr = this.table.iaddr[f]!;
+    rewriteEmbedded(buf, ic, iclen, e, ehl, true, iaddr, this.table.iport[f]!);
+    ipv4.rewriteDst(buf, p, iaddr);
+    this.stats.icmpErrorsTranslated++;
+    this.stats.packetsOutToSource += 1;
+    this.stats.bytesOutToSource += tl;
+    return Verdict.Forward;
+  }
+
+  /**
+   * RFC 5508 REQ-3: drop an error whose ICMP checksum is wrong, whose embedded header is truncated
+   * or whose embedded IP checksum is wrong. Returns the embedded header's offset, or -1 (counted).
+   */
+  private checkError(buf: Uint8Array, ic: number, iclen: number): number {
+    if (fold(sum(buf, ic, iclen)) !== 0xffff) {
+      this.drop(DropReason.IcmpBadChecksum);
+      return -1;
+    }
+    const ehl = checkEmbedded(buf, ic, iclen);
+    const e = ic + icmp.HEADER_LEN;
+    if (ehl < 0 || !embeddedHeaderChecksumOk(buf, e, ehl)) {
+      this.drop(DropReason.IcmpErrorBadEmbedded);
+      return -1;
+    }
+    return e;
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  /** Transport checksum for an address+port change (TCP/UDP). */
+  private fixL4(buf: Uint8Array, l4: number, proto: number, ipd: number, l4d: number): void {
+    const at = l4 + (proto === ipv4.PROTO_TCP ? tcp.CHECKSUM : udp.CHECKSUM);
+    const c = ipv4.readU16(buf, at);
+    if (this.partial) {
+      // NEEDS_CSUM: the field is the pseudo-header sum; ports are not part of it.
+      ipv4.writeU16(buf, at, adjustPartial(c, ipd));
+      return;
+    }
+    if (proto === ipv4.PROTO_UDP) {
+      if (c === 0) return; // RFC 768: no checksum, and it stays that way.
+      const n = adjust(c, l4d);
+      ipv4.writeU16(buf, at, n === 0 ? 0xffff : n);
+      return;
+    }
+    ipv4.writeU16(buf, at, adjust(c, l4d));
+  }
+
+  private firstFragment(
+    buf: Uint8Array,
+    p: number,
+    proto: number,
+    src: number,
+    dst: number,
+    newAddr: number,
+    inbound: boolean,
+  ): void {
+    const oldId = ipv4.id(buf, p);
+    const s = this.frags.put(src, dst, proto, oldId, newAddr, inbound, this.now);
+    this.setId(buf, p, oldId, this.frags.newId[s]!);
+  }
+
+  /** A fragment after the first: translate it as its first fragment was, or drop it. */
+  private laterFragment(buf: Uint8Array, p: number, proto: number, outbound: boolean): Verdict {
+    const src = ipv4.src(buf, p);
+    const dst = ipv4.dst(buf, p);
+    const oldId = ipv4.id(buf, p);
+    const s = this.frags.get(src, dst, proto, oldId, this.now);
+    if (s < 0) return this.drop(DropReason.FragmentNoState);
+    const addr = this.frags.newAddr[s]!;
+    if (outbound) ipv4.rewriteSrc(buf, p, addr);
+    else ipv4.rewriteDst(buf, p, addr);
+    this.setId(buf, p, oldId, this.frags.newId[s]!);
+    if (outbound && this.table.isNatAddress(dst)) {
+      // Hairpinned fragment: its first fragment was recorded again on the way back in.
+      const s2 = this.frags.get(addr, dst, proto, this.frags.newId[s]!, this.now);
+      if (s2 < 0) return this.drop(DropReason.FragmentNoState);
+      ipv4.rewriteDst(buf, p, this.frags.newAddr[s2]!);
+    }
+    return Verdict.Forward;
+  }
+
+  private setId(buf: Uint8Array, p: number, oldId: number, newId: number): void {
+    if (oldId === newId) return;
+    ipv4.writeU16(buf, p + ipv4.ID, newId);
+    ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), delta16(oldId, newId)));
+  }
+
+  /**
+   * No flow could be made for an outbound packet (table full, ports exhausted, over quota). The
+   * drop is counted by reason; unless policy says otherwise (RFC 5508 REQ-9) the sender is told
+   * with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b) — but never about an ICMP error or a
+   * non-first fragment (RFC 1812 §4.3.2.7).
+   */
+  private refuse(buf: Uint8Array, p: number, tl: number, reason: number): Verdict {
+    this.drop(reason);
+    if (!this.icmpProhibited) return Verdict.Drop;
+    if (ipv4.protocol(buf, p) === ipv4.PROTO_ICMP) {
+      const t = icmp.type(buf, p + ipv4.headerLength(buf, p));
+      if (icmp.isError(t)) return Verdict.Drop;
+    }
+    const from = this.table.natAddressFor(ipv4.src(buf, p));
+    const n = writeIcmpError(
+      buf,
+      p,
+      tl,
+      icmp.DEST_UNREACH,
+      icmp.CODE_ADMIN_PROHIBITED,
+      0,
+      from,
+      this.nextIdent(),
+    );
+    this.clearVnet(buf, p);
+    this.outLen = this.hdrOff(p) + n;
+    return Verdict.Reply;
+  }
+
+  private nextIdent(): number {
+    this.ident = (this.ident + 1) & 0xffff;
+    return this.ident;
+  }
+
+  /** Bytes of virtio header in front of the IP packet at p. */
+  private hdrOff(_p: number): number {
+    return this.vnetHdr ? vnet.LEN : 0;
+  }
+
+  /** A generated packet is complete and not GSO: give it an all-zero virtio header. */
+  private clearVnet(buf: Uint8Array, p: number): void {
+    if (this.vnetHdr) vnet.clear(buf, p - vnet.LEN);
+  }
+}
+
+/** Exposed for tests: the RFC 1624 delta of an address change. */
+export const addressDelta = delta32;

@@ -1,0 +1,60 @@
+import t from "tap";
+import { ErrorCode, TunnatError } from "../../../src/control/errors.js";
+import {
+  classifyErrno,
+  EAGAIN,
+  EBADF,
+  EBADFD,
+  EINTR,
+  EINVAL,
+  ENODEV,
+  ENXIO,
+  errnoError,
+  isErrnoError,
+} from "../../../src/io/errno.js";
+import { openTun, SLOT_SIZE } from "../../../src/io/tun.js";
+
+t.test("errno is classified once: retry, device gone, or fatal", (t) => {
+  t.equal(classifyErrno(EAGAIN), "retry");
+  t.equal(classifyErrno(EINTR), "retry");
+  for (const e of [EBADF, EBADFD, ENXIO, ENODEV]) t.equal(classifyErrno(e), "gone", `errno ${e}`);
+  t.equal(classifyErrno(EINVAL), "fatal");
+  t.equal(classifyErrno(1), "fatal", "EPERM");
+  t.end();
+});
+
+t.test("an errno error carries the code name and the number", (t) => {
+  const e = errnoError(13, "EACCES", "open", "cannot open /dev/net/tun");
+  t.ok(isErrnoError(e));
+  t.equal(e.code, "EACCES");
+  t.equal(e.errno, 13);
+  t.equal(e.syscall, "open");
+  t.match(e.message, /EACCES/);
+  t.notOk(isErrnoError(new Error("plain")));
+  t.end();
+});
+
+t.test("a slot holds a 64 KiB GSO packet plus its virtio_net_hdr", (t) => {
+  t.ok(SLOT_SIZE >= 65_535 + 10);
+  t.equal(SLOT_SIZE % 64, 0);
+  t.end();
+});
+
+t.test("offloads without a vnet header are refused before any device is opened", (t) => {
+  t.throws(() => openTun({ name: "tnunit0", offloads: true }), {
+    name: "TunnatError",
+    code: ErrorCode.Config,
+  });
+  t.end();
+});
+
+t.test("a slot count out of range is refused", (t) => {
+  for (const slots of [0, -1, 1.5, 100_000]) {
+    t.throws(
+      () => openTun({ name: "tnunit0", slots }),
+      (e: unknown) => e instanceof TunnatError && e.code === ErrorCode.Config,
+      `slots ${slots}`,
+    );
+  }
+  t.end();
+});
