@@ -318,8 +318,16 @@ class Tun : public Napi::ObjectWrap<Tun> {
       // as for any callback that enters JS from libuv.
       napi_value result;
       napi_async_context ctx = *async_context_;
+      in_callback_ = true;
       napi_status st =
           napi_make_callback(env, ctx, env.Global(), callback_.Value(), 2, argv, &result);
+      in_callback_ = false;
+      if (release_pending_) {
+        // close() ran inside the callback: drop what it could not drop under our feet.
+        release_pending_ = false;
+        ReleaseJsRefs();
+        Unref();
+      }
       if (st == napi_pending_exception || env.IsExceptionPending()) {
         // Nobody in JS called us: hand the exception to process 'uncaughtException'.
         Napi::Error e = env.GetAndClearPendingException();
@@ -351,8 +359,13 @@ class Tun : public Napi::ObjectWrap<Tun> {
       uv_poll_stop(poll_);
       uv_close(reinterpret_cast<uv_handle_t*>(poll_), &Tun::FreePoll);
       poll_ = nullptr;
-      ReleaseJsRefs();
-      Unref();
+      if (in_callback_) {
+        // The async context and the callback are in use by napi_make_callback right now.
+        release_pending_ = true;
+      } else {
+        ReleaseJsRefs();
+        Unref();
+      }
     }
     if (fd_ >= 0) {
       close(fd_);
@@ -378,6 +391,8 @@ class Tun : public Napi::ObjectWrap<Tun> {
   int fd_ = -1;
   std::string name_;
   bool cleanup_hook_ = false;
+  bool in_callback_ = false;
+  bool release_pending_ = false;
   uv_poll_t* poll_ = nullptr;
   uint8_t* arena_ = nullptr;
   int32_t* lengths_ = nullptr;

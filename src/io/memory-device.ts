@@ -63,7 +63,9 @@ export class MemoryDevice implements Device {
   /** Queue one packet (with its virtio_net_hdr when vnetHdr is set) for the next flush(). */
   inject(bytes: Uint8Array): void {
     if (bytes.length > this.slotSize) {
-      throw new RangeError(`packet of ${bytes.length} bytes exceeds the slot size ${this.slotSize}`);
+      throw new RangeError(
+        `packet of ${bytes.length} bytes exceeds the slot size ${this.slotSize}`,
+      );
     }
     this.#queue.push(bytes.slice());
   }
@@ -79,7 +81,7 @@ export class MemoryDevice implements Device {
     while (this.#queue.length > 0 && !this.#closed) {
       const n = Math.min(this.#queue.length, this.slots);
       for (let i = 0; i < n; i++) {
-        const p = this.#queue[i]!;
+        const p = this.#queue[i];
         this.buffer.set(p, i * this.slotSize);
         this.lengths[i] = p.length;
       }
@@ -96,7 +98,7 @@ export class MemoryDevice implements Device {
     const n = Math.min(count, this.slots);
     let written = 0;
     for (let i = 0; i < n; i++) {
-      const len = this.lengths[i]!;
+      const len = this.lengths[i];
       if (len <= 0) continue;
       const off = i * this.slotSize;
       this.sent.push(this.buffer.slice(off, off + Math.min(len, this.slotSize)));

@@ -20,7 +20,15 @@ import { fileURLToPath } from "node:url";
 import { ErrorCode, TunnatError } from "../control/errors.js";
 import type { Device } from "./device.js";
 import { VNET_HDR_LEN } from "./device.js";
-import { classifyErrno, EINTR, EINVAL, EIO, type ErrnoError, errnoError, isErrnoError } from "./errno.js";
+import {
+  classifyErrno,
+  EINTR,
+  EINVAL,
+  EIO,
+  type ErrnoError,
+  errnoError,
+  isErrnoError,
+} from "./errno.js";
 
 /**
  * Bytes per slot: the largest packet a TUN hands over is a 65,535-byte IPv4 GSO packet plus its
@@ -218,7 +226,9 @@ const NO_OFFLOADS: TunOffloads = { flags: 0, csum: false, tso4: false, tso6: fal
 function setOffloads(a: NativeAddon, nt: NativeTun, uso: boolean): TunOffloads {
   const c = a.constants;
   const base = c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6;
-  const tries = uso ? [base | c.TUN_F_USO4 | c.TUN_F_USO6, base, c.TUN_F_CSUM] : [base, c.TUN_F_CSUM];
+  const tries = uso
+    ? [base | c.TUN_F_USO4 | c.TUN_F_USO6, base, c.TUN_F_CSUM]
+    : [base, c.TUN_F_CSUM];
   for (const flags of tries) {
     try {
       nt.setOffload(flags);
@@ -320,12 +330,12 @@ export class TunDevice implements Device {
     const st = this.#status;
     const c = this.#addon.constants;
     let written = this.#native.write(0, count);
-    this.stats.writeDropped += st[c.STATUS_DROPPED]!;
-    let errno = st[c.STATUS_ERRNO]!;
+    this.stats.writeDropped += st[c.STATUS_DROPPED];
+    let errno = st[c.STATUS_ERRNO];
     let eintr = 0;
     // Rare path: one slot failed; classify it and go on after it.
     while (errno !== 0) {
-      const at = st[c.STATUS_INDEX]!;
+      const at = st[c.STATUS_INDEX];
       let from = at + 1;
       if (errno === EINTR && eintr < EINTR_RETRIES) {
         eintr++;
@@ -340,8 +350,8 @@ export class TunDevice implements Device {
         return written;
       }
       written += this.#native.write(from, count);
-      this.stats.writeDropped += st[c.STATUS_DROPPED]!;
-      errno = st[c.STATUS_ERRNO]!;
+      this.stats.writeDropped += st[c.STATUS_DROPPED];
+      errno = st[c.STATUS_ERRNO];
     }
     this.stats.packetsWritten += written;
     return written;
