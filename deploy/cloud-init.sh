@@ -11,7 +11,7 @@ TUNNAT_VERSION="${TUNNAT_VERSION:-latest}"      # npm version or dist-tag
 TUNNAT_TARBALL_URL="${TUNNAT_TARBALL_URL:-}"    # e.g. an S3 presigned URL of `npm pack` output
 NODE_MAJOR="${NODE_MAJOR:-20}"
 NODE_DIST="${NODE_DIST:-https://nodejs.org/dist}"
-export TUNNAT_PRESET="${TUNNAT_PRESET-aws}"     # 350 s idle timeout + RST, like a NAT Gateway
+export TUNNAT_PRESET="${TUNNAT_PRESET:-aws}"    # 350 s idle timeout + RST, like a NAT Gateway
 export TUNNAT_CHECK="${TUNNAT_CHECK:-warn}"
 set -euo pipefail
 exec > >(tee -a /var/log/tunnat-install.log) 2>&1

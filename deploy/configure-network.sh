@@ -4,7 +4,8 @@
 #
 #  1. installs the sysctl.d file (ip_forward, rp_filter) and applies it now;
 #  2. reads the instance metadata (IMDSv2): the ENI's MAC -> interface, the secondary private
-#     IPs that have an Elastic IP associated -> NAT addresses, the VPC CIDR blocks -> inside;
+#     IPs that have an Elastic IP associated -> NAT addresses, the VPC CIDR blocks without the
+#     instance's own subnet -> inside;
 #  3. makes sure the host does not own the NAT addresses (dedicated mode: they are routed into
 #     the TUN; Amazon Linux's ec2-net-utils would otherwise put secondary IPs on the interface);
 #  4. writes /etc/tunnat/tunnat.json;
@@ -17,17 +18,19 @@
 #   TUNNAT_MD_OUTSIDE_INTERFACE interface towards the internet gateway    (default: the ENI)
 #   TUNNAT_MD_NAT_ADDRESSES    NAT addresses, space or comma separated    (EIP-associated
 #                              secondary private IPs of the ENI)
-#   TUNNAT_MD_INSIDE_CIDRS     inside prefixes, space or comma separated  (vpc-ipv4-cidr-blocks)
+#   TUNNAT_MD_INSIDE_CIDRS     inside prefixes, space or comma separated  (vpc-ipv4-cidr-blocks
+#                              minus the instance's subnet-ipv4-cidr-block)
 # Other settings:
 #   TUNNAT_IMDS_ENDPOINT  default http://169.254.169.254
 #   TUNNAT_CONFIG_FILE    default /etc/tunnat/tunnat.json
 #   TUNNAT_SYSCTL_FILE    default /etc/sysctl.d/60-tunnat.conf
 #   TUNNAT_TUN            default tunnat0
 #   TUNNAT_METRICS        default 127.0.0.1:9469
-#   TUNNAT_PRESET         default aws ("" for the RFC defaults)
+#   TUNNAT_PRESET         default aws (350 s idle timeout and RST, like a NAT Gateway), or default
 #   TUNNAT_BIN            default tunnat (the command run for `check`)
 #   TUNNAT_CHECK          warn (default: report, exit 0) | strict (exit with check's status) | skip
 #   TUNNAT_KEEP_NAT_ADDRESS=1  leave a NAT address configured on the host (only warn)
+# (TUNNAT_TUN, TUNNAT_METRICS and TUNNAT_PRESET mean what they mean to the daemon.)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +40,7 @@ sysctl_file="${TUNNAT_SYSCTL_FILE:-/etc/sysctl.d/60-tunnat.conf}"
 sysctl_src="${TUNNAT_SYSCTL_SOURCE:-$here/../systemd/tunnat.sysctl}"
 tun="${TUNNAT_TUN:-tunnat0}"
 metrics="${TUNNAT_METRICS:-127.0.0.1:9469}"
-preset="${TUNNAT_PRESET-aws}"
+preset="${TUNNAT_PRESET:-aws}"
 tunnat_bin="${TUNNAT_BIN:-tunnat}"
 check_mode="${TUNNAT_CHECK:-warn}"
 
@@ -90,6 +93,8 @@ apply_sysctl_file() {
       [ -n "$optional" ] && continue
       die "sysctl $key does not exist"
     fi
+    # Unchanged values are not written: a container's /proc/sys is read-only (compose sets them).
+    [ "$(cat "$path")" = "$value" ] && continue
     printf '%s\n' "$value" >"$path" || die "cannot set sysctl $key = $value"
     log "sysctl $key = $value"
   done <"$1"
@@ -144,7 +149,14 @@ fi
 
 inside_cidrs="$(words "${TUNNAT_MD_INSIDE_CIDRS:-}")"
 if [ -z "$inside_cidrs" ]; then
-  inside_cidrs="$(words "$(md "network/interfaces/macs/$mac/vpc-ipv4-cidr-blocks")")"
+  # The VPC without the instance's own subnet: the NAT address lies in that subnet, and an
+  # inside prefix may not contain it (RFC 4787 REQ-7; tunnat refuses such a config).
+  vpc="$(words "$(md "network/interfaces/macs/$mac/vpc-ipv4-cidr-blocks")")"
+  subnet="$(md "network/interfaces/macs/$mac/subnet-ipv4-cidr-block")"
+  # shellcheck source=deploy/cidr-subtract.sh
+  . "$here/cidr-subtract.sh"
+  inside_cidrs="$(cidr_subtract "$vpc" "$subnet")"
+  log "inside: VPC $vpc without the instance's subnet $subnet"
 fi
 
 for a in $nat_addresses; do valid_ipv4 "$a" || die "bad NAT address '$a'"; done
@@ -184,10 +196,10 @@ tmp="$(mktemp "$config_file.XXXXXX")"
   printf '{\n'
   printf '  "inside": %s,\n' "$inside_json"
   printf '  "insideInterface": "%s",\n' "$inside_if"
-  printf '  "natAddresses": %s,\n' "$nat_json"
+  printf '  "natAddress": %s,\n' "$nat_json"
   printf '  "outsideInterface": "%s",\n' "$outside_if"
   printf '  "tun": "%s",\n' "$tun"
-  [ -n "$preset" ] && printf '  "preset": "%s",\n' "$preset"
+  printf '  "preset": "%s",\n' "$preset"
   printf '  "metrics": "%s"\n' "$metrics"
   printf '}\n'
 } >"$tmp"

@@ -7,7 +7,10 @@ import { existsSync } from "node:fs";
 
 const suites = {
   unit: { dir: "dist/test/unit", args: ["--jobs", "2", "--timeout", "300"] },
-  lab: { dir: "dist/test/lab", args: ["--jobs", "1", "--timeout", "900", "--exclude", "**/helpers/**"] },
+  lab: {
+    dir: "dist/test/lab",
+    args: ["--jobs", "1", "--timeout", "900", "--exclude", "**/helpers/**"],
+  },
   fuzz: { dir: "dist/test/fuzz", args: ["--jobs", "1", "--timeout", "1800"] },
 };
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "lab"];

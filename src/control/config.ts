@@ -129,7 +129,8 @@ function parseInsidePrefix(text: string): Parsed<Cidr> {
   if (!c || !text.includes("/")) return new Bad("expected an IPv4 prefix like 10.0.0.0/16");
   if (c.hostBits)
     return new Bad(`host bits are set; did you mean ${formatCidr(c)}? (the prefix must be masked)`);
-  if (c.len === 0) return new Bad("expected a prefix longer than /0 (0.0.0.0/0 would NAT the host)");
+  if (c.len === 0)
+    return new Bad("expected a prefix longer than /0 (0.0.0.0/0 would NAT the host)");
   return { addr: c.addr, len: c.len };
 }
 
@@ -187,7 +188,8 @@ function parseAbsPath(text: string): Parsed<string> {
 function parseMappingLog(text: string): Parsed<MappingLog> {
   if (text === "off") return { kind: "off" };
   if (text === "stdout" || text === "-") return { kind: "stdout" };
-  if (text.length === 0 || text.includes("\0")) return new Bad('expected "off", "stdout" or a file');
+  if (text.length === 0 || text.includes("\0"))
+    return new Bad('expected "off", "stdout" or a file');
   return { kind: "file", path: text };
 }
 
@@ -301,7 +303,11 @@ export const FIELDS = {
     def: "address-and-port-dependent",
     expect: "address-and-port-dependent, address-dependent or endpoint-independent",
     describe: "inbound filtering behaviour (RFC 4787 REQ-8)",
-    parse: oneOf(["address-and-port-dependent", "address-dependent", "endpoint-independent"] as const),
+    parse: oneOf([
+      "address-and-port-dependent",
+      "address-dependent",
+      "endpoint-independent",
+    ] as const),
   }),
   tcpEstablished: field<number>({
     key: "timeouts.tcpEstablished",
@@ -462,6 +468,9 @@ export const FIELDS = {
 export type FieldName = keyof typeof FIELDS;
 type FieldValue<K extends FieldName> = (typeof FIELDS)[K] extends Field<infer T> ? T : never;
 
+/** Fields that may be given several times (their value is an array). */
+type RepeatableName = "inside" | "natAddress";
+
 /** The --config flag is not a setting itself; it says where the file is. */
 export const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
 
@@ -557,7 +566,9 @@ function readConfigFile(
 }
 
 export interface Resolved {
-  values: { [K in FieldName]: FieldValue<K> | undefined };
+  values: {
+    [K in FieldName]: (K extends RepeatableName ? FieldValue<K>[] : FieldValue<K>) | undefined;
+  };
   /** Where each set value came from, for cross-field error messages. */
   origin: { [K in FieldName]?: { where: string; text: string; source: Source } };
   configFile: string | undefined;
@@ -611,9 +622,7 @@ export function resolveSettings(input: LoadInput): Resolved {
       if (p instanceof Bad) throw configError(raw.where, text, p.why);
       parsed.push(p);
     }
-    (values as Record<string, unknown>)[name] = repeatable
-      ? parsed
-      : parsed[parsed.length - 1];
+    (values as Record<string, unknown>)[name] = repeatable ? parsed : parsed[parsed.length - 1];
     (origin as Record<string, unknown>)[name] = {
       where: raw.where,
       text: raw.texts.join(","),

@@ -53,7 +53,9 @@ export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
           res.writeHead(200, { "content-type": p.contentType }).end(body);
         },
         (e: unknown) => {
-          res.writeHead(500, { "content-type": "text/plain" }).end(`metrics failed: ${String(e)}\n`);
+          res
+            .writeHead(500, { "content-type": "text/plain" })
+            .end(`metrics failed: ${String(e)}\n`);
         },
       );
       return;

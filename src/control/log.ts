@@ -2,7 +2,7 @@
  * pino JSON logs on stdout (DESIGN.md §5). Nothing here is called per packet: the data path
  * counts, and the control plane logs events (start, stop, reload, failures).
  */
-import { pino, type Logger } from "pino";
+import { type Logger, pino } from "pino";
 import type { LogLevel } from "./config.js";
 
 export type { Logger };

@@ -9,7 +9,7 @@
  */
 import type { Clock } from "../conntrack/clock.js";
 import type { Device } from "../io/device.js";
-import { Verdict, type Translator } from "../nat/translate.js";
+import { type Translator, Verdict } from "../nat/translate.js";
 
 /** A clock the loop may refresh once per batch (control/clock.ts BatchClock). */
 export interface BatchedClock extends Clock {

@@ -4,7 +4,10 @@
  */
 
 export type MappingMode = "endpoint-independent" | "per-destination";
-export type FilteringMode = "address-and-port-dependent" | "address-dependent" | "endpoint-independent";
+export type FilteringMode =
+  | "address-and-port-dependent"
+  | "address-dependent"
+  | "endpoint-independent";
 
 export interface Prefix {
   /** Network address, host-order uint32 (already masked). */
@@ -72,7 +75,7 @@ export function defaultNatConfig(over: Partial<NatConfig> = {}): NatConfig {
   return {
     natAddresses: [],
     inside: [],
-    portLo: 1024,
+    portLo: 1,
     portHi: 65535,
     mapping: "endpoint-independent",
     filtering: "address-and-port-dependent",

@@ -8,8 +8,8 @@
  * every change to the ICMP payload is folded into the ICMP checksum, which covers it.
  */
 import { adjust, delta16, delta32, fold, sum } from "../wire/checksum.js";
-import * as ipv4 from "../wire/ipv4.js";
 import * as icmp from "../wire/icmp.js";
+import * as ipv4 from "../wire/ipv4.js";
 import * as tcp from "../wire/tcp.js";
 import * as udp from "../wire/udp.js";
 
@@ -134,7 +134,13 @@ export function writeIcmpError(
  * the RST takes its sequence number from that ACK, otherwise it acknowledges the segment.
  * Returns the new IP length (40).
  */
-export function writeRst(buf: Uint8Array, p: number, hl: number, len: number, ident: number): number {
+export function writeRst(
+  buf: Uint8Array,
+  p: number,
+  hl: number,
+  len: number,
+  ident: number,
+): number {
   const t = p + hl;
   const from = ipv4.dst(buf, p);
   const to = ipv4.src(buf, p);
@@ -150,21 +156,26 @@ export function writeRst(buf: Uint8Array, p: number, hl: number, len: number, id
   const r = p + ipv4.MIN_HEADER_LEN;
   tcp.setSrcPort(buf, r, sport);
   tcp.setDstPort(buf, r, dport);
-  if (flags & tcp.FLAG_ACK) {
+  if (flags & tcp.ACK) {
     tcp.setSeq(buf, r, ackIn);
     tcp.setAck(buf, r, 0);
     buf[r + tcp.FLAGS] = tcp.RST;
   } else {
     tcp.setSeq(buf, r, 0);
     tcp.setAck(buf, r, (seqIn + segLen) >>> 0);
-    buf[r + tcp.FLAGS] = tcp.RST | tcp.FLAG_ACK;
+    buf[r + tcp.FLAGS] = tcp.RST | tcp.ACK;
   }
   buf[r + tcp.DATA_OFF] = 5 << 4;
   ipv4.writeU16(buf, r + tcp.WINDOW, 0);
   ipv4.writeU16(buf, r + tcp.CHECKSUM, 0);
   ipv4.writeU16(buf, r + tcp.URGENT, 0);
   const ps =
-    (from >>> 16) + (from & 0xffff) + (to >>> 16) + (to & 0xffff) + ipv4.PROTO_TCP + tcp.MIN_HEADER_LEN;
+    (from >>> 16) +
+    (from & 0xffff) +
+    (to >>> 16) +
+    (to & 0xffff) +
+    ipv4.PROTO_TCP +
+    tcp.MIN_HEADER_LEN;
   tcp.setChecksumField(buf, r, fold(sum(buf, r, tcp.MIN_HEADER_LEN, ps)) ^ 0xffff);
   return total;
 }

@@ -20,7 +20,7 @@
  * kernel segments them after we write them back.
  */
 import type { Clock } from "../conntrack/clock.js";
-import { FlowTable, type FlowHooks } from "../conntrack/table.js";
+import { type FlowHooks, FlowTable } from "../conntrack/table.js";
 import { adjust, adjustPartial, delta16, delta32, fold, negate, sum } from "../wire/checksum.js";
 import * as icmp from "../wire/icmp.js";
 import * as ipv4 from "../wire/ipv4.js";
@@ -197,7 +197,7 @@ export class Translator {
       if (f < 0) {
         if (proto === ipv4.PROTO_TCP) {
           if (tflags & tcp.RST) return this.drop(DropReason.TcpNoFlow);
-          if (!(tflags & tcp.SYN) || tflags & tcp.FLAG_ACK) {
+          if (!(tflags & tcp.SYN) || tflags & tcp.ACK) {
             // A segment of a connection we do not know. The aws preset answers it with an RST, as
             // the AWS NAT Gateway does once a connection has timed out. Otherwise pick it up (as
             // Linux does with nf_conntrack_tcp_loose), so flows survive a daemon restart.
@@ -324,7 +324,7 @@ export class Translator {
         // Only a SYN may open a flow from outside, and only where the filtering mode lets an
         // existing mapping accept a new remote (RFC 4787 REQ-8, RFC 5382 REQ-3). Everything else
         // is dropped without an answer (RFC 5382 REQ-4).
-        if (proto === ipv4.PROTO_TCP && (!(tflags & tcp.SYN) || tflags & (tcp.RST | tcp.FLAG_ACK))) {
+        if (proto === ipv4.PROTO_TCP && (!(tflags & tcp.SYN) || tflags & (tcp.RST | tcp.ACK))) {
           return this.drop(
             t.hasMapping(proto, dst, dport) ? DropReason.Filtered : DropReason.Unsolicited,
           );
@@ -381,7 +381,9 @@ export class Translator {
     }
     if (icmp.isError(type)) return this.icmpErrorInbound(buf, p, ic, iclen, tl);
     // Echo requests to the NAT address and other ICMP are not ours to answer (RFC 5508 REQ-11).
-    return this.drop(type === icmp.ECHO_REQUEST ? DropReason.Unsolicited : DropReason.IcmpUnsupported);
+    return this.drop(
+      type === icmp.ECHO_REQUEST ? DropReason.Unsolicited : DropReason.IcmpUnsupported,
+    );
   }
 
   /**
@@ -508,12 +510,13 @@ export class Translator {
 
   /**
    * No flow could be made for an outbound packet (table full, ports exhausted, over quota). The
-   * drop is counted by reason; unless policy says otherwise (RFC 5508 REQ-9) the sender is told
+   * table counted the drop by reason; unless policy says otherwise (RFC 5508 REQ-9) the sender is told
    * with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b) — but never about an ICMP error or a
    * non-first fragment (RFC 1812 §4.3.2.7).
    */
   private refuse(buf: Uint8Array, p: number, tl: number, reason: number): Verdict {
-    this.drop(reason);
+    // The table has already counted the reason.
+    this.lastDrop = reason;
     if (!this.icmpProhibited) return Verdict.Drop;
     if (ipv4.protocol(buf, p) === ipv4.PROTO_ICMP) {
       const t = icmp.type(buf, p + ipv4.headerLength(buf, p));

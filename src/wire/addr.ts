@@ -79,12 +79,12 @@ export function formatCidr(c: Cidr): string {
 
 /** True when host-order address `ip` lies inside prefix `c`. */
 export function cidrContains(c: Cidr, ip: number): boolean {
-  return ((ip & prefixMask(c.len)) >>> 0) === c.addr >>> 0;
+  return (ip & prefixMask(c.len)) >>> 0 === c.addr >>> 0;
 }
 
 /** True when two prefixes share at least one address. */
 export function cidrOverlaps(a: Cidr, b: Cidr): boolean {
   const len = Math.min(a.len, b.len);
   const m = prefixMask(len);
-  return ((a.addr & m) >>> 0) === ((b.addr & m) >>> 0);
+  return (a.addr & m) >>> 0 === (b.addr & m) >>> 0;
 }

@@ -3,8 +3,8 @@ import { readU16, readU32, writeU16, writeU32 } from "./ipv4.js";
 
 export const SRC_PORT = 0;
 export const DST_PORT = 2;
-export const SEQ = 4;
-export const ACK = 8;
+export const SEQ_NUM = 4;
+export const ACK_NUM = 8;
 export const DATA_OFF = 12;
 export const FLAGS = 13;
 export const WINDOW = 14;
@@ -16,7 +16,7 @@ export const FIN = 0x01;
 export const SYN = 0x02;
 export const RST = 0x04;
 export const PSH = 0x08;
-export const FLAG_ACK = 0x10;
+export const ACK = 0x10;
 export const URG = 0x20;
 
 export const ERR_TOO_SHORT = -1;
@@ -43,16 +43,16 @@ export function setDstPort(buf: Uint8Array, off: number, p: number): void {
   writeU16(buf, off + DST_PORT, p);
 }
 export function seq(buf: Uint8Array, off: number): number {
-  return readU32(buf, off + SEQ);
+  return readU32(buf, off + SEQ_NUM);
 }
 export function ack(buf: Uint8Array, off: number): number {
-  return readU32(buf, off + ACK);
+  return readU32(buf, off + ACK_NUM);
 }
 export function setSeq(buf: Uint8Array, off: number, v: number): void {
-  writeU32(buf, off + SEQ, v);
+  writeU32(buf, off + SEQ_NUM, v);
 }
 export function setAck(buf: Uint8Array, off: number, v: number): void {
-  writeU32(buf, off + ACK, v);
+  writeU32(buf, off + ACK_NUM, v);
 }
 export function headerLength(buf: Uint8Array, off: number): number {
   return (buf[off + DATA_OFF]! >>> 4) << 2;

@@ -171,9 +171,9 @@ export function checksumsOk(buf: Uint8Array, off = 0, opts: CheckOptions = {}): 
 
 /** The subset of a tap Test that the helpers use. */
 export interface Asserter {
-  equal(found: unknown, wanted: unknown, message?: string): boolean;
-  ok(found: unknown, message?: string): boolean;
-  fail(message?: string): boolean;
+  equal(found: unknown, wanted: unknown, message: string): boolean;
+  ok(found: unknown, message: string): boolean;
+  fail(message: string): boolean;
 }
 
 /** Expected fields; anything left out is not checked. */

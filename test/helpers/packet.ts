@@ -447,3 +447,15 @@ export function hex(buf: Uint8Array): string {
   }
   return lines.join("\n");
 }
+
+/** mulberry32: a seeded PRNG returning uint32s, so randomized tests replay exactly. */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return (x ^ (x >>> 14)) >>> 0;
+  };
+}

@@ -1,0 +1,460 @@
+/**
+ * `tunnat lab up|down|demo`: the three-role namespace lab of DESIGN.md §6 (two private hosts, the
+ * NAT host, an internet host), built with iproute2 from lab/lab.json, which holds every lab
+ * address (none lives in src/). Namespaces are named `<prefix>-<pid>-{p1,p2,nat,inet}` so runs
+ * cannot collide; a state file under the lab's stateDir lets `down` find them. Everything the
+ * lab starts runs inside its namespaces and is stopped by pid before they are deleted.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ErrorCode, errorMessage, TunnatError } from "../control/errors.js";
+import { execCommand } from "../control/plumbing.js";
+import { parseCidr, parseIpv4 } from "../wire/addr.js";
+
+export interface LabFile {
+  prefix: string;
+  stateDir: string;
+  inside: { prefix: string; gateway: string; bridge: string; hosts: Record<string, string> };
+  outside: {
+    prefix: string;
+    natInterface: string;
+    natInterfaceAddress: string;
+    natAddress: string;
+    inet: string[];
+  };
+  daemon: { tun: string; metrics: string };
+  demo: { httpPort: number; downloadBytes: number; iperfSeconds: number };
+}
+
+export interface LabState {
+  name: string;
+  pid: number;
+  labFile: string;
+  ns: { p1: string; p2: string; nat: string; inet: string };
+}
+
+/** The package root (bin/, lab/, package.json), found from this module's location. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "bin"))) return dir;
+    dir = dirname(dir);
+  }
+  return process.cwd();
+}
+
+export function defaultLabFile(): string {
+  return join(packageRoot(), "lab", "lab.json");
+}
+
+function labError(msg: string): TunnatError {
+  return new TunnatError(ErrorCode.Lab, msg);
+}
+
+export function readLabFile(path: string): LabFile {
+  let lab: LabFile;
+  try {
+    lab = JSON.parse(readFileSync(path, "utf8")) as LabFile;
+  } catch (e) {
+    throw labError(`cannot read lab file ${path}: ${errorMessage(e)}`);
+  }
+  const ips = [
+    lab.inside?.gateway,
+    lab.outside?.natInterfaceAddress,
+    lab.outside?.natAddress,
+    ...Object.values(lab.inside?.hosts ?? {}),
+    ...(lab.outside?.inet ?? []),
+  ];
+  for (const ip of ips)
+    if (typeof ip !== "string" || parseIpv4(ip) < 0)
+      throw labError(`lab file ${path}: bad address ${JSON.stringify(ip)}`);
+  for (const p of [lab.inside.prefix, lab.outside.prefix])
+    if (!parseCidr(p)) throw labError(`lab file ${path}: bad prefix ${JSON.stringify(p)}`);
+  if (!lab.inside.hosts.p1 || !lab.inside.hosts.p2 || lab.outside.inet.length < 1)
+    throw labError(`lab file ${path}: needs inside.hosts.p1, p2 and at least one outside.inet`);
+  return lab;
+}
+
+function len(prefix: string): string {
+  return prefix.split("/")[1] ?? "24";
+}
+
+async function ip(args: string[]): Promise<string> {
+  return execCommand("ip", args);
+}
+
+async function nsExec(ns: string, argv: string[]): Promise<string> {
+  return execCommand("ip", ["netns", "exec", ns, ...argv], 60_000);
+}
+
+/** Build the topology; on failure remove what was made. */
+export async function labUp(opts: { labFile?: string; prefix?: string; print?: boolean }) {
+  const labFile = resolve(opts.labFile ?? defaultLabFile());
+  const lab = readLabFile(labFile);
+  const prefix = opts.prefix ?? lab.prefix;
+  if (!/^[a-zA-Z0-9_-]{1,20}$/.test(prefix)) throw labError(`bad lab prefix "${prefix}"`);
+  const name = `${prefix}-${process.pid}`;
+  const ns = { p1: `${name}-p1`, p2: `${name}-p2`, nat: `${name}-nat`, inet: `${name}-inet` };
+  const state: LabState = { name, pid: process.pid, labFile, ns };
+  mkdirSync(lab.stateDir, { recursive: true, mode: 0o700 });
+  const stateFile = join(lab.stateDir, `${name}.json`);
+  // State first: a crash half-way still leaves `down` something to find.
+  writeFileSync(stateFile, JSON.stringify(state, null, 2));
+  try {
+    for (const n of Object.values(ns)) {
+      await ip(["netns", "add", n]);
+      await ip(["-n", n, "link", "set", "lo", "up"]);
+    }
+    const br = lab.inside.bridge;
+    const inLen = len(lab.inside.prefix);
+    await ip(["-n", ns.nat, "link", "add", br, "type", "bridge"]);
+    await ip(["-n", ns.nat, "addr", "add", `${lab.inside.gateway}/${inLen}`, "dev", br]);
+    await ip(["-n", ns.nat, "link", "set", br, "up"]);
+    for (const host of ["p1", "p2"] as const) {
+      const hns = ns[host];
+      const addr = lab.inside.hosts[host] ?? "";
+      await ip([
+        "-n",
+        hns,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        `in-${host}`,
+        "netns",
+        ns.nat,
+      ]);
+      await ip(["-n", ns.nat, "link", "set", `in-${host}`, "master", br, "up"]);
+      await ip(["-n", hns, "addr", "add", `${addr}/${inLen}`, "dev", "eth0"]);
+      await ip(["-n", hns, "link", "set", "eth0", "up"]);
+      await ip(["-n", hns, "route", "add", "default", "via", lab.inside.gateway]);
+    }
+    const out = lab.outside.natInterface;
+    const outLen = len(lab.outside.prefix);
+    await ip([
+      "-n",
+      ns.inet,
+      "link",
+      "add",
+      "eth0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      out,
+      "netns",
+      ns.nat,
+    ]);
+    await ip([
+      "-n",
+      ns.nat,
+      "addr",
+      "add",
+      `${lab.outside.natInterfaceAddress}/${outLen}`,
+      "dev",
+      out,
+    ]);
+    await ip(["-n", ns.nat, "link", "set", out, "up"]);
+    for (const a of lab.outside.inet)
+      await ip(["-n", ns.inet, "addr", "add", `${a}/${outLen}`, "dev", "eth0"]);
+    await ip(["-n", ns.inet, "link", "set", "eth0", "up"]);
+    await nsExec(ns.nat, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    // Proxy ARP answers after a random delay of up to proxy_delay (0.8 s by default, arp_process
+    // -> pneigh_enqueue); the lab answers at once so the first ping does not look slow.
+    await nsExec(ns.nat, ["sysctl", "-q", "-w", `net.ipv4.neigh.${out}.proxy_delay=0`]);
+  } catch (e) {
+    await labDown({ state, stateFile });
+    throw labError(`lab up failed (removed again): ${errorMessage(e)}`);
+  }
+  if (opts.print !== false) {
+    process.stdout.write(
+      `lab ${name} is up (state ${stateFile})\n` +
+        Object.entries(ns)
+          .map(([role, n]) => `  ${role.padEnd(4)} ${n}\n`)
+          .join("") +
+        `try:   ip netns exec ${ns.p1} ping -c1 ${lab.outside.inet[0]}   (after starting tunnat:)\n` +
+        `       ip netns exec ${ns.nat} tunnat run ${daemonArgs(lab, join(lab.stateDir, `${name}.sock`)).join(" ")}\n` +
+        `down:  tunnat lab down --name ${name}\n`,
+    );
+  }
+  return { lab, state, stateFile };
+}
+
+/** The `tunnat run` flags for the lab's nat namespace. */
+export function daemonArgs(lab: LabFile, controlSocket: string): string[] {
+  return [
+    "--inside",
+    lab.inside.prefix,
+    "--inside-interface",
+    lab.inside.bridge,
+    "--nat-address",
+    lab.outside.natAddress,
+    "--outside-interface",
+    lab.outside.natInterface,
+    "--tun",
+    lab.daemon.tun,
+    "--metrics",
+    lab.daemon.metrics,
+    "--control-socket",
+    controlSocket,
+  ];
+}
+
+async function killNamespacePids(n: string): Promise<void> {
+  const out = await ip(["netns", "pids", n]).catch(() => "");
+  for (const p of out.split(/\s+/).filter(Boolean)) {
+    const pid = Number(p);
+    if (pid > 1 && pid !== process.pid)
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+  }
+}
+
+/** Remove one lab (given its state) or every lab recorded in the state dir. */
+export async function labDown(opts: {
+  state?: LabState;
+  stateFile?: string;
+  name?: string;
+  labFile?: string;
+  print?: boolean;
+}): Promise<string[]> {
+  const removed: string[] = [];
+  const targets: { state: LabState; file: string }[] = [];
+  if (opts.state && opts.stateFile) targets.push({ state: opts.state, file: opts.stateFile });
+  else {
+    const lab = readLabFile(resolve(opts.labFile ?? defaultLabFile()));
+    const files = existsSync(lab.stateDir) ? readdirSync(lab.stateDir) : [];
+    for (const f of files) {
+      if (!f.endsWith(".json") || f.endsWith(".plumbing.json")) continue;
+      if (opts.name && f !== `${opts.name}.json`) continue;
+      try {
+        const st = JSON.parse(readFileSync(join(lab.stateDir, f), "utf8")) as LabState;
+        if (st.ns) targets.push({ state: st, file: join(lab.stateDir, f) });
+      } catch {
+        // not a lab state file
+      }
+    }
+    if (opts.name && targets.length === 0) throw labError(`no lab named ${opts.name}`);
+  }
+  for (const { state, file } of targets) {
+    const existing = (await ip(["netns", "list"]).catch(() => ""))
+      .split("\n")
+      .map((l) => l.split(" ")[0]);
+    for (const n of Object.values(state.ns)) {
+      if (!existing.includes(n)) continue;
+      await killNamespacePids(n);
+      await ip(["netns", "del", n]).catch(() => undefined);
+      removed.push(n);
+    }
+    rmSync(file, { force: true });
+    for (const ext of [".sock", ".sock.plumbing.json", ".daemon.log"])
+      rmSync(join(dirname(file), `${state.name}${ext}`), { force: true });
+    if (opts.print !== false) process.stdout.write(`lab ${state.name} is down\n`);
+  }
+  return removed;
+}
+
+// --- demo ------------------------------------------------------------------------------------
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function section(title: string): void {
+  process.stdout.write(`\n== ${title}\n`);
+}
+
+export async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
+  const { lab, state, stateFile } = await labUp({ ...opts, print: true });
+  const ns = state.ns;
+  const children: ChildProcess[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), "tunnat-demo-"));
+  const logFile = join(lab.stateDir, `${state.name}.daemon.log`);
+  let daemon: ChildProcess | undefined;
+  let tornDown = false;
+  const teardown = async () => {
+    if (tornDown) return;
+    tornDown = true;
+    if (daemon && daemon.exitCode === null && daemon.pid) {
+      // SIGTERM to the daemon itself (ip netns exec execs it, so the pid is the daemon's).
+      daemon.kill("SIGTERM");
+      for (let i = 0; i < 30 && daemon.exitCode === null; i++) await sleep(100);
+    }
+    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+    await labDown({ state, stateFile });
+    rmSync(tmp, { recursive: true, force: true });
+  };
+  const onSignal = () => {
+    process.stdout.write("\ninterrupted: tearing the lab down\n");
+    void teardown().then(() => process.exit(130));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    const inet = lab.outside.inet[0] ?? "";
+    const bin = join(packageRoot(), "bin", "tunnat.js");
+    const ctl = join(lab.stateDir, `${state.name}.sock`);
+    section(`tunnat run in ${ns.nat}`);
+    const args = ["netns", "exec", ns.nat, process.execPath, bin, "run", ...daemonArgs(lab, ctl)];
+    process.stdout.write(`ip ${args.join(" ")}\n`);
+    const { openSync } = await import("node:fs");
+    const fd = openSync(logFile, "w");
+    daemon = spawn("ip", args, { stdio: ["ignore", fd, fd] });
+    const healthz = `http://${lab.daemon.metrics}/healthz`;
+    let up = false;
+    for (let i = 0; i < 100 && !up; i++) {
+      if (daemon.exitCode !== null) break;
+      up = await nsExec(ns.nat, ["curl", "-sf", "-m", "1", healthz]).then(
+        () => true,
+        () => false,
+      );
+      if (!up) await sleep(100);
+    }
+    if (!up) {
+      await sleep(200);
+      const log = existsSync(logFile)
+        ? readFileSync(logFile, "utf8").split("\n").slice(-8).join("\n")
+        : "";
+      throw labError(`tunnat did not become healthy in 10 s; its log:\n${log}`);
+    }
+    process.stdout.write(`healthy: ${healthz} answered 200\n`);
+
+    section(`ping from p1 (${lab.inside.hosts.p1}) to inet (${inet})`);
+    process.stdout.write(await nsExec(ns.p1, ["ping", "-c", "3", "-i", "0.2", "-W", "2", inet]));
+
+    section("HTTP download from inet to p1");
+    writeFileSync(join(tmp, "blob"), Buffer.alloc(lab.demo.downloadBytes, 0x61));
+    let httpLog = "";
+    const http = spawn(
+      "ip",
+      [
+        "netns",
+        "exec",
+        ns.inet,
+        "python3",
+        "-u",
+        "-m",
+        "http.server",
+        String(lab.demo.httpPort),
+        "--bind",
+        inet,
+        "--directory",
+        tmp,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    children.push(http);
+    http.stderr?.on("data", (b: Buffer) => (httpLog += b.toString()));
+    http.stdout?.on("data", (b: Buffer) => (httpLog += b.toString()));
+    const url = `http://${inet}:${lab.demo.httpPort}/blob`;
+    for (let i = 0; i < 50; i++) {
+      const ok = await nsExec(ns.inet, [
+        "curl",
+        "-sf",
+        "-m",
+        "1",
+        "-o",
+        "/dev/null",
+        "-r",
+        "0-0",
+        url,
+      ]).then(
+        () => true,
+        () => false,
+      );
+      if (ok) break;
+      await sleep(100);
+    }
+    httpLog = "";
+    process.stdout.write(
+      await nsExec(ns.p1, [
+        "curl",
+        "-sS",
+        "-m",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "downloaded %{size_download} bytes in %{time_total} s (%{speed_download} B/s)\n",
+        url,
+      ]),
+    );
+    await sleep(200);
+    process.stdout.write(
+      `server log on inet (the client is the NAT address ${lab.outside.natAddress}):\n`,
+    );
+    process.stdout.write(
+      httpLog
+        .split("\n")
+        .filter((l) => l.includes("GET"))
+        .map((l) => `  ${l}\n`)
+        .join(""),
+    );
+
+    section(`iperf3 -t ${lab.demo.iperfSeconds} from p1 to inet`);
+    let iperfLog = "";
+    const iperfSrv = spawn("ip", ["netns", "exec", ns.inet, "iperf3", "-s", "-1", "-B", inet], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.push(iperfSrv);
+    iperfSrv.stdout?.on("data", (b: Buffer) => (iperfLog += b.toString()));
+    await sleep(300);
+    const client = await nsExec(ns.p1, ["iperf3", "-c", inet, "-t", String(lab.demo.iperfSeconds)]);
+    process.stdout.write(
+      client
+        .split("\n")
+        .filter((l) => /sender|receiver/.test(l))
+        .map((l) => `  ${l}\n`)
+        .join(""),
+    );
+    await sleep(200);
+    process.stdout.write("server side:\n");
+    process.stdout.write(
+      iperfLog
+        .split("\n")
+        .filter((l) => /Accepted|connected/.test(l))
+        .map((l) => `  ${l}\n`)
+        .join(""),
+    );
+
+    section("metrics (tunnat_*)");
+    const metrics = await nsExec(ns.nat, [
+      "curl",
+      "-sf",
+      "-m",
+      "2",
+      `http://${lab.daemon.metrics}/metrics`,
+    ]).catch((e: unknown) => `metrics unavailable: ${errorMessage(e)}\n`);
+    const lines = metrics.split("\n").filter((l) => l.startsWith("tunnat_"));
+    process.stdout.write(
+      lines.length ? `${lines.slice(0, 60).join("\n")}\n` : "no tunnat_ metrics exported yet\n",
+    );
+    section("teardown");
+    await teardown();
+    return 0;
+  } catch (e) {
+    process.stderr.write(`demo failed: ${errorMessage(e)}\n`);
+    await teardown();
+    return 1;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * src/cli — the `tunnat` command line (yargs). Commands: run, check, flows, stats, lab.
+ * Contract: a bad flag or setting exits 2 with a message naming it; a runtime failure exits 1
+ * with the error's code; success exits 0. Commands load the heavy modules (daemon, addon) lazily
+ * so --help and --version work on any machine.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import yargs, { type Argv } from "yargs";
+import { hideBin } from "yargs/helpers";
+import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
+import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
+import { packageRoot } from "./lab.js";
+
+export function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as {
+      version?: string;
+    };
+    return pkg.version ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Add every setting of the schema as a flag (strings, so config.ts validates and names them). */
+function settingsOptions(y: Argv): Argv {
+  y.option("config", {
+    type: "string",
+    describe: "JSON config file (settings by their camelCase names)",
+    group: "Settings:",
+  });
+  for (const f of Object.values(FIELDS)) {
+    y.option(f.flag, {
+      type: f.boolean ? "boolean" : "string",
+      describe: `${f.describe} [env ${f.env}]${f.def !== undefined ? ` (default ${f.def})` : ""}`,
+      group: "Settings:",
+      requiresArg: !f.boolean,
+    });
+  }
+  return y;
+}
+
+function fail(e: unknown): number {
+  const code = isTunnatError(e) ? e.code : "TUNNAT_ERR_INTERNAL";
+  process.stderr.write(`tunnat: ${errorMessage(e)} (${code})\n`);
+  return isTunnatError(e) ? exitCodeFor(e.code) : 1;
+}
+
+function inputFrom(argv: Record<string, unknown>): LoadInput {
+  return { flags: argv, env: process.env };
+}
+
+async function runCommand(argv: Record<string, unknown>): Promise<number> {
+  const input = inputFrom(argv);
+  let cfg: ReturnType<typeof loadConfig>;
+  try {
+    cfg = loadConfig(input);
+  } catch (e) {
+    return fail(e);
+  }
+  const { createLogger } = await import("../control/log.js");
+  const { Daemon } = await import("../control/daemon.js");
+  const { installSignalHandlers } = await import("../control/shutdown.js");
+  const log = createLogger({ level: cfg.control.logLevel });
+  let daemon: Awaited<ReturnType<typeof Daemon.start>>;
+  try {
+    daemon = await Daemon.start(cfg, log);
+  } catch (e) {
+    log.error(
+      { code: isTunnatError(e) ? e.code : undefined, err: errorMessage(e) },
+      "start failed",
+    );
+    return fail(e);
+  }
+  installSignalHandlers({
+    log,
+    stop: () => daemon.stop(),
+    reload: () => daemon.reload(loadConfig(input)),
+  });
+  // Keep running: signals end the process (shutdown.ts calls process.exit).
+  return new Promise<number>(() => undefined);
+}
+
+async function checkCommand(argv: Record<string, unknown>): Promise<number> {
+  const { runChecks, formatChecks } = await import("../control/checks.js");
+  const results = await runChecks({ input: inputFrom(argv) });
+  const ok = results.every((r) => r.ok);
+  if (argv.json) process.stdout.write(`${JSON.stringify({ ok, checks: results }, null, 2)}\n`);
+  else process.stdout.write(formatChecks(results));
+  return ok ? 0 : 1;
+}
+
+/**
+ * flows/stats talk to the daemon's control socket. The client lives in control/control-socket.ts
+ * (`clientCommand(cmd, argv)`); until it exists only reachability is reported.
+ */
+async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknown>) {
+  const socket = String(
+    argv.socket ?? process.env.TUNNAT_CONTROL_SOCKET ?? "/run/tunnat/tunnat.sock",
+  );
+  if (!existsSync(socket)) {
+    process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
+    return 1;
+  }
+  const path = "../control/control-socket.js";
+  type ClientModule = {
+    clientCommand?: (c: string, a: Record<string, unknown>) => Promise<number>;
+  };
+  const mod = (await import(path).catch(() => null)) as ClientModule | null;
+  if (!mod?.clientCommand) {
+    process.stderr.write(
+      `tunnat: ${cmd} is not available in this build (socket ${socket} exists)\n`,
+    );
+    return 1;
+  }
+  return mod.clientCommand(cmd, { ...argv, socket });
+}
+
+export async function main(args: string[] = hideBin(process.argv)): Promise<number> {
+  let exitCode = 0;
+  const set = (p: Promise<number>) =>
+    p.then(
+      (c) => {
+        exitCode = c;
+      },
+      (e: unknown) => {
+        exitCode = fail(e);
+      },
+    );
+  const clientOptions = (y: Argv) =>
+    y
+      .option("socket", {
+        type: "string",
+        describe: "control socket [env TUNNAT_CONTROL_SOCKET] (default /run/tunnat/tunnat.sock)",
+      })
+      .option("json", { type: "boolean", describe: "JSON output" });
+  const labOptions = (y: Argv) =>
+    y
+      .option("lab-file", { type: "string", describe: "lab description (default lab/lab.json)" })
+      .option("prefix", { type: "string", describe: "namespace name prefix (default tnlab)" });
+
+  const parser = yargs(args)
+    .scriptName("tunnat")
+    .usage("$0 <command> [options]\n\nUserspace NAT44 gateway for Linux.")
+    .command(
+      "run",
+      "run the NAT daemon",
+      (y) => settingsOptions(y),
+      (a) => set(runCommand(a as Record<string, unknown>)),
+    )
+    .command(
+      "check",
+      "report every prerequisite and the config's validity; changes nothing",
+      (y) => settingsOptions(y).option("json", { type: "boolean", describe: "JSON output" }),
+      (a) => set(checkCommand(a as Record<string, unknown>)),
+    )
+    .command(
+      "flows",
+      "list the running daemon's flows",
+      (y) =>
+        clientOptions(y)
+          .option("host", { type: "string", describe: "only flows of this inside host" })
+          .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
+          .option("state", { type: "string", describe: "only flows in this TCP state" }),
+      (a) => set(clientCommand("flows", a as Record<string, unknown>)),
+    )
+    .command(
+      "stats",
+      "print the running daemon's counters",
+      (y) => clientOptions(y),
+      (a) => set(clientCommand("stats", a as Record<string, unknown>)),
+    )
+    .command("lab", "the network-namespace lab (root)", (y) =>
+      y
+        .command(
+          "up",
+          "create the lab namespaces and print their names",
+          (z) => labOptions(z),
+          (a) =>
+            set(
+              import("./lab.js").then(async (m) => {
+                await m.labUp({
+                  labFile: a["lab-file"] as string | undefined,
+                  prefix: a.prefix as string | undefined,
+                });
+                return 0;
+              }),
+            ),
+        )
+        .command(
+          "down",
+          "remove a lab (--name) or every lab recorded",
+          (z) =>
+            z
+              .option("name", { type: "string", describe: "lab name printed by up" })
+              .option("lab-file", { type: "string", describe: "lab description" }),
+          (a) =>
+            set(
+              import("./lab.js").then(async (m) => {
+                await m.labDown({
+                  name: a.name as string | undefined,
+                  labFile: a["lab-file"] as string | undefined,
+                });
+                return 0;
+              }),
+            ),
+        )
+        .command(
+          "demo",
+          "up, run tunnat, send ping/HTTP/iperf3 through it, show metrics, down",
+          (z) => labOptions(z),
+          (a) =>
+            set(
+              import("./lab.js").then((m) =>
+                m.labDemo({
+                  labFile: a["lab-file"] as string | undefined,
+                  prefix: a.prefix as string | undefined,
+                }),
+              ),
+            ),
+        )
+        .demandCommand(1, "choose: tunnat lab up|down|demo"),
+    )
+    .demandCommand(1, "choose a command")
+    .strict()
+    .version(version())
+    .help()
+    .alias("h", "help")
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      // Handler errors are caught by set(); what reaches here is yargs validation (YError).
+      if (err && err.name !== "YError") throw err;
+      process.stderr.write(`tunnat: ${msg ?? err?.message}\nrun "tunnat --help" for usage\n`);
+      exitCode = 2;
+      throw new UsageError();
+    });
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    if (!(e instanceof UsageError)) exitCode = fail(e);
+  }
+  return exitCode;
+}
+
+class UsageError extends Error {}

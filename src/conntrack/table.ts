@@ -1,0 +1,993 @@
+/**
+ * conntrack/ — the NAT's connection table, pure TypeScript: no I/O, no clock (callers pass `now`
+ * in whole seconds), no allocation on the packet path, no throwing there either.
+ *
+ * Contract:
+ * - A flow is an integer id in [0, capacity). Its fields live in typed arrays indexed by that id
+ *   (struct of arrays, like VPP's session pools and passt's flow table); translate.ts reads them
+ *   directly. An id stays valid until the flow is removed, and may then be reused.
+ * - Two open-addressing indexes find a flow by its inside tuple (proto, inside addr:port, remote
+ *   addr:port) and by its outside tuple (proto, NAT addr:port, remote addr:port). Power-of-two
+ *   sizes, load <= 3/4, linear probing, backward-shift deletion (no tombstones), hashed with a
+ *   per-process random seed.
+ * - Endpoint-independent mappings (RFC 4787 REQ-1, RFC 5382 REQ-1) are a table of their own:
+ *   (proto, inside addr:port) -> (NAT address, port), with a count of the flows that use it. A
+ *   mapping lives as long as its last flow. The port allocator's slot for (NAT address, proto,
+ *   port) holds the mapping id, so the outside lookup of a mapping costs one array read.
+ * - Expiry is a stamp: a lookup that finds an expired flow removes it and misses; sweep() walks a
+ *   slice of the table per tick. Nothing else removes flows except eviction: when the table is
+ *   full, the oldest flow that never saw traffic in the reply direction goes (a FIFO ring of
+ *   creation order, stale entries skipped); a replied flow is never evicted; with no candidate the
+ *   new flow is refused and counted.
+ * - Memory is fixed at construction (typed arrays only): about 100-125 bytes per flow at the
+ *   default capacity, see memoryBytes().
+ */
+import type { NatConfig } from "../nat/config.js";
+import { DropReason, type NatStats } from "../nat/stats.js";
+import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import { HostTable } from "./hosts.js";
+import { NatPool, PortAllocator, PROTO_SLOTS, protoIndex, type TupleProbe } from "./ports.js";
+import { RemoteSet } from "./remotes.js";
+import { TcpState, tcpNext } from "./tcp-state.js";
+import { TimeoutTable } from "./timeouts.js";
+
+/** IPv4 protocol numbers the table tracks. */
+export const Proto = { ICMP: 1, TCP: 6, UDP: 17 } as const;
+export type Proto = (typeof Proto)[keyof typeof Proto];
+
+/** Bits of FlowTable.flags. Bits 3-7 are the table's own (slot generation); leave them alone. */
+export const FlowFlag = {
+  /** Saw a packet in the reply direction (inbound for a flow opened from inside). Never evicted. */
+  REPLIED: 0x01,
+  /** Opened by an inbound packet on an existing mapping (EIF/ADF). */
+  INBOUND: 0x02,
+  /** Free for translate.ts. */
+  USER: 0x04,
+} as const;
+
+const GEN_SHIFT = 3;
+const GEN_LIMIT = 32;
+const KEEP_ON_FREE = 0xf8;
+/** Ring entries pack (generation << 26 | flow id), which bounds the capacity. */
+const ID_BITS = 26;
+const ID_MASK = (1 << ID_BITS) - 1;
+export const MAX_CAPACITY = 1 << ID_BITS;
+
+const FILTER_APDF = 0;
+const FILTER_ADF = 1;
+const FILTER_EIF = 2;
+
+/** Slots examined to find expired flows before evicting a live one. */
+const FULL_SWEEP_BUDGET = 64;
+
+export interface FlowHooks {
+  /** Called per mapping create/remove (never per packet) for the RFC 6888 §4 log. */
+  mappingCreated?(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): void;
+  mappingRemoved?(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+    createdAt: number,
+    bytesOut: number,
+    bytesIn: number,
+  ): void;
+}
+
+/** Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport) of the flow arrays. */
+class TupleIndex {
+  readonly slots: Int32Array;
+  private readonly mask: number;
+
+  constructor(
+    size: number,
+    private readonly seed: number,
+    private readonly proto: Uint8Array,
+    private readonly addr: Uint32Array,
+    private readonly port: Uint16Array,
+    private readonly raddr: Uint32Array,
+    private readonly rport: Uint16Array,
+  ) {
+    this.slots = new Int32Array(size).fill(-1);
+    this.mask = size - 1;
+  }
+
+  find(p: number, a: number, pt: number, ra: number, rp: number): number {
+    const slots = this.slots;
+    const mask = this.mask;
+    let i = hashTuple(this.seed, p, a, ra, pt, rp) & mask;
+    for (;;) {
+      const f = slots[i];
+      if (f < 0) return -1;
+      if (
+        this.addr[f] === a &&
+        this.raddr[f] === ra &&
+        this.port[f] === pt &&
+        this.rport[f] === rp &&
+        this.proto[f] === p
+      ) {
+        return f;
+      }
+      i = (i + 1) & mask;
+    }
+  }
+
+  private home(f: number): number {
+    return (
+      hashTuple(
+        this.seed,
+        this.proto[f],
+        this.addr[f],
+        this.raddr[f],
+        this.port[f],
+        this.rport[f],
+      ) & this.mask
+    );
+  }
+
+  insert(f: number): void {
+    let i = this.home(f);
+    while (this.slots[i] >= 0) i = (i + 1) & this.mask;
+    this.slots[i] = f;
+  }
+
+  delete(f: number): void {
+    const slots = this.slots;
+    const mask = this.mask;
+    let i = this.home(f);
+    while (slots[i] !== f) {
+      if (slots[i] < 0) return;
+      i = (i + 1) & mask;
+    }
+    backwardShift(slots, mask, i, this);
+  }
+
+  homeOf(f: number): number {
+    return this.home(f);
+  }
+}
+
+/** Open-addressing index of mapping ids keyed by (proto, inside addr, inside port). */
+class EndpointIndex {
+  readonly slots: Int32Array;
+  private readonly mask: number;
+
+  constructor(
+    size: number,
+    private readonly seed: number,
+    private readonly proto: Uint8Array,
+    private readonly addr: Uint32Array,
+    private readonly port: Uint16Array,
+  ) {
+    this.slots = new Int32Array(size).fill(-1);
+    this.mask = size - 1;
+  }
+
+  find(p: number, a: number, pt: number): number {
+    const slots = this.slots;
+    const mask = this.mask;
+    let i = hashEndpoint(this.seed, p, a, pt) & mask;
+    for (;;) {
+      const m = slots[i];
+      if (m < 0) return -1;
+      if (this.addr[m] === a && this.port[m] === pt && this.proto[m] === p) return m;
+      i = (i + 1) & mask;
+    }
+  }
+
+  homeOf(m: number): number {
+    return hashEndpoint(this.seed, this.proto[m], this.addr[m], this.port[m]) & this.mask;
+  }
+
+  insert(m: number): void {
+    let i = this.homeOf(m);
+    while (this.slots[i] >= 0) i = (i + 1) & this.mask;
+    this.slots[i] = m;
+  }
+
+  delete(m: number): void {
+    const slots = this.slots;
+    const mask = this.mask;
+    let i = this.homeOf(m);
+    while (slots[i] !== m) {
+      if (slots[i] < 0) return;
+      i = (i + 1) & mask;
+    }
+    backwardShift(slots, mask, i, this);
+  }
+}
+
+/**
+ * Empty slot `i` of a linear-probing table without leaving a tombstone (Knuth 6.4 Algorithm R):
+ * pull each later entry of the cluster back into the hole unless that would put it before its
+ * home slot.
+ */
+function backwardShift(
+  slots: Int32Array,
+  mask: number,
+  hole: number,
+  index: { homeOf(id: number): number },
+): void {
+  let i = hole;
+  let j = hole;
+  for (;;) {
+    j = (j + 1) & mask;
+    const id = slots[j];
+    if (id < 0) break;
+    const k = index.homeOf(id);
+    if (i <= j ? i < k && k <= j : i < k || k <= j) continue;
+    slots[i] = id;
+    i = j;
+  }
+  slots[i] = -1;
+}
+
+/** 16-bit ones' complement fold of a sum of 16-bit words. */
+function fold(s: number): number {
+  let x = (s & 0xffff) + (s >>> 16);
+  x = (x & 0xffff) + (x >>> 16);
+  return x;
+}
+
+export class FlowTable implements TupleProbe {
+  readonly capacity: number;
+  // Flow fields, indexed by flow id. proto 0 marks a free slot.
+  readonly proto: Uint8Array;
+  /** TcpState for TCP; for UDP and ICMP 0, or 1 once replied. */
+  readonly state: Uint8Array;
+  readonly iaddr: Uint32Array;
+  readonly iport: Uint16Array;
+  readonly oaddr: Uint32Array;
+  readonly oport: Uint16Array;
+  readonly raddr: Uint32Array;
+  readonly rport: Uint16Array;
+  /** Last second the flow is alive (it expires when now > expires). Free slots: free-list link. */
+  readonly expires: Uint32Array;
+  /** RFC 1624 delta of the outbound IPv4 header change (inside addr -> NAT addr). */
+  readonly ipDelta: Uint16Array;
+  /**
+   * Outbound transport checksum delta: TCP/UDP: address (pseudo-header) and port change;
+   * ICMP echo: the identifier change only (the ICMP checksum has no pseudo-header).
+   */
+  readonly l4Delta: Uint16Array;
+  readonly pktsOut: Uint32Array;
+  readonly pktsIn: Uint32Array;
+  readonly bytesOut: Float64Array;
+  readonly bytesIn: Float64Array;
+  readonly flags: Uint8Array;
+  /** Live flows. */
+  active = 0;
+  /** Live endpoint-independent mappings (per-destination mode: always 0). */
+  mappings = 0;
+
+  readonly pool: NatPool;
+  readonly ports: PortAllocator;
+  readonly hosts: HostTable;
+  readonly timeouts: TimeoutTable;
+
+  // Mapping fields (endpoint-independent mode; empty arrays otherwise), indexed by mapping id.
+  readonly mProto: Uint8Array;
+  readonly mIaddr: Uint32Array;
+  readonly mIport: Uint16Array;
+  /** Index of the mapping's NAT address in pool.addrs. */
+  readonly mAddr: Uint16Array;
+  readonly mOport: Uint16Array;
+  /** Flows using the mapping; for a free mapping id, the free-list link (next + 1). */
+  readonly mRefs: Uint32Array;
+  // Only with a mappingRemoved hook: what the RFC 6888 §4 log line needs.
+  readonly mCreated: Uint32Array;
+  readonly mBytesOut: Float64Array;
+  readonly mBytesIn: Float64Array;
+  /** Per-destination mode with a mappingRemoved hook: creation second of each flow. */
+  readonly fCreated: Uint32Array;
+
+  private readonly seed: number;
+  private readonly prng: Prng;
+  private readonly eim: boolean;
+  private readonly filtering: number;
+  private readonly quota: number;
+  private readonly inIdx: TupleIndex;
+  private readonly outIdx: TupleIndex;
+  private readonly mapIdx: EndpointIndex;
+  private readonly remotes: RemoteSet | null;
+  private readonly logRemovals: boolean;
+  private freeHead: number;
+  private mapFree: number;
+  private readonly ring: Uint32Array;
+  private ringHead = 0;
+  private ringTail = 0;
+  private ringCount = 0;
+  private sweepCursor = 0;
+  // The outside tuple being allocated in per-destination mode (read by outsideTupleFree).
+  private probeProto = 0;
+  private probeOaddr = 0;
+  private probeRaddr = 0;
+  private probeRport = 0;
+
+  constructor(
+    cfg: NatConfig,
+    private readonly stats: NatStats,
+    private readonly hooks: FlowHooks = {},
+  ) {
+    const cap = Math.floor(cfg.maxFlows);
+    if (!(cap >= 1 && cap <= MAX_CAPACITY)) {
+      throw new RangeError(`maxFlows must be 1..${MAX_CAPACITY}, got ${cfg.maxFlows}`);
+    }
+    if (cfg.natAddresses.length > 65535) throw new RangeError("at most 65535 NAT addresses");
+    this.capacity = cap;
+    this.seed = (cfg.hashSeed ?? randomSeed()) | 0;
+    this.prng = new Prng(this.seed ^ 0x2545f491);
+    this.eim = cfg.mapping !== "per-destination";
+    this.filtering =
+      cfg.filtering === "endpoint-independent"
+        ? FILTER_EIF
+        : cfg.filtering === "address-dependent"
+          ? FILTER_ADF
+          : FILTER_APDF;
+    this.quota = cfg.perHostQuota;
+    this.timeouts = new TimeoutTable(cfg.timeouts);
+    this.logRemovals = typeof hooks.mappingRemoved === "function";
+
+    this.proto = new Uint8Array(cap);
+    this.state = new Uint8Array(cap);
+    this.iaddr = new Uint32Array(cap);
+    this.iport = new Uint16Array(cap);
+    this.oaddr = new Uint32Array(cap);
+    this.oport = new Uint16Array(cap);
+    this.raddr = new Uint32Array(cap);
+    this.rport = new Uint16Array(cap);
+    this.expires = new Uint32Array(cap);
+    this.ipDelta = new Uint16Array(cap);
+    this.l4Delta = new Uint16Array(cap);
+    this.pktsOut = new Uint32Array(cap);
+    this.pktsIn = new Uint32Array(cap);
+    this.bytesOut = new Float64Array(cap);
+    this.bytesIn = new Float64Array(cap);
+    this.flags = new Uint8Array(cap);
+    this.ring = new Uint32Array(cap);
+    // Free list threaded through `expires` (a free slot has no expiry): next id + 1, 0 ends it.
+    for (let f = 0; f < cap - 1; f++) this.expires[f] = f + 2;
+    this.freeHead = 0;
+
+    const slots = indexSlots(cap);
+    this.inIdx = new TupleIndex(
+      slots,
+      this.seed,
+      this.proto,
+      this.iaddr,
+      this.iport,
+      this.raddr,
+      this.rport,
+    );
+    this.outIdx = new TupleIndex(
+      slots,
+      this.seed ^ 0x68e31da4,
+      this.proto,
+      this.oaddr,
+      this.oport,
+      this.raddr,
+      this.rport,
+    );
+
+    const mcap = this.eim ? cap : 0;
+    this.mProto = new Uint8Array(mcap);
+    this.mIaddr = new Uint32Array(mcap);
+    this.mIport = new Uint16Array(mcap);
+    this.mAddr = new Uint16Array(mcap);
+    this.mOport = new Uint16Array(mcap);
+    this.mRefs = new Uint32Array(mcap);
+    const logM = this.logRemovals ? mcap : 0;
+    this.mCreated = new Uint32Array(logM);
+    this.mBytesOut = new Float64Array(logM);
+    this.mBytesIn = new Float64Array(logM);
+    this.fCreated = new Uint32Array(!this.eim && this.logRemovals ? cap : 0);
+    for (let m = 0; m < mcap - 1; m++) this.mRefs[m] = m + 2;
+    this.mapFree = mcap > 0 ? 0 : -1;
+    this.mapIdx = new EndpointIndex(
+      this.eim ? slots : 4,
+      this.seed ^ 0x1b56c4e9,
+      this.mProto,
+      this.mIaddr,
+      this.mIport,
+    );
+    this.remotes =
+      this.eim && this.filtering === FILTER_ADF
+        ? new RemoteSet(Math.max(16, nextPow2(cap) / 2), this.seed ^ 0x7f4a7c15)
+        : null;
+
+    this.pool = new NatPool(cfg.natAddresses, this.seed ^ 0x3c6ef372);
+    this.ports = new PortAllocator(
+      this.pool.size,
+      cfg.portLo,
+      cfg.portHi,
+      cfg.portReuseDelay,
+      this.prng,
+      this.eim ? null : this,
+    );
+    // Hosts: one slot per 32 flows (a 16 k-host table at the default 262,144 flows), at most 256 k.
+    this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
+  }
+
+  // ---------------------------------------------------------------- lookups (per packet)
+
+  /** Flow for (proto, inside addr:port, remote addr:port), or -1. An expired flow is removed. */
+  lookupInside(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): number {
+    const f = this.inIdx.find(proto, iaddr >>> 0, iport, raddr >>> 0, rport);
+    if (f >= 0 && this.expires[f] < now) {
+      this.stats.idleTimeouts++;
+      this.removeFlow(f, now);
+      return -1;
+    }
+    return f;
+  }
+
+  /** Flow for (proto, NAT addr:port, remote addr:port), or -1. An expired flow is removed. */
+  lookupOutside(
+    proto: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): number {
+    const f = this.outIdx.find(proto, oaddr >>> 0, oport, raddr >>> 0, rport);
+    if (f >= 0 && this.expires[f] < now) {
+      this.stats.idleTimeouts++;
+      this.removeFlow(f, now);
+      return -1;
+    }
+    return f;
+  }
+
+  /** Is `addr` one of the NAT addresses? (hairpin test) */
+  isNatAddress(addr: number): boolean {
+    return this.pool.indexOf(addr) >= 0;
+  }
+
+  /**
+   * Does (oaddr, oport) hold a mapping (EIM) or any flow (per-destination) for `proto`? Tells a
+   * filtered packet from an unsolicited one.
+   */
+  hasMapping(proto: number, oaddr: number, oport: number): boolean {
+    const a = this.pool.indexOf(oaddr);
+    return a >= 0 && this.ports.get(a, protoIndex(proto), oport) > 0;
+  }
+
+  /** The NAT address inside host `iaddr` leaves from (paired pooling), or 0 with no addresses. */
+  natAddressFor(iaddr: number): number {
+    return this.pool.size === 0 ? 0 : this.pool.addrs[this.pool.paired(iaddr)];
+  }
+
+  /** Index of `addr` in the NAT pool, or -1. */
+  natAddressIndex(addr: number): number {
+    return this.pool.indexOf(addr);
+  }
+
+  // ---------------------------------------------------------------- creation
+
+  /**
+   * New flow for an outbound packet; call it after lookupInside missed. Endpoint-independent
+   * mode reuses the inside endpoint's mapping if it has one. Returns the flow id, or
+   * -(1 + DropReason) (TableFull, PortExhausted, QuotaExceeded) after counting the drop.
+   */
+  createOutbound(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): number {
+    const ia = iaddr >>> 0;
+    const ra = raddr >>> 0;
+    const stats = this.stats;
+    // Take the slot first: an eviction may end a mapping, which must not be one we hold.
+    const f = this.takeSlot(now);
+    if (f < 0) {
+      stats.tableFullEvents++;
+      stats.drops[DropReason.TableFull]++;
+      return -1 - DropReason.TableFull;
+    }
+    const pi = protoIndex(proto);
+    let a: number;
+    let oport: number;
+    let m = -1;
+    let newMapping = false;
+    if (this.eim) {
+      m = this.mapIdx.find(proto, ia, iport);
+      if (m < 0) {
+        if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
+        if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+        a = this.pool.paired(ia);
+        oport = this.ports.allocate(a, pi, iport, now);
+        if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+        m = this.newMapping(proto, ia, iport, a, oport, now);
+        this.ports.take(a, pi, oport, m + 1);
+        newMapping = true;
+      } else {
+        a = this.mAddr[m];
+        oport = this.mOport[m];
+      }
+      this.mRefs[m]++;
+    } else {
+      if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
+      if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+      a = this.pool.paired(ia);
+      this.probeProto = proto;
+      this.probeOaddr = this.pool.addrs[a];
+      this.probeRaddr = ra;
+      this.probeRport = rport;
+      oport = this.ports.allocate(a, pi, iport, now);
+      if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+      this.ports.take(a, pi, oport, 1);
+      newMapping = true;
+    }
+    const oa = this.pool.addrs[a];
+    this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, 0);
+    this.hosts.addFlow(ia, pi, newMapping);
+    if (this.remotes !== null) this.remotes.add(m, ra);
+    if (newMapping) {
+      stats.mappingsCreated++;
+      if (!this.eim && this.logRemovals) this.fCreated[f] = now;
+      this.hooks.mappingCreated?.(proto, ia, iport, oa, oport, ra, rport, now);
+    }
+    return f;
+  }
+
+  /**
+   * Inbound packet to (oaddr, oport) from (raddr, rport) that matched no flow. Per the filtering
+   * mode (RFC 4787 REQ-8, RFC 5382 REQ-3), opens a flow on the existing mapping: always with
+   * endpoint-independent filtering, with address-dependent filtering if the mapping already has
+   * a flow to raddr, never with address-and-port-dependent. Returns the flow id, or
+   * -(1 + DropReason): Unsolicited (no mapping), Filtered (policy; also every per-destination
+   * port, which may be shared by several inside endpoints), TableFull. Counts nothing.
+   */
+  createInbound(
+    proto: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): number {
+    const a = this.pool.indexOf(oaddr);
+    if (a < 0) return -1 - DropReason.Unsolicited;
+    const pi = protoIndex(proto);
+    const v = this.ports.get(a, pi, oport);
+    if (v <= 0) return -1 - DropReason.Unsolicited;
+    if (!this.eim || this.filtering === FILTER_APDF) return -1 - DropReason.Filtered;
+    const m = v - 1;
+    const ra = raddr >>> 0;
+    if (this.filtering === FILTER_ADF && !(this.remotes as RemoteSet).has(m, ra)) {
+      return -1 - DropReason.Filtered;
+    }
+    // No eviction for inbound-opened flows: outsiders must not push out the inside's flows.
+    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
+    const f = this.freeHead;
+    if (f < 0) return -1 - DropReason.TableFull;
+    this.freeHead = this.expires[f] - 1;
+    this.mRefs[m]++;
+    const ia = this.mIaddr[m];
+    this.initFlow(
+      f,
+      proto,
+      ia,
+      this.mIport[m],
+      oaddr >>> 0,
+      oport,
+      ra,
+      rport,
+      now,
+      FlowFlag.INBOUND,
+    );
+    this.hosts.addFlow(ia, pi, false);
+    if (this.remotes !== null) this.remotes.add(m, ra);
+    return f;
+  }
+
+  // ---------------------------------------------------------------- per-packet updates
+
+  /** Set the flow's expiry to now + the timeout for its protocol and state. */
+  refresh(flow: number, now: number): void {
+    this.expires[flow] = now + this.timeouts.forState(this.proto[flow], this.state[flow]);
+  }
+
+  /**
+   * A UDP or ICMP packet of `flow` crossed (outbound or inbound): note a reply (which makes the
+   * flow unevictable and its state 1) and refresh. RFC 4787 REQ-6: both directions refresh.
+   */
+  touch(flow: number, outbound: boolean, now: number): void {
+    const fl = this.flags[flow];
+    if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
+      this.flags[flow] = fl | FlowFlag.REPLIED;
+      if (this.proto[flow] !== Proto.TCP) this.state[flow] = 1;
+    }
+    this.expires[flow] = now + this.timeouts.forState(this.proto[flow], this.state[flow]);
+  }
+
+  /** Record a reply without refreshing. */
+  markReplied(flow: number): void {
+    this.flags[flow] |= FlowFlag.REPLIED;
+    if (this.proto[flow] !== Proto.TCP) this.state[flow] = 1;
+  }
+
+  /**
+   * TCP: apply a segment's flags to the state machine (tcp-state.ts), note a reply, count
+   * attempts and establishments, and set the timer. Entering a state always sets its timer;
+   * staying in FIN_BOTH or RST does not extend it (RFC 6146 §3.5.2.2: those timers run out).
+   */
+  tcpUpdate(flow: number, tcpFlags: number, outbound: boolean, now: number): void {
+    const fl = this.flags[flow];
+    if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
+      this.flags[flow] = fl | FlowFlag.REPLIED;
+    }
+    const prev = this.state[flow];
+    const next = tcpNext(prev, tcpFlags, outbound);
+    if (next !== prev) {
+      const stats = this.stats;
+      this.state[flow] = next;
+      if (prev === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
+      if (next === TcpState.ESTABLISHED) {
+        stats.tcpEstablishedNow++;
+        // Back from RST (RFC 6146 TRANS) is the same connection, not a new establishment.
+        if (prev !== TcpState.RST) stats.connectionsEstablished++;
+      } else if (next === TcpState.SYN_SENT) {
+        stats.connectionAttempts++;
+      }
+      this.expires[flow] = now + this.timeouts.tcp[next];
+    } else if (next !== TcpState.FIN_BOTH && next !== TcpState.RST) {
+      this.expires[flow] = now + this.timeouts.tcp[next];
+    }
+  }
+
+  // ---------------------------------------------------------------- removal and expiry
+
+  /** Remove a live flow (no counter but flowsRemoved). */
+  remove(flow: number, now: number): void {
+    this.removeFlow(flow, now);
+  }
+
+  /** Examine up to `budget` slots from a cursor and remove expired flows. Returns removed count. */
+  sweep(now: number, budget: number): number {
+    const cap = this.capacity;
+    let c = this.sweepCursor;
+    let removed = 0;
+    for (let n = 0; n < budget; n++) {
+      if (this.proto[c] !== 0 && this.expires[c] < now) {
+        this.stats.idleTimeouts++;
+        this.removeFlow(c, now);
+        removed++;
+      }
+      if (++c === cap) c = 0;
+    }
+    this.sweepCursor = c;
+    return removed;
+  }
+
+  // ---------------------------------------------------------------- control plane (may allocate)
+
+  /** Call fn(flowId) for each live flow. */
+  forEach(fn: (flow: number) => void): void {
+    for (let f = 0; f < this.capacity; f++) if (this.proto[f] !== 0) fn(f);
+  }
+
+  /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
+  portUsage(addrIndex: number, proto: number): { used: number; free: number } {
+    const pi = protoIndex(proto);
+    const used = this.ports.used[addrIndex * PROTO_SLOTS + pi];
+    return { used, free: this.ports.rangeSize(pi) - used };
+  }
+
+  /**
+   * Traffic per tracked inside host, finished and live flows together (for top talkers). Traffic
+   * of hosts that left the table is in hosts.departed*.
+   */
+  hostTraffic(
+    fn: (addr: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number) => void,
+  ): void {
+    const h = this.hosts;
+    const po = Float64Array.from(h.pktsOut);
+    const pin = Float64Array.from(h.pktsIn);
+    const bo = Float64Array.from(h.bytesOut);
+    const bin = Float64Array.from(h.bytesIn);
+    for (let f = 0; f < this.capacity; f++) {
+      if (this.proto[f] === 0) continue;
+      const s = h.find(this.iaddr[f]);
+      if (s < 0) continue;
+      po[s] += this.pktsOut[f];
+      pin[s] += this.pktsIn[f];
+      bo[s] += this.bytesOut[f];
+      bin[s] += this.bytesIn[f];
+    }
+    for (let s = 0; s < h.slots; s++) {
+      if (h.flows[s] !== 0) fn(h.addr[s], po[s], bo[s], pin[s], bin[s]);
+    }
+  }
+
+  /** Bytes held in typed arrays by the table and everything it owns. */
+  memoryBytes(): number {
+    let n = 0;
+    for (const a of [
+      this.proto,
+      this.state,
+      this.iaddr,
+      this.iport,
+      this.oaddr,
+      this.oport,
+      this.raddr,
+      this.rport,
+      this.expires,
+      this.ipDelta,
+      this.l4Delta,
+      this.pktsOut,
+      this.pktsIn,
+      this.bytesOut,
+      this.bytesIn,
+      this.flags,
+      this.ring,
+      this.inIdx.slots,
+      this.outIdx.slots,
+      this.mProto,
+      this.mIaddr,
+      this.mIport,
+      this.mAddr,
+      this.mOport,
+      this.mRefs,
+      this.mCreated,
+      this.mBytesOut,
+      this.mBytesIn,
+      this.fCreated,
+      this.mapIdx.slots,
+      this.ports.slots,
+      this.ports.used,
+      this.pool.addrs,
+    ]) {
+      n += a.byteLength;
+    }
+    n += this.hosts.memoryBytes();
+    if (this.remotes !== null) n += this.remotes.memoryBytes();
+    return n;
+  }
+
+  /** Per-destination allocation: is (probe proto, NAT addr:port, remote) free? */
+  outsideTupleFree(port: number): boolean {
+    return (
+      this.outIdx.find(this.probeProto, this.probeOaddr, port, this.probeRaddr, this.probeRport) < 0
+    );
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private quotaAllows(iaddr: number, pi: number): boolean {
+    if (this.quota <= 0) return true;
+    const s = this.hosts.find(iaddr);
+    // A host the full host table cannot track cannot have its quota enforced: refuse it.
+    if (s < 0) return !this.hosts.full;
+    return this.hosts.maps[s * PROTO_SLOTS + pi] < this.quota;
+  }
+
+  /** Give back a slot taken for a flow that could not be made, and count why. */
+  private refuse(f: number, reason: number): number {
+    this.expires[f] = this.freeHead + 1;
+    this.freeHead = f;
+    this.stats.drops[reason]++;
+    if (reason === DropReason.PortExhausted) this.stats.portAllocationErrors++;
+    return -1 - reason;
+  }
+
+  /** A free flow slot, evicting the oldest unreplied flow if need be; -1 if none. */
+  private takeSlot(now: number): number {
+    if (this.freeHead < 0) {
+      this.sweep(now, FULL_SWEEP_BUDGET);
+      if (this.freeHead < 0) {
+        const victim = this.oldestUnreplied();
+        if (victim < 0) return -1;
+        this.stats.evictions++;
+        this.stats.tableFullEvents++;
+        this.removeFlow(victim, now);
+      }
+    }
+    const f = this.freeHead;
+    this.freeHead = this.expires[f] - 1;
+    return f;
+  }
+
+  /** Pop the creation-order ring until a live, unreplied flow of the right generation appears. */
+  private oldestUnreplied(): number {
+    const ring = this.ring;
+    const cap = this.capacity;
+    while (this.ringCount > 0) {
+      const e = ring[this.ringHead];
+      if (++this.ringHead === cap) this.ringHead = 0;
+      this.ringCount--;
+      const f = e & ID_MASK;
+      const fl = this.flags[f];
+      if (
+        this.proto[f] !== 0 &&
+        fl >>> GEN_SHIFT === e >>> ID_BITS &&
+        (fl & FlowFlag.REPLIED) === 0
+      ) {
+        return f;
+      }
+    }
+    return -1;
+  }
+
+  private initFlow(
+    f: number,
+    proto: number,
+    ia: number,
+    iport: number,
+    oa: number,
+    oport: number,
+    ra: number,
+    rport: number,
+    now: number,
+    flag: number,
+  ): void {
+    this.proto[f] = proto;
+    this.state[f] = 0;
+    this.iaddr[f] = ia;
+    this.iport[f] = iport;
+    this.oaddr[f] = oa;
+    this.oport[f] = oport;
+    this.raddr[f] = ra;
+    this.rport[f] = rport;
+    this.expires[f] = now + this.timeouts.forState(proto, 0);
+    // RFC 1624 eqn. 3 deltas: sum of ~old + new over the changed 16-bit words.
+    const ip = fold((~ia >>> 16) + (~ia & 0xffff) + (oa >>> 16) + (oa & 0xffff));
+    this.ipDelta[f] = ip;
+    const portPart = (~iport & 0xffff) + oport;
+    this.l4Delta[f] = fold(proto === Proto.ICMP ? portPart : ip + portPart);
+    this.pktsOut[f] = 0;
+    this.pktsIn[f] = 0;
+    this.bytesOut[f] = 0;
+    this.bytesIn[f] = 0;
+    const gen = ((this.flags[f] >>> GEN_SHIFT) + 1) % GEN_LIMIT;
+    this.flags[f] = (gen << GEN_SHIFT) | flag;
+    this.inIdx.insert(f);
+    this.outIdx.insert(f);
+    // Creation-order ring for eviction. When it is full of entries, most are stale (replied or
+    // removed flows); dropping the oldest entry costs at worst one flow's evictability.
+    const cap = this.capacity;
+    if (this.ringCount === cap) {
+      if (++this.ringHead === cap) this.ringHead = 0;
+      this.ringCount--;
+    }
+    this.ring[this.ringTail] = ((gen << ID_BITS) | f) >>> 0;
+    if (++this.ringTail === cap) this.ringTail = 0;
+    this.ringCount++;
+    this.active++;
+    this.stats.flowsCreated++;
+  }
+
+  private newMapping(
+    proto: number,
+    ia: number,
+    iport: number,
+    a: number,
+    oport: number,
+    now: number,
+  ): number {
+    const m = this.mapFree;
+    this.mapFree = this.mRefs[m] - 1;
+    this.mRefs[m] = 0;
+    this.mProto[m] = proto;
+    this.mIaddr[m] = ia;
+    this.mIport[m] = iport;
+    this.mAddr[m] = a;
+    this.mOport[m] = oport;
+    if (this.logRemovals) {
+      this.mCreated[m] = now;
+      this.mBytesOut[m] = 0;
+      this.mBytesIn[m] = 0;
+    }
+    this.mapIdx.insert(m);
+    this.mappings++;
+    return m;
+  }
+
+  private removeFlow(f: number, now: number): void {
+    const p = this.proto[f];
+    if (p === 0) return;
+    this.inIdx.delete(f);
+    this.outIdx.delete(f);
+    const stats = this.stats;
+    if (p === Proto.TCP && this.state[f] === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
+    const pi = protoIndex(p);
+    const ia = this.iaddr[f];
+    const oa = this.oaddr[f];
+    const op = this.oport[f];
+    const ra = this.raddr[f];
+    const a = this.pool.indexOf(oa);
+    let mappingGone = true;
+    if (this.eim) {
+      const m = this.ports.get(a, pi, op) - 1;
+      if (this.remotes !== null) this.remotes.remove(m, ra);
+      if (this.logRemovals) {
+        this.mBytesOut[m] += this.bytesOut[f];
+        this.mBytesIn[m] += this.bytesIn[f];
+      }
+      if (--this.mRefs[m] === 0) {
+        this.ports.release(a, pi, op, now);
+        this.mapIdx.delete(m);
+        this.mappings--;
+        stats.mappingsRemoved++;
+        if (this.logRemovals) {
+          this.hooks.mappingRemoved?.(
+            p,
+            ia,
+            this.mIport[m],
+            oa,
+            op,
+            ra,
+            this.rport[f],
+            now,
+            this.mCreated[m],
+            this.mBytesOut[m],
+            this.mBytesIn[m],
+          );
+        }
+        this.mProto[m] = 0;
+        this.mRefs[m] = this.mapFree + 1;
+        this.mapFree = m;
+      } else {
+        mappingGone = false;
+      }
+    } else {
+      this.ports.release(a, pi, op, now);
+      stats.mappingsRemoved++;
+      if (this.logRemovals) {
+        this.hooks.mappingRemoved?.(
+          p,
+          ia,
+          this.iport[f],
+          oa,
+          op,
+          ra,
+          this.rport[f],
+          now,
+          this.fCreated[f],
+          this.bytesOut[f],
+          this.bytesIn[f],
+        );
+      }
+    }
+    this.hosts.removeFlow(
+      ia,
+      pi,
+      mappingGone,
+      this.pktsOut[f],
+      this.bytesOut[f],
+      this.pktsIn[f],
+      this.bytesIn[f],
+    );
+    this.proto[f] = 0;
+    this.state[f] = 0;
+    this.flags[f] &= KEEP_ON_FREE;
+    this.expires[f] = this.freeHead + 1;
+    this.freeHead = f;
+    this.active--;
+    stats.flowsRemoved++;
+  }
+}

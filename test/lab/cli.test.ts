@@ -1,0 +1,137 @@
+/**
+ * `tunnat lab up/down` and the real daemon process in the lab (root; skipped otherwise).
+ * Topology: lab/README.md (p1, p2 -- br-in [nat: tunnat0] out0 -- inet), built by labUp() with
+ * namespaces named tnlabtest-<pid>-*, always removed in teardown.
+ */
+import { execFileSync, spawn } from "node:child_process";
+import { join } from "node:path";
+import t from "tap";
+import { daemonArgs, labDown, labUp } from "../../src/cli/lab.js";
+
+const BIN = join(process.cwd(), "bin", "tunnat.js");
+const sh = (...a: string[]) =>
+  execFileSync(a[0] ?? "", a.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function skipReason(): string | null {
+  if (process.getuid?.() !== 0) return "needs root (ip netns)";
+  for (const tool of ["ip", "curl", "ping"])
+    try {
+      sh("sh", "-c", `command -v ${tool}`);
+    } catch {
+      return `needs ${tool}`;
+    }
+  return null;
+}
+
+const reason = skipReason();
+if (reason) t.plan(0, reason);
+else {
+  const up = await labUp({ prefix: "tnlabtest", print: false });
+  const { lab, state } = up;
+  const ns = state.ns;
+  t.teardown(() => labDown({ state, stateFile: up.stateFile, print: false }));
+  const ctl = join(lab.stateDir, `${state.name}.sock`);
+  const inNat = (...a: string[]) => sh("ip", "netns", "exec", ns.nat, ...a);
+
+  function leftovers(): string[] {
+    const found: string[] = [];
+    if (sh("ip", "-n", ns.nat, "link", "show").includes(lab.daemon.tun)) found.push("tun");
+    if (sh("ip", "-n", ns.nat, "rule", "show").includes("lookup 4242")) found.push("rule");
+    if (sh("ip", "-n", ns.nat, "route", "show").includes(lab.outside.natAddress))
+      found.push("route");
+    if (sh("ip", "-n", ns.nat, "neigh", "show", "proxy").includes(lab.outside.natAddress))
+      found.push("proxy");
+    return found;
+  }
+
+  function startDaemon(extra: string[] = []) {
+    const child = spawn(
+      "ip",
+      ["netns", "exec", ns.nat, process.execPath, BIN, "run", ...daemonArgs(lab, ctl), ...extra],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let out = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+    child.stderr.on("data", (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    return { child, exited, log: () => out };
+  }
+
+  async function healthy(): Promise<boolean> {
+    for (let i = 0; i < 100; i++) {
+      try {
+        inNat("curl", "-sf", "-m", "1", `http://${lab.daemon.metrics}/healthz`);
+        return true;
+      } catch {
+        await sleep(100);
+      }
+    }
+    return false;
+  }
+
+  t.test("the lab has the documented topology and inet has no route to the inside", async (t) => {
+    t.match(sh("ip", "-n", ns.p1, "-4", "addr"), lab.inside.hosts.p1 ?? "?");
+    t.notMatch(sh("ip", "-n", ns.inet, "route"), /10\.0\.1\.0|default/);
+    t.equal(inNat("sysctl", "-n", "net.ipv4.ip_forward").trim(), "1");
+  });
+
+  t.test(
+    "the daemon forwards, SIGHUP reloads, and SIGTERM exits 0 within 2 s leaving nothing",
+    async (t) => {
+      const d = startDaemon();
+      t.ok(await healthy(), "healthz turns 200");
+      t.match(d.log(), /"msg":"forwarding"/);
+      const ping = sh(
+        "ip",
+        "netns",
+        "exec",
+        ns.p1,
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        lab.outside.inet[0] ?? "",
+      );
+      t.match(ping, /2 received/);
+      t.same(
+        leftovers().sort(),
+        ["proxy", "route", "rule", "tun"],
+        "plumbing is in place while running",
+      );
+      d.child.kill("SIGHUP");
+      await sleep(300);
+      t.match(d.log(), /reloaded configuration/);
+      const t0 = Date.now();
+      d.child.kill("SIGTERM");
+      const code = await d.exited;
+      t.equal(code, 0);
+      t.ok(Date.now() - t0 < 2000, `stopped in ${Date.now() - t0} ms`);
+      t.same(leftovers(), [], "no TUN, rule, route or proxy entry is left");
+    },
+  );
+
+  t.test("a failed start exits 1 with the error code and leaves nothing", async (t) => {
+    const d = startDaemon(["--outside-interface", "nope0"]);
+    const code = await d.exited;
+    t.equal(code, 1);
+    t.match(d.log(), /TUNNAT_ERR_PLUMBING/);
+    t.match(d.log(), /nope0/);
+    t.same(leftovers(), []);
+  });
+
+  t.test("a bad flag value exits 2 naming it, before touching anything", async (t) => {
+    const d = startDaemon(["--ports", "9-2"]);
+    t.equal(await d.exited, 2);
+    t.match(d.log(), /invalid --ports "9-2"/);
+    t.same(leftovers(), []);
+  });
+
+  t.test("tunnat check in the nat namespace passes with the lab's flags", async (t) => {
+    const r = inNat(process.execPath, BIN, "check", ...daemonArgs(lab, ctl));
+    t.match(r, /all checks passed/);
+  });
+}

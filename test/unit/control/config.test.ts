@@ -1,0 +1,259 @@
+import t from "tap";
+import { FIELDS, type LoadInput, loadConfig } from "../../../src/control/config.js";
+import { ErrorCode, TunnatError } from "../../../src/control/errors.js";
+import { parseIpv4 } from "../../../src/wire/addr.js";
+
+const BASE = {
+  inside: "10.0.0.0/16",
+  "nat-address": "198.51.100.7",
+  "inside-interface": "eth1",
+  "outside-interface": "eth0",
+};
+
+function load(flags: Record<string, unknown>, extra: Partial<LoadInput> = {}) {
+  return loadConfig({ flags: { ...BASE, ...flags }, env: {}, ...extra });
+}
+
+/** The TunnatError a config throws (fails the test when nothing is thrown). */
+function errorOf(fn: () => unknown): TunnatError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof TunnatError) return e;
+    throw e;
+  }
+  throw new Error("expected a TunnatError");
+}
+
+t.test("defaults fill every field the user does not set", async (t) => {
+  const c = load({});
+  t.same(c.nat.inside, [{ addr: parseIpv4("10.0.0.0"), len: 16 }]);
+  t.same(c.nat.natAddresses, [parseIpv4("198.51.100.7")]);
+  t.equal(c.control.tun, "tunnat0");
+  t.same(c.control.metrics, { host: "127.0.0.1", port: 9469 });
+  t.equal(c.nat.maxFlows, 262_144);
+  t.equal(c.nat.portLo, 1);
+  t.equal(c.nat.portHi, 65535);
+  t.equal(c.nat.mapping, "endpoint-independent");
+  t.equal(c.nat.filtering, "address-and-port-dependent");
+  t.same(c.nat.timeouts, { tcpEstablished: 7440, tcpTransitory: 240, udp: 300, icmp: 60 });
+  t.equal(c.nat.rstOnExpired, false);
+  t.equal(c.control.manageRoutes, true);
+  t.equal(c.nat.vnetHdr, true);
+  t.equal(c.control.offloads, true);
+  t.equal(c.control.controlSocket, "/run/tunnat/tunnat.sock");
+  t.same(c.control.mappingLog, { kind: "off" });
+  t.equal(c.control.logDestinations, false);
+  t.equal(c.control.logLevel, "info");
+  t.equal(c.control.routeTable, 4242);
+});
+
+t.test("a config file is overridden by TUNNAT_* env, which is overridden by flags", async (t) => {
+  const file = JSON.stringify({
+    maxFlows: 2048,
+    udp: undefined,
+    timeouts: { udp: 600, icmp: 90 },
+    logLevel: "warn",
+    mapping: "per-destination",
+  });
+  const readFile = (p: string) => {
+    t.equal(p, "/etc/tunnat/config.json");
+    return file;
+  };
+  const fileOnly = load({ config: "/etc/tunnat/config.json" }, { readFile });
+  t.equal(fileOnly.nat.maxFlows, 2048);
+  t.equal(fileOnly.nat.timeouts.udp, 600);
+  t.equal(fileOnly.nat.timeouts.icmp, 90);
+  t.equal(fileOnly.nat.mapping, "per-destination");
+  const env = {
+    TUNNAT_MAX_FLOWS: "4096",
+    TUNNAT_UDP_TIMEOUT: "700",
+    TUNNAT_CONFIG: "/etc/tunnat/config.json",
+  };
+  const withEnv = loadConfig({ flags: BASE, env, readFile });
+  t.equal(withEnv.nat.maxFlows, 4096, "env beats file");
+  t.equal(withEnv.nat.timeouts.udp, 700);
+  t.equal(withEnv.control.logLevel, "warn", "file still applies where env is silent");
+  const withFlags = loadConfig({ flags: { ...BASE, "max-flows": "8192" }, env, readFile });
+  t.equal(withFlags.nat.maxFlows, 8192, "flag beats env");
+  t.equal(withFlags.nat.timeouts.udp, 700);
+});
+
+t.test("the whole required set can come from the environment, lists comma-separated", async (t) => {
+  const c = loadConfig({
+    flags: {},
+    env: {
+      TUNNAT_INSIDE: "10.0.0.0/16,10.1.0.0/16",
+      TUNNAT_NAT_ADDRESS: "198.51.100.7, 198.51.100.8",
+      TUNNAT_INSIDE_INTERFACE: "eth1",
+      TUNNAT_OUTSIDE_INTERFACE: "eth0",
+      TUNNAT_MANAGE_ROUTES: "yes",
+    },
+  });
+  t.equal(c.nat.inside.length, 2);
+  t.same(c.nat.natAddresses, [parseIpv4("198.51.100.7"), parseIpv4("198.51.100.8")]);
+});
+
+t.test("repeated flags give several prefixes and NAT addresses", async (t) => {
+  const c = load({
+    inside: ["10.0.0.0/16", "192.168.0.0/24"],
+    "nat-address": ["198.51.100.7", "198.51.100.9"],
+  });
+  t.equal(c.nat.inside.length, 2);
+  t.equal(c.nat.natAddresses.length, 2);
+});
+
+t.test("every field's error names the field and the bad value", async (t) => {
+  const bad: [string, string, RegExp][] = [
+    ["inside", "10.0.0.0/33", /expected an IPv4 prefix/],
+    ["inside-interface", "a/b", /interface name/],
+    ["nat-address", "198.51.100", /expected an IPv4 address/],
+    ["outside-interface", "this-name-is-too-long", /interface name/],
+    ["tun", "", /interface name/],
+    ["tun-address", "1.2.3/8", /ADDR|address/],
+    ["metrics", "127.0.0.1", /HOST:PORT/],
+    ["max-flows", "abc", /expected an integer 1024\.\.16777216/],
+    ["ports", "2000-1000", /LO-HI|range/],
+    ["mapping", "symmetric", /endpoint-independent, per-destination/],
+    ["filtering", "open", /address-and-port-dependent/],
+    ["tcp-established-timeout", "long", /duration/],
+    ["tcp-transitory-timeout", "-1", /duration/],
+    ["udp-timeout", "5x", /duration/],
+    ["icmp-timeout", "0", /duration/],
+    ["preset", "gcp", /default, aws/],
+    ["per-host-quota", "-3", /integer/],
+    ["log-level", "loud", /info/],
+    ["manage-routes", "maybe", /true or false/],
+    ["route-table", "254", /table id/],
+    ["rule-priority", "0", /1\.\.32765/],
+    ["set-ip-forward", "perhaps", /true or false/],
+    ["vnet-hdr", "2", /true or false/],
+    ["offloads", "x", /true or false/],
+    ["restore-ttl", "x", /true or false/],
+    ["control-socket", "relative.sock", /absolute path/],
+    ["mapping-log", "", /off|stdout/],
+    ["log-destinations", "x", /true or false/],
+  ];
+  const covered = new Set(bad.map((b) => b[0]));
+  for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);
+  for (const [flag, value, why] of bad) {
+    const e = errorOf(() => load({ [flag]: value }));
+    t.equal(e.code, ErrorCode.Config, flag);
+    t.ok(e.message.startsWith(`invalid --${flag} ${JSON.stringify(value)}: `), e.message);
+    t.match(e.message, why, flag);
+  }
+});
+
+t.test(
+  "errors name the environment variable or the config file key where the value came from",
+  async (t) => {
+    const e1 = errorOf(() => loadConfig({ flags: BASE, env: { TUNNAT_MAX_FLOWS: "12" } }));
+    t.equal(e1.message, 'invalid TUNNAT_MAX_FLOWS "12": expected an integer 1024..16777216');
+    const e2 = errorOf(() =>
+      load(
+        { config: "/c.json" },
+        { readFile: () => JSON.stringify({ timeouts: { udp: "soon" } }) },
+      ),
+    );
+    t.match(e2.message, /^invalid "timeouts\.udp" in \/c\.json "soon": expected a duration/);
+    const e3 = errorOf(() => load({ config: "/c.json" }, { readFile: () => '{"maxflow": 3}' }));
+    t.match(e3.message, /unknown setting "maxflow" in \/c\.json/);
+    const e4 = errorOf(() => load({ config: "/c.json" }, { readFile: () => "{nope" }));
+    t.equal(e4.code, ErrorCode.ConfigFile);
+    const e5 = errorOf(() =>
+      load(
+        { config: "/missing.json" },
+        {
+          readFile: () => {
+            throw Object.assign(new Error("x"), { code: "ENOENT" });
+          },
+        },
+      ),
+    );
+    t.match(e5.message, /cannot read config file \/missing\.json: ENOENT/);
+  },
+);
+
+t.test(
+  "timeouts below the RFC minimums are refused, with the reason, unless the aws preset",
+  async (t) => {
+    const cases: [string, string, RegExp][] = [
+      ["tcp-established-timeout", "7439", /RFC 5382 REQ-5.*7440/],
+      ["tcp-transitory-timeout", "239", /240/],
+      ["udp-timeout", "119", /RFC 4787 REQ-5.*120/],
+      ["icmp-timeout", "59", /RFC 5508 REQ-2.*60/],
+    ];
+    for (const [flag, v, why] of cases) {
+      const e = errorOf(() => load({ [flag]: v }));
+      t.match(e.message, new RegExp(`^invalid --${flag} "${v}": `));
+      t.match(e.message, why);
+      t.match(e.message, /--preset aws/);
+      t.doesNotThrow(() => load({ [flag]: v, preset: "aws" }), `${flag} ${v} with aws`);
+    }
+    t.equal(load({ "udp-timeout": "2m" }).nat.timeouts.udp, 120, "suffixes are read");
+    t.equal(load({ "tcp-established-timeout": "3h" }).nat.timeouts.tcpEstablished, 10800);
+  },
+);
+
+t.test("the aws preset sets 350 s everywhere and an RST on expiry", async (t) => {
+  const c = load({ preset: "aws" });
+  t.same(c.nat.timeouts, { tcpEstablished: 350, tcpTransitory: 350, udp: 350, icmp: 350 });
+  t.equal(c.nat.rstOnExpired, true);
+  t.equal(load({ preset: "aws", "udp-timeout": "60" }).nat.timeouts.udp, 60);
+});
+
+t.test("a NAT address inside an inside prefix is refused (RFC 4787 REQ-7)", async (t) => {
+  const e = errorOf(() => load({ "nat-address": "10.0.3.3" }));
+  t.equal(e.code, ErrorCode.Config);
+  t.match(
+    e.message,
+    /^invalid --nat-address "10\.0\.3\.3": lies inside the inside prefix 10\.0\.0\.0\/16/,
+  );
+  t.match(e.message, /REQ-7/);
+  const e2 = errorOf(() => load({ inside: ["10.0.0.0/16", "10.0.128.0/17"] }));
+  t.match(e2.message, /overlaps 10\.0\.0\.0\/16/);
+});
+
+t.test("missing required settings and contradictions are named", async (t) => {
+  t.match(errorOf(() => loadConfig({ flags: {}, env: {} })).message, /^missing --inside/);
+  t.match(errorOf(() => load({ "nat-address": undefined })).message, /^missing --nat-address/);
+  t.match(
+    errorOf(() => load({ "inside-interface": undefined })).message,
+    /missing --inside-interface.*--no-manage-routes/,
+  );
+  t.doesNotThrow(() =>
+    load({ "inside-interface": undefined, "outside-interface": undefined, "manage-routes": false }),
+  );
+  t.match(
+    errorOf(() => load({ inside: "10.0.1.5/24" })).message,
+    /host bits are set; did you mean 10\.0\.1\.0\/24/,
+  );
+  t.match(errorOf(() => load({ "nat-address": "127.0.0.1" })).message, /loopback/);
+  t.match(
+    errorOf(() => load({ "nat-address": ["198.51.100.7", "198.51.100.7"] })).message,
+    /listed twice/,
+  );
+  t.match(
+    errorOf(() => load({ "vnet-hdr": false, offloads: true })).message,
+    /^invalid --offloads/,
+  );
+  t.equal(
+    load({ "vnet-hdr": false }).control.offloads,
+    false,
+    "offloads follow vnet-hdr by default",
+  );
+});
+
+t.test("ports, metrics and mapping log values are parsed into their shapes", async (t) => {
+  const c = load({
+    ports: "1024-65535",
+    metrics: "[::1]:9000",
+    "mapping-log": "/var/log/tunnat/map.jsonl",
+  });
+  t.equal(c.nat.portLo, 1024);
+  t.equal(c.nat.portHi, 65535);
+  t.same(c.control.metrics, { host: "::1", port: 9000 });
+  t.same(c.control.mappingLog, { kind: "file", path: "/var/log/tunnat/map.jsonl" });
+  t.same(load({ "mapping-log": "stdout" }).control.mappingLog, { kind: "stdout" });
+  t.equal(load({ "tun-address": "none" }).control.tunAddress, null);
+});
