@@ -62,6 +62,9 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
   const { createLogger } = await import("../control/log.js");
   const { Daemon } = await import("../control/daemon.js");
   const { installSignalHandlers } = await import("../control/shutdown.js");
+  const { registerExtension } = await import("../control/daemon.js");
+  registerExtension((await import("../control/metrics.js")).metricsExtension);
+  registerExtension((await import("../control/control-socket.js")).controlSocketExtension);
   const log = createLogger({ level: cfg.control.logLevel });
   let daemon: Awaited<ReturnType<typeof Daemon.start>>;
   try {
@@ -91,10 +94,7 @@ async function checkCommand(argv: Record<string, unknown>): Promise<number> {
   return ok ? 0 : 1;
 }
 
-/**
- * flows/stats talk to the daemon's control socket. The client lives in control/control-socket.ts
- * (`clientCommand(cmd, argv)`); until it exists only reachability is reported.
- */
+/** flows/stats talk to the daemon's control socket (control/control-socket.ts). */
 async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknown>) {
   const socket = String(
     argv.socket ?? process.env.TUNNAT_CONTROL_SOCKET ?? "/run/tunnat/tunnat.sock",
@@ -103,18 +103,8 @@ async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknow
     process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
     return 1;
   }
-  const path = "../control/control-socket.js";
-  type ClientModule = {
-    clientCommand?: (c: string, a: Record<string, unknown>) => Promise<number>;
-  };
-  const mod = (await import(path).catch(() => null)) as ClientModule | null;
-  if (!mod?.clientCommand) {
-    process.stderr.write(
-      `tunnat: ${cmd} is not available in this build (socket ${socket} exists)\n`,
-    );
-    return 1;
-  }
-  return mod.clientCommand(cmd, { ...argv, socket });
+  if (cmd === "flows") return (await import("./flows.js")).flowsCommand({ ...argv, socket });
+  return (await import("./stats.js")).statsCommand({ ...argv, socket });
 }
 
 export async function main(args: string[] = hideBin(process.argv)): Promise<number> {
@@ -162,7 +152,11 @@ export async function main(args: string[] = hideBin(process.argv)): Promise<numb
         clientOptions(y)
           .option("host", { type: "string", describe: "only flows of this inside host" })
           .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
-          .option("state", { type: "string", describe: "only flows in this TCP state" }),
+          .option("state", {
+            type: "string",
+            describe: "only flows in this state (TCP state name, or REPLIED/UNREPLIED)",
+          })
+          .option("limit", { type: "number", describe: "show at most this many flows" }),
       (a) => set(clientCommand("flows", a as Record<string, unknown>)),
     )
     .command(

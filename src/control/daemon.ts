@@ -21,6 +21,8 @@ import { BatchClock } from "./clock.js";
 import type { TunnatConfig } from "./config.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { type HttpServer, startHttpServer } from "./http.js";
+import { type MappingLog, openMappingLog } from "./mapping-log.js";
+import { datapathReadiness } from "./metrics.js";
 import { hostRunner, Plumbing, type PlumbingSpec, type Runner } from "./plumbing.js";
 
 /** The options src/io/tun.ts openTun() takes. */
@@ -97,6 +99,10 @@ export class Daemon {
   device: Device | undefined;
   http: HttpServer | undefined;
   plumbing: Plumbing | undefined;
+  /** The RFC 6888 §4 mapping log, when configured; fed by the flow table's hooks. */
+  mappingLog: MappingLog | undefined;
+  /** /readyz: null while forwarding, else why not (control/metrics.ts datapathReadiness). */
+  readiness: (() => string | null) | undefined;
   private readonly disposers: (() => void | Promise<void>)[] = [];
   private stopped: Promise<void> | null = null;
 
@@ -130,8 +136,10 @@ export class Daemon {
     // Listen first: a taken port fails before the kernel is touched, and /healthz answers 503
     // while the rest comes up.
     this.http = await startHttpServer(c.metrics);
-    // The core is pure: build it before the TUN so a bad table size fails early.
-    this.translator = new Translator(cfg.nat, this.clock, this.stats);
+    // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
+    // hooks must be there at construction (the table sizes its removal bookkeeping by them).
+    this.mappingLog = openMappingLog(c, this.log);
+    this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -150,6 +158,8 @@ export class Daemon {
     }
     this.loop = new DataLoop(this.device, this.translator, this.clock);
     this.loop.start();
+    this.readiness = datapathReadiness(this);
+    this.http.setReadinessCheck(this.readiness);
     for (const ext of extensions) {
       const dispose = await ext(this);
       if (typeof dispose === "function") this.disposers.push(dispose);
@@ -197,6 +207,12 @@ export class Daemon {
     } catch (e) {
       this.log.warn({ err: errorMessage(e) }, "closing the TUN failed");
     }
+    // With the TUN closed no packet can make a mapping: log the removal of the live ones.
+    await this.mappingLog
+      ?.close(this.translator?.table, Math.floor(this.clock.refresh() / 1000))
+      .catch((e: unknown) =>
+        this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
+      );
     await this.http?.close();
   }
 

@@ -1,6 +1,7 @@
 /**
- * The HTTP listener on the metrics address: GET /healthz and /readyz (200 once the data path is
- * forwarding, 503 before and while stopping) and GET /metrics from a MetricsProvider. The
+ * The HTTP listener on the metrics address: GET /healthz (200 once the daemon is up, 503 before
+ * and while stopping), GET /readyz (as /healthz, and also 503 with the reason when the data path
+ * is not forwarding: loop stopped, TUN closed, no batch or tick for 5 s) and GET /metrics from a MetricsProvider. The
  * provider defaults to prom-client's default registry; control/metrics.ts installs the real one
  * with setMetricsProvider(). Scrapes read counters; they never touch the data path.
  */
@@ -30,20 +31,32 @@ export interface HttpServer {
   /** The bound address (port resolved when 0 was asked for). */
   readonly address: HostPort;
   setReady(ready: boolean): void;
+  /**
+   * /readyz also asks `check` (null = forwarding, else the reason), so a stuck data path turns
+   * it 503 while /healthz (the process is up and not stopping) stays 200.
+   */
+  setReadinessCheck(check: () => string | null): void;
   close(): Promise<void>;
 }
 
 export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
   let ready = false;
+  let check: () => string | null = () => null;
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD" }).end();
       return;
     }
-    if (path === "/healthz" || path === "/readyz") {
+    if (path === "/healthz") {
       res.writeHead(ready ? 200 : 503, { "content-type": "text/plain; charset=utf-8" });
       res.end(ready ? "ok\n" : "starting\n");
+      return;
+    }
+    if (path === "/readyz") {
+      const why = ready ? check() : "starting";
+      res.writeHead(why === null ? 200 : 503, { "content-type": "text/plain; charset=utf-8" });
+      res.end(why === null ? "ok\n" : `${why}\n`);
       return;
     }
     if (path === "/metrics") {
@@ -87,6 +100,9 @@ export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
     address: bound,
     setReady(r: boolean) {
       ready = r;
+    },
+    setReadinessCheck(c: () => string | null) {
+      check = c;
     },
     close() {
       ready = false;

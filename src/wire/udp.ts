@@ -13,7 +13,7 @@ export const ERR_LENGTH = -2;
 /**
  * Validate a UDP header in `len` bytes of IP payload. Returns the UDP length field or a sentinel.
  * A length field larger than the payload is impossible; a smaller one is allowed (trailing bytes).
- * GSO super-packets (UDP_L4) carry the length of one segment, so callers pass `gso` to skip that test.
+ * For GSO super-packets (UDP_L4) callers pass `gso`: the field is not a per-datagram length there.
  */
 export function check(buf: Uint8Array, off: number, len: number, gso = false): number {
   if (len < HEADER_LEN) return ERR_TOO_SHORT;

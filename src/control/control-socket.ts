@@ -1,0 +1,473 @@
+/**
+ * The control socket behind `tunnat flows` and `tunnat stats`: a unix stream socket, root only
+ * (its directory is created 0700 when missing, the socket itself is 0600), speaking
+ * newline-delimited JSON. A request is one line:
+ *
+ *   {"cmd":"flows","host":"10.0.0.5","proto":"tcp","state":"ESTABLISHED","limit":100}
+ *   {"cmd":"stats"}
+ *
+ * and every answer line is an object with a "type": "flow" (one per flow), "stats", "end" (after
+ * the last flow: how many matched) or "error" (with a TunnatError code).
+ *
+ * Listing a full table (millions of slots) must not stall forwarding: the table is scanned in
+ * chunks of 16 k slots with setImmediate between them, so batches from the TUN are handled in
+ * between, and the answer is streamed as it is found, pausing while the client's socket is
+ * backed up. A listing is therefore a walk, not an atomic snapshot, like `conntrack -L`.
+ */
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { dirname } from "node:path";
+import type { Logger } from "pino";
+import { FlowFlag, type FlowTable } from "../conntrack/table.js";
+import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
+import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
+import { formatIpv4, parseIpv4 } from "../wire/addr.js";
+import type { Daemon } from "./daemon.js";
+import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
+import { protoName } from "./mapping-log.js";
+import { PROTOCOLS } from "./metrics.js";
+
+/** Slots scanned between two turns of the event loop. */
+export const SCAN_CHUNK = 16384;
+/** Longest request line accepted. */
+const MAX_REQUEST = 64 * 1024;
+/** Connections served at once; more are refused (a listing costs a table walk). */
+const MAX_CLIENTS = 16;
+
+export interface FlowFilter {
+  /** Inside host (dotted quad). */
+  host?: string;
+  proto?: "tcp" | "udp" | "icmp";
+  /** TCP state name (ESTABLISHED, SYN_SENT, ...) or, for UDP and ICMP, UNREPLIED / REPLIED. */
+  state?: string;
+  limit?: number;
+}
+
+export interface FlowRecord {
+  type: "flow";
+  proto: string;
+  state: string;
+  /** Seconds until the flow expires if idle. */
+  timeout: number;
+  insideAddr: string;
+  insidePort: number;
+  outsideAddr: string;
+  outsidePort: number;
+  remoteAddr: string;
+  remotePort: number;
+  pktsOut: number;
+  bytesOut: number;
+  pktsIn: number;
+  bytesIn: number;
+  replied: boolean;
+  inbound: boolean;
+}
+
+export type ControlRequest = ({ cmd: "flows" } & FlowFilter) | { cmd: "stats" };
+
+/** What the socket answers from. */
+export interface ControlSource {
+  table: FlowTable;
+  /** The table's clock in whole seconds. */
+  nowSec(): number;
+  /** The counters `tunnat stats` prints. */
+  stats(): Record<string, unknown>;
+}
+
+export function stateName(table: FlowTable, f: number): string {
+  const p = table.proto[f];
+  const st = table.state[f] ?? 0;
+  if (p === 6) return TCP_STATE_NAMES[st] ?? String(st);
+  return st !== 0 ? "REPLIED" : "UNREPLIED";
+}
+
+export function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
+  const fl = table.flags[f] ?? 0;
+  return {
+    type: "flow",
+    proto: protoName(table.proto[f] ?? 0),
+    state: stateName(table, f),
+    timeout: Math.max(0, (table.expires[f] ?? 0) - now),
+    insideAddr: formatIpv4(table.iaddr[f] ?? 0),
+    insidePort: table.iport[f] ?? 0,
+    outsideAddr: formatIpv4(table.oaddr[f] ?? 0),
+    outsidePort: table.oport[f] ?? 0,
+    remoteAddr: formatIpv4(table.raddr[f] ?? 0),
+    remotePort: table.rport[f] ?? 0,
+    pktsOut: table.pktsOut[f] ?? 0,
+    bytesOut: table.bytesOut[f] ?? 0,
+    pktsIn: table.pktsIn[f] ?? 0,
+    bytesIn: table.bytesIn[f] ?? 0,
+    replied: (fl & FlowFlag.REPLIED) !== 0,
+    inbound: (fl & FlowFlag.INBOUND) !== 0,
+  };
+}
+
+function badRequest(msg: string): TunnatError {
+  return new TunnatError(ErrorCode.Control, msg);
+}
+
+/** Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. */
+export function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
+  let host = -1;
+  if (r.host !== undefined) {
+    host = parseIpv4(String(r.host));
+    if (host < 0) throw badRequest(`bad host "${r.host}": expected an IPv4 address`);
+  }
+  let proto = 0;
+  if (r.proto !== undefined) {
+    const p = PROTOCOLS.find(([, n]) => n === r.proto);
+    if (!p) throw badRequest(`bad proto "${r.proto}": expected tcp, udp or icmp`);
+    proto = p[0];
+  }
+  const state = r.state === undefined ? undefined : String(r.state).toUpperCase();
+  if (
+    state !== undefined &&
+    !TCP_STATE_NAMES.includes(state) &&
+    state !== "REPLIED" &&
+    state !== "UNREPLIED"
+  )
+    throw badRequest(
+      `bad state "${r.state}": expected one of ${[...TCP_STATE_NAMES, "REPLIED", "UNREPLIED"].join(", ")}`,
+    );
+  return (t, f) =>
+    (host < 0 || t.iaddr[f] === host >>> 0) &&
+    (proto === 0 || t.proto[f] === proto) &&
+    (state === undefined || stateName(t, f) === state);
+}
+
+/** Write a line, resolving once the socket can take more. */
+function send(sock: Socket, obj: unknown): Promise<void> | undefined {
+  if (sock.destroyed) return undefined;
+  if (sock.write(`${JSON.stringify(obj)}\n`)) return undefined;
+  return new Promise((resolve) => {
+    const done = () => {
+      sock.off("drain", done);
+      sock.off("close", done);
+      resolve();
+    };
+    sock.once("drain", done);
+    sock.once("close", done);
+  });
+}
+
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Stream the flows that match `req` to `sock`, SCAN_CHUNK slots per event-loop turn. */
+export async function streamFlows(
+  src: ControlSource,
+  req: FlowFilter,
+  sock: Socket,
+  chunk = SCAN_CHUNK,
+): Promise<void> {
+  const match = compileFilter(req);
+  const limit =
+    req.limit === undefined ? Number.POSITIVE_INFINITY : Math.max(0, Math.floor(Number(req.limit)));
+  const t = src.table;
+  let matched = 0;
+  for (let start = 0; start < t.capacity && matched < limit; start += chunk) {
+    const end = Math.min(t.capacity, start + chunk);
+    const now = src.nowSec();
+    const lines: string[] = [];
+    for (let f = start; f < end && matched < limit; f++) {
+      if (t.proto[f] === 0 || !match(t, f)) continue;
+      lines.push(JSON.stringify(flowRecord(t, f, now)));
+      matched++;
+    }
+    if (sock.destroyed) return;
+    if (lines.length > 0 && !sock.write(`${lines.join("\n")}\n`)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          sock.off("drain", done);
+          sock.off("close", done);
+          resolve();
+        };
+        sock.once("drain", done);
+        sock.once("close", done);
+      });
+    }
+    await turn();
+  }
+  await send(sock, { type: "end", matched });
+}
+
+export interface ControlServer {
+  readonly path: string;
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+/** Connect to `path`: resolves true if something answers there. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = createConnection(path);
+    c.once("connect", () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once("error", () => resolve(false));
+  });
+}
+
+/** Listen on the control socket at `path`. */
+export async function startControlSocket(
+  path: string,
+  src: ControlSource,
+  log?: Logger,
+): Promise<ControlServer> {
+  const dir = dirname(path);
+  try {
+    // Only a directory we create gets 0700; an existing one (/run) is left alone.
+    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new TunnatError(
+      ErrorCode.Control,
+      `cannot create the control socket directory ${dir}: ${errorMessage(e)}`,
+    );
+  }
+  if (existsSync(path)) {
+    if (!lstatSync(path).isSocket())
+      throw new TunnatError(
+        ErrorCode.Control,
+        `${path} exists and is not a socket; remove it or choose another --control-socket`,
+      );
+    if (await listening(path))
+      throw new TunnatError(
+        ErrorCode.Control,
+        `another daemon answers on ${path}; stop it or choose another --control-socket`,
+      );
+    unlinkSync(path); // stale, from a daemon that died
+  }
+  const clients = new Set<Socket>();
+  const server = createServer((sock) => {
+    if (clients.size >= MAX_CLIENTS) {
+      sock.end(`${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "busy" })}\n`);
+      return;
+    }
+    clients.add(sock);
+    sock.on("close", () => clients.delete(sock));
+    sock.on("error", () => undefined);
+    serve(sock, src, log);
+  });
+  // The socket is created with the process umask; narrow it so no other user can ever connect,
+  // not even in the moment before chmod.
+  const old = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(path, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    throw new TunnatError(
+      ErrorCode.Control,
+      `cannot listen on the control socket ${path}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`,
+    );
+  } finally {
+    process.umask(old);
+  }
+  chmodSync(path, 0o600);
+  return {
+    path,
+    server,
+    close() {
+      return new Promise<void>((resolve) => {
+        for (const c of clients) c.destroy();
+        server.close(() => {
+          try {
+            unlinkSync(path);
+          } catch {
+            // already gone
+          }
+          resolve();
+        });
+      });
+    },
+  };
+}
+
+function serve(sock: Socket, src: ControlSource, log?: Logger): void {
+  let buf = "";
+  let busy = Promise.resolve();
+  sock.setEncoding("utf8");
+  sock.on("data", (d: string) => {
+    buf += d;
+    if (buf.length > MAX_REQUEST) {
+      sock.end(
+        `${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "request too long" })}\n`,
+      );
+      return;
+    }
+    let nl = buf.indexOf("\n");
+    while (nl >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      nl = buf.indexOf("\n");
+      if (line === "") continue;
+      // One request at a time per connection, answered in order.
+      busy = busy
+        .then(() => answer(sock, src, line))
+        .catch((e: unknown) => {
+          log?.warn({ err: errorMessage(e) }, "control request failed");
+        });
+    }
+  });
+}
+
+async function answer(sock: Socket, src: ControlSource, line: string): Promise<void> {
+  let req: ControlRequest;
+  try {
+    req = JSON.parse(line) as ControlRequest;
+    if (typeof req !== "object" || req === null) throw new Error("not an object");
+  } catch (e) {
+    await send(sock, {
+      type: "error",
+      code: ErrorCode.Control,
+      error: `bad request: ${errorMessage(e)}`,
+    });
+    return;
+  }
+  try {
+    if (req.cmd === "flows") await streamFlows(src, req, sock);
+    else if (req.cmd === "stats") await send(sock, { type: "stats", stats: src.stats() });
+    else throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+  } catch (e) {
+    const code = e instanceof TunnatError ? e.code : ErrorCode.Control;
+    await send(sock, { type: "error", code, error: errorMessage(e) });
+  }
+}
+
+/** The counters of `tunnat stats`, grouped. */
+export function statsSnapshot(d: Daemon): Record<string, unknown> {
+  const s: NatStats = d.stats;
+  const nat: Record<string, number> = {};
+  for (const [k, v] of Object.entries(s)) if (typeof v === "number") nat[k] = v;
+  const drops: Record<string, number> = {};
+  DROP_REASON_NAMES.forEach((r, i) => {
+    drops[r] = s.drops[i] ?? 0;
+  });
+  const out: Record<string, unknown> = { nat, drops };
+  const t = d.translator?.table;
+  if (t) {
+    const ports: Record<string, unknown>[] = [];
+    for (let a = 0; a < t.pool.size; a++)
+      for (const [p, protocol] of PROTOCOLS)
+        ports.push({
+          natAddress: formatIpv4(t.pool.addrs[a] ?? 0),
+          protocol,
+          ...t.portUsage(a, p),
+        });
+    out.table = {
+      flows: t.active,
+      capacity: t.capacity,
+      mappings: t.mappings,
+      insideHosts: t.hosts.count,
+      insideHostsCapacity: t.hosts.maxHosts,
+    };
+    out.ports = ports;
+  }
+  const ls = d.loop?.loopStats;
+  if (ls)
+    out.datapath = {
+      batches: ls.batches,
+      packets: ls.packets,
+      written: ls.written,
+      batchSeconds: ls.batchSeconds,
+      sweeps: ls.sweeps,
+    };
+  if (d.mappingLog) out.mappingLog = { lines: d.mappingLog.lines, dropped: d.mappingLog.dropped };
+  out.ready = d.readiness ? d.readiness() === null : true;
+  return out;
+}
+
+/** Daemon extension: the control socket at the configured path while the daemon runs. */
+export async function controlSocketExtension(d: Daemon): Promise<() => Promise<void>> {
+  const t = d.translator?.table;
+  if (!t) throw new Error("the control socket needs a started data path");
+  const srv = await startControlSocket(
+    d.config.control.controlSocket,
+    {
+      table: t,
+      nowSec: () => Math.floor(d.clock.now() / 1000),
+      stats: () => statsSnapshot(d),
+    },
+    d.log,
+  );
+  return () => srv.close();
+}
+
+// ------------------------------------------------------------------ client
+
+/**
+ * Send one request and call `onLine` for every answer line until the "end", "stats" or "error"
+ * line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL otherwise.
+ */
+export function request(
+  path: string,
+  req: ControlRequest,
+  onLine: (obj: Record<string, unknown>) => void,
+  timeoutMs = 30_000,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(path);
+    let buf = "";
+    let done = false;
+    const finish = (e?: Error) => {
+      if (done) return;
+      done = true;
+      sock.destroy();
+      if (e) reject(e);
+      else resolve();
+    };
+    sock.setTimeout(timeoutMs, () =>
+      finish(new TunnatError(ErrorCode.Control, `no answer from ${path} in ${timeoutMs} ms`)),
+    );
+    sock.setEncoding("utf8");
+    sock.on("connect", () => sock.write(`${JSON.stringify(req)}\n`));
+    sock.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT" || e.code === "ECONNREFUSED")
+        finish(
+          new TunnatError(
+            ErrorCode.NotRunning,
+            `daemon not reachable at ${path} (${e.code}); is tunnat running? (--socket PATH)`,
+          ),
+        );
+      else if (e.code === "EACCES")
+        finish(
+          new TunnatError(
+            ErrorCode.Control,
+            `permission denied on ${path}: the control socket is root only`,
+          ),
+        );
+      else finish(new TunnatError(ErrorCode.Control, `control socket ${path}: ${e.message}`));
+    });
+    sock.on("data", (d: string) => {
+      buf += d;
+      let nl = buf.indexOf("\n");
+      while (nl >= 0 && !done) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        nl = buf.indexOf("\n");
+        if (line.trim() === "") continue;
+        let obj: Record<string, unknown>;
+        try {
+          obj = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          finish(new TunnatError(ErrorCode.Control, `bad answer line: ${line.slice(0, 80)}`));
+          return;
+        }
+        if (obj.type === "error") {
+          finish(new TunnatError(ErrorCode.Control, String(obj.error)));
+          return;
+        }
+        onLine(obj);
+        if (obj.type === "end" || obj.type === "stats") finish();
+      }
+    });
+    sock.on("close", () =>
+      finish(new TunnatError(ErrorCode.Control, `${path} closed the connection before answering`)),
+    );
+  });
+}

@@ -1,0 +1,559 @@
+/**
+ * Prometheus metrics (prom-client), read from the core's plain counters at scrape time: every
+ * metric here has a collect() callback (or a get() of its own for the histogram and summary that
+ * mirror LoopStats), so the packet path never calls prom-client (Lodestar's addCollect style).
+ *
+ * The AWS NAT Gateway CloudWatch set appears under Prometheus names (docs/observability.md has
+ * the mapping), with per-inside-host traffic bounded to the top N hosts (top-hosts.ts), table and
+ * port utilisation, the data path's own counters, event-loop delay, and prom-client's default
+ * process metrics. A 1 s timer samples the byte and packet totals for the peak rates (peak.ts);
+ * that is the only periodic work, and it costs four additions.
+ */
+import { type IntervalHistogram, monitorEventLoopDelay, performance } from "node:perf_hooks";
+import {
+  Counter,
+  collectDefaultMetrics,
+  register as defaultRegister,
+  Gauge,
+  type Metric,
+  Registry,
+} from "prom-client";
+import type { FlowTable } from "../conntrack/table.js";
+import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
+import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
+import { formatIpv4 } from "../wire/addr.js";
+import type { Daemon } from "./daemon.js";
+import { setMetricsProvider } from "./http.js";
+import { PeakRate } from "./peak.js";
+import { DEFAULT_TOP_HOSTS, TopHosts } from "./top-hosts.js";
+
+/** What the metrics read. A Daemon provides it through observe(). */
+export interface Observed {
+  stats: NatStats;
+  table: FlowTable;
+  loopStats: LoopStats;
+  /** null when forwarding, else why not (the /readyz answer). */
+  readiness?: () => string | null;
+  mappingLog?: { readonly lines: number; readonly dropped: number } | undefined;
+}
+
+export interface MetricsOptions {
+  /** Inside hosts with a series of their own (the rest are summed as host="other"). */
+  topHosts?: number;
+  /** Add prom-client's default process metrics (off in some unit tests for speed). */
+  defaultMetrics?: boolean;
+}
+
+export const PROTOCOLS: readonly [number, string][] = [
+  [6, "tcp"],
+  [17, "udp"],
+  [1, "icmp"],
+];
+
+type Labels = Record<string, string>;
+
+function counter(reg: Registry, name: string, help: string, read: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers: [reg],
+    collect() {
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+function gauge(reg: Registry, name: string, help: string, read: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers: [reg],
+    collect() {
+      this.set(read());
+    },
+  });
+}
+
+function labelledCounter(
+  reg: Registry,
+  name: string,
+  help: string,
+  labelNames: string[],
+  read: () => [Labels, number][],
+): void {
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [reg],
+    collect() {
+      this.reset();
+      for (const [l, v] of read()) this.inc(l, v);
+    },
+  });
+}
+
+function labelledGauge(
+  reg: Registry,
+  name: string,
+  help: string,
+  labelNames: string[],
+  read: () => [Labels, number][],
+): void {
+  new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [reg],
+    collect() {
+      // reset() drops label sets that are gone (a host that left the table).
+      this.reset();
+      for (const [l, v] of read()) this.set(l, v);
+    },
+  });
+}
+
+interface Sample {
+  value: number;
+  labels: Labels;
+  metricName?: string;
+}
+
+/**
+ * A metric whose whole exposition is computed by `read` (prom-client's Histogram cannot be set
+ * from counts kept elsewhere). Registry only calls name/type/get()/aggregator on a metric.
+ */
+function rawMetric(
+  reg: Registry,
+  name: string,
+  help: string,
+  type: "histogram" | "summary",
+  read: () => Sample[],
+): void {
+  const m = {
+    name,
+    help,
+    type,
+    aggregator: "sum",
+    async get() {
+      return { name, help, type, aggregator: "sum", values: read() };
+    },
+    reset() {},
+  };
+  reg.registerMetric(m as unknown as Metric);
+}
+
+export interface TunnatMetrics {
+  readonly registry: Registry;
+  /** Take one peak-rate sample now (the timer does this every second). */
+  sample(): void;
+  /** Stop the sampler and the event-loop monitor. */
+  stop(): void;
+}
+
+/** Build the registry over `o`. Starts the 1 s peak sampler and the event-loop monitor. */
+export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMetrics {
+  const reg = new Registry();
+  const s = o.stats;
+  const t = o.table;
+
+  // --- the AWS NAT Gateway set
+  const dirs: [string, string, () => number, () => number][] = [
+    [
+      "in_from_source",
+      "received from inside hosts",
+      () => s.bytesInFromSource,
+      () => s.packetsInFromSource,
+    ],
+    [
+      "out_to_destination",
+      "sent to destinations outside",
+      () => s.bytesOutToDestination,
+      () => s.packetsOutToDestination,
+    ],
+    [
+      "in_from_destination",
+      "received from destinations outside",
+      () => s.bytesInFromDestination,
+      () => s.packetsInFromDestination,
+    ],
+    [
+      "out_to_source",
+      "sent back to inside hosts",
+      () => s.bytesOutToSource,
+      () => s.packetsOutToSource,
+    ],
+  ];
+  for (const [dir, what, bytes, packets] of dirs) {
+    counter(
+      reg,
+      `tunnat_bytes_${dir}_total`,
+      `IP bytes ${what} (AWS NAT Gateway Bytes${camel(dir)}); GSO super-packets count as the segments they stand for.`,
+      bytes,
+    );
+    counter(
+      reg,
+      `tunnat_packets_${dir}_total`,
+      `IP packets ${what} (AWS NAT Gateway Packets${camel(dir)}).`,
+      packets,
+    );
+  }
+  gauge(
+    reg,
+    "tunnat_active_connections",
+    "TCP connections in ESTABLISHED now (AWS NAT Gateway ActiveConnectionCount).",
+    () => s.tcpEstablishedNow,
+  );
+  labelledGauge(
+    reg,
+    "tunnat_flows",
+    "Live flows in the connection table by protocol.",
+    ["protocol"],
+    () => {
+      let tcp = 0;
+      let udp = 0;
+      let icmp = 0;
+      const proto = t.proto;
+      for (let f = 0; f < t.capacity; f++) {
+        const p = proto[f];
+        if (p === 6) tcp++;
+        else if (p === 17) udp++;
+        else if (p === 1) icmp++;
+      }
+      return [
+        [{ protocol: "tcp" }, tcp],
+        [{ protocol: "udp" }, udp],
+        [{ protocol: "icmp" }, icmp],
+      ];
+    },
+  );
+  counter(
+    reg,
+    "tunnat_connection_attempts_total",
+    "Outbound TCP SYNs that opened a flow (AWS NAT Gateway ConnectionAttemptCount).",
+    () => s.connectionAttempts,
+  );
+  counter(
+    reg,
+    "tunnat_connection_established_total",
+    "TCP flows that reached ESTABLISHED (AWS NAT Gateway ConnectionEstablishedCount).",
+    () => s.connectionsEstablished,
+  );
+  counter(
+    reg,
+    "tunnat_port_allocation_errors_total",
+    "New mappings refused because no outside port was free (AWS NAT Gateway ErrorPortAllocation).",
+    () => s.portAllocationErrors,
+  );
+  counter(
+    reg,
+    "tunnat_idle_timeouts_total",
+    "Flows removed because their idle timer ran out (AWS NAT Gateway IdleTimeoutCount).",
+    () => s.idleTimeouts,
+  );
+  labelledCounter(
+    reg,
+    "tunnat_packets_dropped_total",
+    "Packets dropped, by reason (AWS NAT Gateway PacketsDropCount).",
+    ["reason"],
+    () => DROP_REASON_NAMES.map((reason, i) => [{ reason }, s.drops[i] ?? 0]),
+  );
+  const peak = new PeakRate();
+  gauge(
+    reg,
+    "tunnat_peak_bytes_per_second",
+    "Highest 10-second average of bytes received (from inside and outside) per second over the last minute (AWS NAT Gateway PeakBytesPerSecond).",
+    () => peak.peak()[0],
+  );
+  gauge(
+    reg,
+    "tunnat_peak_packets_per_second",
+    "Highest 10-second average of packets received per second over the last minute (AWS NAT Gateway PeakPacketsPerSecond).",
+    () => peak.peak()[1],
+  );
+
+  // --- more of the table's life
+  const more: [string, string, () => number][] = [
+    ["tunnat_flows_created_total", "Flows created.", () => s.flowsCreated],
+    [
+      "tunnat_flows_removed_total",
+      "Flows removed (expiry, eviction, shutdown).",
+      () => s.flowsRemoved,
+    ],
+    ["tunnat_mappings_created_total", "NAT mappings created.", () => s.mappingsCreated],
+    ["tunnat_mappings_removed_total", "NAT mappings removed.", () => s.mappingsRemoved],
+    [
+      "tunnat_flow_evictions_total",
+      "Unreplied flows evicted to make room in a full table.",
+      () => s.evictions,
+    ],
+    [
+      "tunnat_table_full_events_total",
+      "Times a new flow met a full table.",
+      () => s.tableFullEvents,
+    ],
+    [
+      "tunnat_hairpin_packets_total",
+      "Packets sent out and back in to a NAT address (hairpinning, RFC 4787 REQ-9).",
+      () => s.hairpinPackets,
+    ],
+    [
+      "tunnat_icmp_errors_translated_total",
+      "ICMP errors translated in either direction (RFC 5508).",
+      () => s.icmpErrorsTranslated,
+    ],
+    [
+      "tunnat_replies_generated_total",
+      "Packets the gateway generated itself (RSTs for expired flows, ICMP errors).",
+      () => s.repliesGenerated,
+    ],
+  ];
+  for (const [name, help, read] of more) counter(reg, name, help, read);
+
+  // --- per inside host (bounded)
+  const top = new TopHosts(t, opts.topHosts ?? DEFAULT_TOP_HOSTS);
+  let hostSeries = top.collect();
+  labelledCounter(
+    reg,
+    "tunnat_host_bytes_total",
+    `IP bytes per inside host, direction out (host to internet) or in (internet to host); the top ${top.limit} hosts by bytes, the rest summed as host="other".`,
+    ["host", "direction"],
+    () => {
+      // Both per-host metrics are read in one scrape; refresh once, from this one.
+      hostSeries = top.collect();
+      return hostSeries.flatMap((h): [Labels, number][] => [
+        [{ host: h.host, direction: "out" }, h.bytesOut],
+        [{ host: h.host, direction: "in" }, h.bytesIn],
+      ]);
+    },
+  );
+  labelledCounter(
+    reg,
+    "tunnat_host_packets_total",
+    `IP packets per inside host and direction; the same ${top.limit} hosts as tunnat_host_bytes_total, the rest as host="other".`,
+    ["host", "direction"],
+    () =>
+      hostSeries.flatMap((h): [Labels, number][] => [
+        [{ host: h.host, direction: "out" }, h.pktsOut],
+        [{ host: h.host, direction: "in" }, h.pktsIn],
+      ]),
+  );
+
+  // --- utilisation
+  gauge(
+    reg,
+    "tunnat_flows_capacity",
+    "Flows the connection table can hold (maxFlows).",
+    () => t.capacity,
+  );
+  gauge(reg, "tunnat_mappings", "Live NAT mappings.", () => t.mappings);
+  gauge(reg, "tunnat_inside_hosts", "Inside hosts with live flows.", () => t.hosts.count);
+  gauge(
+    reg,
+    "tunnat_inside_hosts_capacity",
+    "Inside hosts the host table can track.",
+    () => t.hosts.maxHosts,
+  );
+  const portLabels = (): [string, string, number, number][] => {
+    const rows: [string, string, number, number][] = [];
+    for (let a = 0; a < t.pool.size; a++) {
+      const addr = formatIpv4(t.pool.addrs[a] ?? 0);
+      for (const [p, name] of PROTOCOLS) {
+        const u = t.portUsage(a, p);
+        rows.push([addr, name, u.used, u.free]);
+      }
+    }
+    return rows;
+  };
+  labelledGauge(
+    reg,
+    "tunnat_nat_ports_used",
+    "Outside ports (ICMP: echo identifiers) in use per NAT address and protocol.",
+    ["nat_address", "protocol"],
+    () => portLabels().map(([nat_address, protocol, used]) => [{ nat_address, protocol }, used]),
+  );
+  labelledGauge(
+    reg,
+    "tunnat_nat_ports_free",
+    "Outside ports (ICMP: echo identifiers) free per NAT address and protocol.",
+    ["nat_address", "protocol"],
+    () => portLabels().map(([nat_address, protocol, , free]) => [{ nat_address, protocol }, free]),
+  );
+
+  // --- the data path
+  const ls = o.loopStats;
+  rawMetric(
+    reg,
+    "tunnat_datapath_batch_size",
+    "Packets per batch read from the TUN device.",
+    "histogram",
+    () => {
+      const out: Sample[] = [];
+      let cum = 0;
+      BATCH_SIZE_BUCKETS.forEach((le, i) => {
+        cum += ls.batchSizeCounts[i] ?? 0;
+        out.push({
+          metricName: "tunnat_datapath_batch_size_bucket",
+          labels: { le: String(le) },
+          value: cum,
+        });
+      });
+      cum += ls.batchSizeCounts[BATCH_SIZE_BUCKETS.length] ?? 0;
+      out.push({
+        metricName: "tunnat_datapath_batch_size_bucket",
+        labels: { le: "+Inf" },
+        value: cum,
+      });
+      out.push({ metricName: "tunnat_datapath_batch_size_sum", labels: {}, value: ls.packets });
+      out.push({ metricName: "tunnat_datapath_batch_size_count", labels: {}, value: cum });
+      return out;
+    },
+  );
+  rawMetric(
+    reg,
+    "tunnat_datapath_batch_duration_seconds",
+    "Time spent translating and writing batches (sum and count; rate(sum)/rate(count) is the time per batch).",
+    "summary",
+    () => [
+      {
+        metricName: "tunnat_datapath_batch_duration_seconds_sum",
+        labels: {},
+        value: ls.batchSeconds,
+      },
+      { metricName: "tunnat_datapath_batch_duration_seconds_count", labels: {}, value: ls.batches },
+    ],
+  );
+  counter(
+    reg,
+    "tunnat_datapath_packets_read_total",
+    "Packets read from the TUN device.",
+    () => ls.packets,
+  );
+  counter(
+    reg,
+    "tunnat_datapath_packets_written_total",
+    "Packets written back to the TUN device.",
+    () => ls.written,
+  );
+  counter(
+    reg,
+    "tunnat_datapath_sweeps_total",
+    "Expiry sweep ticks of the data loop.",
+    () => ls.sweeps,
+  );
+  const lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
+  let lagP99 = 0;
+  gauge(
+    reg,
+    "tunnat_event_loop_delay_max_seconds",
+    "Longest event-loop delay since the previous scrape (a stalled loop stalls forwarding).",
+    () => {
+      const max = lag.count > 0 ? lag.max / 1e9 : 0;
+      lagP99 = lag.count > 0 ? lag.percentile(99) / 1e9 : 0;
+      lag.reset();
+      return max;
+    },
+  );
+  gauge(
+    reg,
+    "tunnat_event_loop_delay_p99_seconds",
+    "99th percentile of event-loop delay since the previous scrape.",
+    () => lagP99,
+  );
+
+  // --- the daemon itself
+  gauge(reg, "tunnat_ready", "1 while the data path is forwarding (as /readyz).", () =>
+    o.readiness ? (o.readiness() === null ? 1 : 0) : 1,
+  );
+  counter(
+    reg,
+    "tunnat_mapping_log_lines_total",
+    "Lines written to the mapping log (RFC 6888 §4).",
+    () => o.mappingLog?.lines ?? 0,
+  );
+  counter(
+    reg,
+    "tunnat_mapping_log_dropped_total",
+    "Mapping log lines dropped because the destination could not keep up.",
+    () => o.mappingLog?.dropped ?? 0,
+  );
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: reg });
+
+  const sample = () =>
+    peak.sample(
+      performance.now() / 1000,
+      s.bytesInFromSource + s.bytesInFromDestination,
+      s.packetsInFromSource + s.packetsInFromDestination,
+    );
+  sample();
+  const timer = setInterval(sample, 1000);
+  timer.unref();
+  return {
+    registry: reg,
+    sample,
+    stop() {
+      clearInterval(timer);
+      lag.disable();
+    },
+  };
+}
+
+function camel(dir: string): string {
+  return dir
+    .split("_")
+    .map((w) => (w[0] ?? "").toUpperCase() + w.slice(1))
+    .join("");
+}
+
+/**
+ * The /readyz check: the loop is running, the TUN is open, and the loop has handled a batch or a
+ * sweep tick within the last `staleMs` (ticks come every 100 ms even when idle, so silence means
+ * the data path is stuck). Returns null when ready, else the reason.
+ */
+export function datapathReadiness(d: Daemon, staleMs = 5000): () => string | null {
+  let last = -1;
+  let lastChange = performance.now();
+  return () => {
+    const loop = d.loop;
+    if (!loop?.isRunning) return "data path not running";
+    const dev = d.device as { closed?: boolean } | undefined;
+    if (!dev || dev.closed === true) return "TUN device closed";
+    const now = performance.now();
+    const v = loop.loopStats.batches + loop.loopStats.sweeps;
+    if (v !== last) {
+      last = v;
+      lastChange = now;
+    } else if (now - lastChange > staleMs) {
+      return `no batch or tick for ${Math.round((now - lastChange) / 1000)} s`;
+    }
+    return null;
+  };
+}
+
+/** What the metrics read from a running daemon. */
+export function observe(d: Daemon): Observed {
+  const tr = d.translator;
+  const loop = d.loop;
+  if (!tr || !loop) throw new Error("metrics need a started data path");
+  return {
+    stats: d.stats,
+    table: tr.table,
+    loopStats: loop.loopStats,
+    readiness: d.readiness,
+    get mappingLog() {
+      return d.mappingLog;
+    },
+  };
+}
+
+/** Daemon extension: serve /metrics from a tunnat registry while the daemon runs. */
+export function metricsExtension(d: Daemon): () => void {
+  const m = createMetrics(observe(d));
+  setMetricsProvider(m.registry);
+  return () => {
+    m.stop();
+    setMetricsProvider(defaultRegister);
+  };
+}
