@@ -33,6 +33,7 @@ for t in ip nft iperf3 curl timeout node; do command -v "$t" >/dev/null || die "
 [[ -f "$ROOT/build/Release/tunnat_tun.node" ]] || die "native addon not built (npm rebuild)"
 
 # --- addresses from lab/lab.json -------------------------------------------------------------
+# shellcheck disable=SC2016 # the JS is single-quoted on purpose
 eval "$(node -e '
   const l = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
   const q = (s) => JSON.stringify(String(s));
@@ -65,7 +66,7 @@ cleanup() {
   for ns in "$NS_P1" "$NS_NAT" "$NS_INET"; do
     if ip netns list | grep -qw "$ns"; then
       for p in $(ip netns pids "$ns" 2>/dev/null); do
-        [[ "$p" != "$$" ]] && kill -KILL "$p" 2>/dev/null || true
+        if [[ "$p" != "$$" ]]; then kill -KILL "$p" 2>/dev/null || true; fi
       done
       ip netns del "$ns" 2>/dev/null || true
     fi
@@ -233,7 +234,7 @@ for r in $(seq "$ROUNDS"); do
       "$r" "$n" "$(echo "$bps / 1000000" | bc -l)" "$host" "$(nproc)" "$cpu" "$ucpu"
     # Bytes per packet through the TUN: far above the MTU means GSO super-packets. TX = what the
     # daemon read, RX = what it wrote back.
-    awk '/RX:|TX:/ { d = $1; getline; printf "    %s %s %d packets, %.0f bytes/packet\n", "'"$TUN"'", d, $2, ($2 ? $1 / $2 : 0) }' \
+    awk '/RX:|TX:/ { d = $1; getline; printf "    %s %s %d packets, %.0f bytes/packet, %d dropped\n", "'"$TUN"'", d, $2, ($2 ? $1 / $2 : 0), $4 }' \
       "$TMP/tun-$n-$r.txt"
     if [[ -n "$perf_pid" ]]; then
       echo "    perf stat of the daemon during the run (reads include one EAGAIN per batch):"
