@@ -53,6 +53,24 @@ const ID_BITS = 26;
 const ID_MASK = (1 << ID_BITS) - 1;
 export const MAX_CAPACITY = 1 << ID_BITS;
 
+/** Words per flow record and their meaning (see FlowTable.rec). */
+const REC = 8;
+const R_IADDR = 0;
+const R_OADDR = 1;
+const R_RADDR = 2;
+const R_RPORT_PROTO_STATE = 3;
+const R_PORTS = 4;
+const R_EXPIRES = 5;
+const R_DELTAS = 6;
+const R_FLAGS = 7;
+/**
+ * Counters: 24 bytes per flow in one buffer, seen as float64 (bytes out, bytes in) and as uint32
+ * (packets out, packets in), so a packet's counter update touches one place.
+ */
+const CTR_BYTES = 24;
+const CTR_F64 = CTR_BYTES / 8;
+const CTR_U32 = CTR_BYTES / 4;
+
 const FILTER_APDF = 0;
 const FILTER_ADF = 1;
 const FILTER_EIF = 2;
@@ -87,7 +105,10 @@ export interface FlowHooks {
   ): void;
 }
 
-/** Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport) of the flow arrays. */
+/**
+ * Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport), read from the flow
+ * records: `addrWord` picks the inside or NAT address, `portShift` the inside (0) or NAT (16) port.
+ */
 class TupleIndex {
   readonly slots: Int32Array;
   private readonly mask: number;
@@ -95,11 +116,9 @@ class TupleIndex {
   constructor(
     size: number,
     private readonly seed: number,
-    private readonly proto: Uint8Array,
-    private readonly addr: Uint32Array,
-    private readonly port: Uint16Array,
-    private readonly raddr: Uint32Array,
-    private readonly rport: Uint16Array,
+    private readonly rec: Uint32Array,
+    private readonly addrWord: number,
+    private readonly portShift: number,
   ) {
     this.slots = new Int32Array(size).fill(-1);
     this.mask = size - 1;
@@ -108,18 +127,19 @@ class TupleIndex {
   find(p: number, a: number, pt: number, ra: number, rp: number): number {
     const slots = this.slots;
     const mask = this.mask;
+    const rec = this.rec;
+    const protoPort = (rp | (p << 16)) >>> 0;
     let i = hashTuple(this.seed, p, a, ra, pt, rp) & mask;
     for (;;) {
       const f = slots[i];
       if (f < 0) return -1;
-      // One branch over all five fields: the loads are independent, so at a million flows their
-      // cache misses overlap instead of queueing behind short-circuit branches.
+      const b = f * REC;
+      // One branch over all fields of one record: one cache line at most.
       if (
-        ((this.addr[f] ^ a) |
-          (this.raddr[f] ^ ra) |
-          (this.port[f] ^ pt) |
-          (this.rport[f] ^ rp) |
-          (this.proto[f] ^ p)) ===
+        ((rec[b + this.addrWord] ^ a) |
+          (rec[b + R_RADDR] ^ ra) |
+          (((rec[b + R_PORTS] >>> this.portShift) & 0xffff) ^ pt) |
+          ((rec[b + R_RPORT_PROTO_STATE] & 0xffffff) ^ protoPort)) ===
         0
       ) {
         return f;
@@ -129,14 +149,17 @@ class TupleIndex {
   }
 
   private home(f: number): number {
+    const rec = this.rec;
+    const b = f * REC;
+    const w3 = rec[b + R_RPORT_PROTO_STATE];
     return (
       hashTuple(
         this.seed,
-        this.proto[f],
-        this.addr[f],
-        this.raddr[f],
-        this.port[f],
-        this.rport[f],
+        (w3 >>> 16) & 0xff,
+        rec[b + this.addrWord],
+        rec[b + R_RADDR],
+        (rec[b + R_PORTS] >>> this.portShift) & 0xffff,
+        w3 & 0xffff,
       ) & this.mask
     );
   }
@@ -247,30 +270,18 @@ function fold(s: number): number {
 
 export class FlowTable implements TupleProbe {
   readonly capacity: number;
-  // Flow fields, indexed by flow id. proto 0 marks a free slot.
-  readonly proto: Uint8Array;
-  /** TcpState for TCP; for UDP and ICMP 0, or 1 once replied. */
-  readonly state: Uint8Array;
-  readonly iaddr: Uint32Array;
-  readonly iport: Uint16Array;
-  readonly oaddr: Uint32Array;
-  readonly oport: Uint16Array;
-  readonly raddr: Uint32Array;
-  readonly rport: Uint16Array;
-  /** Last second the flow is alive (it expires when now > expires). Free slots: free-list link. */
-  readonly expires: Uint32Array;
-  /** RFC 1624 delta of the outbound IPv4 header change (inside addr -> NAT addr). */
-  readonly ipDelta: Uint16Array;
   /**
-   * Outbound transport checksum delta: TCP/UDP: address (pseudo-header) and port change;
-   * ICMP echo: the identifier change only (the ICMP checksum has no pseudo-header).
+   * Flow records, 8 words each, so one lookup touches one 32-byte record instead of a dozen
+   * arrays (at a million flows each array is a separate cache miss). Word layout (R_* below):
+   * inside addr, NAT addr, remote addr, rport | proto << 16 | state << 24, iport | oport << 16,
+   * expiry second (free slots: free-list link), ipDelta | l4Delta << 16, flags.
+   * Read fields with the accessors (iaddr(f), oport(f), ...); proto 0 marks a free slot.
    */
-  readonly l4Delta: Uint16Array;
-  readonly pktsOut: Uint32Array;
-  readonly pktsIn: Uint32Array;
-  readonly bytesOut: Float64Array;
-  readonly bytesIn: Float64Array;
-  readonly flags: Uint8Array;
+  readonly rec: Uint32Array;
+  /** Per-flow byte counters (out, in) at f * 3; packet counters share the buffer (pkt). */
+  readonly ctr: Float64Array;
+  /** Per-flow packet counters (out, in) at f * 6 + 4, in the same buffer as ctr. */
+  readonly pkt: Uint32Array;
   /** Live flows. */
   active = 0;
   /** Live endpoint-independent mappings (per-destination mode: always 0). */
@@ -344,46 +355,18 @@ export class FlowTable implements TupleProbe {
     this.timeouts = new TimeoutTable(cfg.timeouts);
     this.logRemovals = typeof hooks.mappingRemoved === "function";
 
-    this.proto = new Uint8Array(cap);
-    this.state = new Uint8Array(cap);
-    this.iaddr = new Uint32Array(cap);
-    this.iport = new Uint16Array(cap);
-    this.oaddr = new Uint32Array(cap);
-    this.oport = new Uint16Array(cap);
-    this.raddr = new Uint32Array(cap);
-    this.rport = new Uint16Array(cap);
-    this.expires = new Uint32Array(cap);
-    this.ipDelta = new Uint16Array(cap);
-    this.l4Delta = new Uint16Array(cap);
-    this.pktsOut = new Uint32Array(cap);
-    this.pktsIn = new Uint32Array(cap);
-    this.bytesOut = new Float64Array(cap);
-    this.bytesIn = new Float64Array(cap);
-    this.flags = new Uint8Array(cap);
+    this.rec = new Uint32Array(cap * REC);
+    const counters = new ArrayBuffer(cap * CTR_BYTES);
+    this.ctr = new Float64Array(counters);
+    this.pkt = new Uint32Array(counters);
     this.ring = new Uint32Array(cap);
     // Free list threaded through `expires` (a free slot has no expiry): next id + 1, 0 ends it.
-    for (let f = 0; f < cap - 1; f++) this.expires[f] = f + 2;
+    for (let f = 0; f < cap - 1; f++) this.rec[f * REC + R_EXPIRES] = f + 2;
     this.freeHead = 0;
 
     const slots = indexSlots(cap);
-    this.inIdx = new TupleIndex(
-      slots,
-      this.seed,
-      this.proto,
-      this.iaddr,
-      this.iport,
-      this.raddr,
-      this.rport,
-    );
-    this.outIdx = new TupleIndex(
-      slots,
-      this.seed ^ 0x68e31da4,
-      this.proto,
-      this.oaddr,
-      this.oport,
-      this.raddr,
-      this.rport,
-    );
+    this.inIdx = new TupleIndex(slots, this.seed, this.rec, R_IADDR, 0);
+    this.outIdx = new TupleIndex(slots, this.seed ^ 0x68e31da4, this.rec, R_OADDR, 16);
 
     const mcap = this.eim ? cap : 0;
     this.mProto = new Uint8Array(mcap);
@@ -424,6 +407,89 @@ export class FlowTable implements TupleProbe {
     this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
   }
 
+  // ---------------------------------------------------------------- flow fields
+
+  proto(f: number): number {
+    return (this.rec[f * REC + R_RPORT_PROTO_STATE] >>> 16) & 0xff;
+  }
+  /** TcpState for TCP; for UDP and ICMP 0, or 1 once replied. */
+  state(f: number): number {
+    return this.rec[f * REC + R_RPORT_PROTO_STATE] >>> 24;
+  }
+  iaddr(f: number): number {
+    return this.rec[f * REC + R_IADDR];
+  }
+  oaddr(f: number): number {
+    return this.rec[f * REC + R_OADDR];
+  }
+  raddr(f: number): number {
+    return this.rec[f * REC + R_RADDR];
+  }
+  iport(f: number): number {
+    return this.rec[f * REC + R_PORTS] & 0xffff;
+  }
+  oport(f: number): number {
+    return this.rec[f * REC + R_PORTS] >>> 16;
+  }
+  rport(f: number): number {
+    return this.rec[f * REC + R_RPORT_PROTO_STATE] & 0xffff;
+  }
+  /** Last second the flow is alive (it expires when now > expires). */
+  expires(f: number): number {
+    return this.rec[f * REC + R_EXPIRES];
+  }
+  /** RFC 1624 delta of the outbound IPv4 header change (inside addr -> NAT addr). */
+  ipDelta(f: number): number {
+    return this.rec[f * REC + R_DELTAS] & 0xffff;
+  }
+  /**
+   * Outbound transport checksum delta: TCP/UDP: address (pseudo-header) and port change;
+   * ICMP echo: the identifier change only (the ICMP checksum has no pseudo-header).
+   */
+  l4Delta(f: number): number {
+    return this.rec[f * REC + R_DELTAS] >>> 16;
+  }
+  flags(f: number): number {
+    return this.rec[f * REC + R_FLAGS];
+  }
+  pktsOut(f: number): number {
+    return this.pkt[f * CTR_U32 + 4];
+  }
+  pktsIn(f: number): number {
+    return this.pkt[f * CTR_U32 + 5];
+  }
+  bytesOut(f: number): number {
+    return this.ctr[f * CTR_F64];
+  }
+  bytesIn(f: number): number {
+    return this.ctr[f * CTR_F64 + 1];
+  }
+  /** Count traffic from inside to outside. */
+  addOut(f: number, pkts: number, bytes: number): void {
+    this.pkt[f * CTR_U32 + 4] += pkts;
+    this.ctr[f * CTR_F64] += bytes;
+  }
+  /** Count traffic from outside to inside. */
+  addIn(f: number, pkts: number, bytes: number): void {
+    this.pkt[f * CTR_U32 + 5] += pkts;
+    this.ctr[f * CTR_F64 + 1] += bytes;
+  }
+
+  private setProto(f: number, p: number): void {
+    const i = f * REC + R_RPORT_PROTO_STATE;
+    this.rec[i] = (this.rec[i] & 0xff00ffff) | (p << 16);
+  }
+  private setState(f: number, st: number): void {
+    const i = f * REC + R_RPORT_PROTO_STATE;
+    this.rec[i] = (this.rec[i] & 0x00ffffff) | (st << 24);
+  }
+  private setExpires(f: number, v: number): void {
+    this.rec[f * REC + R_EXPIRES] = v;
+  }
+  private setFlags(f: number, v: number): void {
+    this.rec[f * REC + R_FLAGS] = v;
+  }
+
   // ---------------------------------------------------------------- lookups (per packet)
 
   /** Flow for (proto, inside addr:port, remote addr:port), or -1. An expired flow is removed. */
@@ -436,7 +502,7 @@ export class FlowTable implements TupleProbe {
     now: number,
   ): number {
     const f = this.inIdx.find(proto, iaddr >>> 0, iport, raddr >>> 0, rport);
-    if (f >= 0 && this.expires[f] < now) {
+    if (f >= 0 && this.expires(f) < now) {
       this.stats.idleTimeouts++;
       this.removeFlow(f, now);
       return -1;
@@ -454,7 +520,7 @@ export class FlowTable implements TupleProbe {
     now: number,
   ): number {
     const f = this.outIdx.find(proto, oaddr >>> 0, oport, raddr >>> 0, rport);
-    if (f >= 0 && this.expires[f] < now) {
+    if (f >= 0 && this.expires(f) < now) {
       this.stats.idleTimeouts++;
       this.removeFlow(f, now);
       return -1;
@@ -588,7 +654,7 @@ export class FlowTable implements TupleProbe {
     if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const f = this.freeHead;
     if (f < 0) return -1 - DropReason.TableFull;
-    this.freeHead = this.expires[f] - 1;
+    this.freeHead = this.expires(f) - 1;
     this.mRefs[m]++;
     const ia = this.mIaddr[m];
     this.initFlow(
@@ -612,7 +678,7 @@ export class FlowTable implements TupleProbe {
 
   /** Set the flow's expiry to now + the timeout for its protocol and state. */
   refresh(flow: number, now: number): void {
-    this.expires[flow] = now + this.timeouts.forState(this.proto[flow], this.state[flow]);
+    this.setExpires(flow, now + this.timeouts.forState(this.proto(flow), this.state(flow)));
   }
 
   /**
@@ -620,18 +686,18 @@ export class FlowTable implements TupleProbe {
    * flow unevictable and its state 1) and refresh. RFC 4787 REQ-6: both directions refresh.
    */
   touch(flow: number, outbound: boolean, now: number): void {
-    const fl = this.flags[flow];
+    const fl = this.flags(flow);
     if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
-      this.flags[flow] = fl | FlowFlag.REPLIED;
-      if (this.proto[flow] !== Proto.TCP) this.state[flow] = 1;
+      this.setFlags(flow, fl | FlowFlag.REPLIED);
+      if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
     }
-    this.expires[flow] = now + this.timeouts.forState(this.proto[flow], this.state[flow]);
+    this.setExpires(flow, now + this.timeouts.forState(this.proto(flow), this.state(flow)));
   }
 
   /** Record a reply without refreshing. */
   markReplied(flow: number): void {
-    this.flags[flow] |= FlowFlag.REPLIED;
-    if (this.proto[flow] !== Proto.TCP) this.state[flow] = 1;
+    this.setFlags(flow, this.flags(flow) | FlowFlag.REPLIED);
+    if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
   }
 
   /**
@@ -640,15 +706,15 @@ export class FlowTable implements TupleProbe {
    * staying in FIN_BOTH or RST does not extend it (RFC 6146 §3.5.2.2: those timers run out).
    */
   tcpUpdate(flow: number, tcpFlags: number, outbound: boolean, now: number): void {
-    const fl = this.flags[flow];
+    const fl = this.flags(flow);
     if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
-      this.flags[flow] = fl | FlowFlag.REPLIED;
+      this.setFlags(flow, fl | FlowFlag.REPLIED);
     }
-    const prev = this.state[flow];
+    const prev = this.state(flow);
     const next = tcpNext(prev, tcpFlags, outbound);
     if (next !== prev) {
       const stats = this.stats;
-      this.state[flow] = next;
+      this.setState(flow, next);
       if (prev === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
       if (next === TcpState.ESTABLISHED) {
         stats.tcpEstablishedNow++;
@@ -657,9 +723,9 @@ export class FlowTable implements TupleProbe {
       } else if (next === TcpState.SYN_SENT) {
         stats.connectionAttempts++;
       }
-      this.expires[flow] = now + this.timeouts.tcp[next];
+      this.setExpires(flow, now + this.timeouts.tcp[next]);
     } else if (next !== TcpState.FIN_BOTH && next !== TcpState.RST) {
-      this.expires[flow] = now + this.timeouts.tcp[next];
+      this.setExpires(flow, now + this.timeouts.tcp[next]);
     }
   }
 
@@ -676,7 +742,7 @@ export class FlowTable implements TupleProbe {
     let c = this.sweepCursor;
     let removed = 0;
     for (let n = 0; n < budget; n++) {
-      if (this.proto[c] !== 0 && this.expires[c] < now) {
+      if (this.proto(c) !== 0 && this.expires(c) < now) {
         this.stats.idleTimeouts++;
         this.removeFlow(c, now);
         removed++;
@@ -691,7 +757,7 @@ export class FlowTable implements TupleProbe {
 
   /** Call fn(flowId) for each live flow. */
   forEach(fn: (flow: number) => void): void {
-    for (let f = 0; f < this.capacity; f++) if (this.proto[f] !== 0) fn(f);
+    for (let f = 0; f < this.capacity; f++) if (this.proto(f) !== 0) fn(f);
   }
 
   /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
@@ -714,13 +780,13 @@ export class FlowTable implements TupleProbe {
     const bo = Float64Array.from(h.bytesOut);
     const bin = Float64Array.from(h.bytesIn);
     for (let f = 0; f < this.capacity; f++) {
-      if (this.proto[f] === 0) continue;
-      const s = h.find(this.iaddr[f]);
+      if (this.proto(f) === 0) continue;
+      const s = h.find(this.iaddr(f));
       if (s < 0) continue;
-      po[s] += this.pktsOut[f];
-      pin[s] += this.pktsIn[f];
-      bo[s] += this.bytesOut[f];
-      bin[s] += this.bytesIn[f];
+      po[s] += this.pktsOut(f);
+      pin[s] += this.pktsIn(f);
+      bo[s] += this.bytesOut(f);
+      bin[s] += this.bytesIn(f);
     }
     for (let s = 0; s < h.slots; s++) {
       if (h.flows[s] !== 0) fn(h.addr[s], po[s], bo[s], pin[s], bin[s]);
@@ -731,22 +797,8 @@ export class FlowTable implements TupleProbe {
   memoryBytes(): number {
     let n = 0;
     for (const a of [
-      this.proto,
-      this.state,
-      this.iaddr,
-      this.iport,
-      this.oaddr,
-      this.oport,
-      this.raddr,
-      this.rport,
-      this.expires,
-      this.ipDelta,
-      this.l4Delta,
-      this.pktsOut,
-      this.pktsIn,
-      this.bytesOut,
-      this.bytesIn,
-      this.flags,
+      this.rec,
+      this.ctr,
       this.ring,
       this.inIdx.slots,
       this.outIdx.slots,
@@ -791,7 +843,7 @@ export class FlowTable implements TupleProbe {
 
   /** Give back a slot taken for a flow that could not be made, and count why. */
   private refuse(f: number, reason: number): number {
-    this.expires[f] = this.freeHead + 1;
+    this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;
     this.stats.drops[reason]++;
     if (reason === DropReason.PortExhausted) this.stats.portAllocationErrors++;
@@ -811,7 +863,7 @@ export class FlowTable implements TupleProbe {
       }
     }
     const f = this.freeHead;
-    this.freeHead = this.expires[f] - 1;
+    this.freeHead = this.expires(f) - 1;
     return f;
   }
 
@@ -824,9 +876,9 @@ export class FlowTable implements TupleProbe {
       if (++this.ringHead === cap) this.ringHead = 0;
       this.ringCount--;
       const f = e & ID_MASK;
-      const fl = this.flags[f];
+      const fl = this.flags(f);
       if (
-        this.proto[f] !== 0 &&
+        this.proto(f) !== 0 &&
         fl >>> GEN_SHIFT === e >>> ID_BITS &&
         (fl & FlowFlag.REPLIED) === 0
       ) {
@@ -848,26 +900,25 @@ export class FlowTable implements TupleProbe {
     now: number,
     flag: number,
   ): void {
-    this.proto[f] = proto;
-    this.state[f] = 0;
-    this.iaddr[f] = ia;
-    this.iport[f] = iport;
-    this.oaddr[f] = oa;
-    this.oport[f] = oport;
-    this.raddr[f] = ra;
-    this.rport[f] = rport;
-    this.expires[f] = now + this.timeouts.forState(proto, 0);
+    const b = f * REC;
+    const rec = this.rec;
+    rec[b + R_IADDR] = ia;
+    rec[b + R_OADDR] = oa;
+    rec[b + R_RADDR] = ra;
+    rec[b + R_RPORT_PROTO_STATE] = rport | (proto << 16);
+    rec[b + R_PORTS] = (iport | (oport << 16)) >>> 0;
+    rec[b + R_EXPIRES] = now + this.timeouts.forState(proto, 0);
     // RFC 1624 eqn. 3 deltas: sum of ~old + new over the changed 16-bit words.
     const ip = fold((~ia >>> 16) + (~ia & 0xffff) + (oa >>> 16) + (oa & 0xffff));
-    this.ipDelta[f] = ip;
     const portPart = (~iport & 0xffff) + oport;
-    this.l4Delta[f] = fold(proto === Proto.ICMP ? portPart : ip + portPart);
-    this.pktsOut[f] = 0;
-    this.pktsIn[f] = 0;
-    this.bytesOut[f] = 0;
-    this.bytesIn[f] = 0;
-    const gen = ((this.flags[f] >>> GEN_SHIFT) + 1) % GEN_LIMIT;
-    this.flags[f] = (gen << GEN_SHIFT) | flag;
+    const l4 = fold(proto === Proto.ICMP ? portPart : ip + portPart);
+    rec[b + R_DELTAS] = (ip | (l4 << 16)) >>> 0;
+    const c = f * CTR_F64;
+    this.ctr[c] = 0;
+    this.ctr[c + 1] = 0;
+    this.ctr[c + 2] = 0; // both packet counters
+    const gen = ((rec[b + R_FLAGS] >>> GEN_SHIFT) + 1) % GEN_LIMIT;
+    rec[b + R_FLAGS] = (gen << GEN_SHIFT) | flag;
     this.inIdx.insert(f);
     this.outIdx.insert(f);
     // Creation-order ring for eviction. When it is full of entries, most are stale (replied or
@@ -911,25 +962,25 @@ export class FlowTable implements TupleProbe {
   }
 
   private removeFlow(f: number, now: number): void {
-    const p = this.proto[f];
+    const p = this.proto(f);
     if (p === 0) return;
     this.inIdx.delete(f);
     this.outIdx.delete(f);
     const stats = this.stats;
-    if (p === Proto.TCP && this.state[f] === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
+    if (p === Proto.TCP && this.state(f) === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
     const pi = protoIndex(p);
-    const ia = this.iaddr[f];
-    const oa = this.oaddr[f];
-    const op = this.oport[f];
-    const ra = this.raddr[f];
+    const ia = this.iaddr(f);
+    const oa = this.oaddr(f);
+    const op = this.oport(f);
+    const ra = this.raddr(f);
     const a = this.pool.indexOf(oa);
     let mappingGone = true;
     const m = this.eim ? this.ports.get(a, pi, op) - 1 : -1;
     if (m >= 0) {
       if (this.remotes !== null) this.remotes.remove(m, ra);
       if (this.logRemovals) {
-        this.mBytesOut[m] += this.bytesOut[f];
-        this.mBytesIn[m] += this.bytesIn[f];
+        this.mBytesOut[m] += this.bytesOut(f);
+        this.mBytesIn[m] += this.bytesIn(f);
       }
       if (--this.mRefs[m] === 0) {
         this.ports.release(a, pi, op, now);
@@ -944,7 +995,7 @@ export class FlowTable implements TupleProbe {
             oa,
             op,
             ra,
-            this.rport[f],
+            this.rport(f),
             now,
             this.mCreated[m],
             this.mBytesOut[m],
@@ -964,15 +1015,15 @@ export class FlowTable implements TupleProbe {
         this.hooks.mappingRemoved?.(
           p,
           ia,
-          this.iport[f],
+          this.iport(f),
           oa,
           op,
           ra,
-          this.rport[f],
+          this.rport(f),
           now,
           this.fCreated[f],
-          this.bytesOut[f],
-          this.bytesIn[f],
+          this.bytesOut(f),
+          this.bytesIn(f),
         );
       }
     }
@@ -980,15 +1031,15 @@ export class FlowTable implements TupleProbe {
       ia,
       pi,
       mappingGone,
-      this.pktsOut[f],
-      this.bytesOut[f],
-      this.pktsIn[f],
-      this.bytesIn[f],
+      this.pktsOut(f),
+      this.bytesOut(f),
+      this.pktsIn(f),
+      this.bytesIn(f),
     );
-    this.proto[f] = 0;
-    this.state[f] = 0;
-    this.flags[f] &= KEEP_ON_FREE;
-    this.expires[f] = this.freeHead + 1;
+    this.setProto(f, 0);
+    this.setState(f, 0);
+    this.setFlags(f, this.flags(f) & KEEP_ON_FREE);
+    this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;
     this.active--;
     stats.flowsRemoved++;

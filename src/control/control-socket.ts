@@ -75,29 +75,29 @@ export interface ControlSource {
 }
 
 export function stateName(table: FlowTable, f: number): string {
-  const p = table.proto[f];
-  const st = table.state[f] ?? 0;
+  const p = table.proto(f);
+  const st = table.state(f);
   if (p === 6) return TCP_STATE_NAMES[st] ?? String(st);
   return st !== 0 ? "REPLIED" : "UNREPLIED";
 }
 
 export function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
-  const fl = table.flags[f] ?? 0;
+  const fl = table.flags(f);
   return {
     type: "flow",
-    proto: protoName(table.proto[f] ?? 0),
+    proto: protoName(table.proto(f)),
     state: stateName(table, f),
-    timeout: Math.max(0, (table.expires[f] ?? 0) - now),
-    insideAddr: formatIpv4(table.iaddr[f] ?? 0),
-    insidePort: table.iport[f] ?? 0,
-    outsideAddr: formatIpv4(table.oaddr[f] ?? 0),
-    outsidePort: table.oport[f] ?? 0,
-    remoteAddr: formatIpv4(table.raddr[f] ?? 0),
-    remotePort: table.rport[f] ?? 0,
-    pktsOut: table.pktsOut[f] ?? 0,
-    bytesOut: table.bytesOut[f] ?? 0,
-    pktsIn: table.pktsIn[f] ?? 0,
-    bytesIn: table.bytesIn[f] ?? 0,
+    timeout: Math.max(0, table.expires(f) - now),
+    insideAddr: formatIpv4(table.iaddr(f)),
+    insidePort: table.iport(f),
+    outsideAddr: formatIpv4(table.oaddr(f)),
+    outsidePort: table.oport(f),
+    remoteAddr: formatIpv4(table.raddr(f)),
+    remotePort: table.rport(f),
+    pktsOut: table.pktsOut(f),
+    bytesOut: table.bytesOut(f),
+    pktsIn: table.pktsIn(f),
+    bytesIn: table.bytesIn(f),
     replied: (fl & FlowFlag.REPLIED) !== 0,
     inbound: (fl & FlowFlag.INBOUND) !== 0,
   };
@@ -131,15 +131,13 @@ export function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boole
       `bad state "${r.state}": expected one of ${[...TCP_STATE_NAMES, "REPLIED", "UNREPLIED"].join(", ")}`,
     );
   return (t, f) =>
-    (host < 0 || t.iaddr[f] === host >>> 0) &&
-    (proto === 0 || t.proto[f] === proto) &&
+    (host < 0 || t.iaddr(f) === host >>> 0) &&
+    (proto === 0 || t.proto(f) === proto) &&
     (state === undefined || stateName(t, f) === state);
 }
 
-/** Write a line, resolving once the socket can take more. */
-function send(sock: Socket, obj: unknown): Promise<void> | undefined {
-  if (sock.destroyed) return undefined;
-  if (sock.write(`${JSON.stringify(obj)}\n`)) return undefined;
+/** Resolves when the socket can take more (or has closed). */
+function drained(sock: Socket): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       sock.off("drain", done);
@@ -149,6 +147,12 @@ function send(sock: Socket, obj: unknown): Promise<void> | undefined {
     sock.once("drain", done);
     sock.once("close", done);
   });
+}
+
+/** Write a line, resolving once the socket can take more. */
+function send(sock: Socket, obj: unknown): Promise<void> | undefined {
+  if (sock.destroyed) return undefined;
+  return sock.write(`${JSON.stringify(obj)}\n`) ? undefined : drained(sock);
 }
 
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -170,22 +174,12 @@ export async function streamFlows(
     const now = src.nowSec();
     const lines: string[] = [];
     for (let f = start; f < end && matched < limit; f++) {
-      if (t.proto[f] === 0 || !match(t, f)) continue;
+      if (t.proto(f) === 0 || !match(t, f)) continue;
       lines.push(JSON.stringify(flowRecord(t, f, now)));
       matched++;
     }
     if (sock.destroyed) return;
-    if (lines.length > 0 && !sock.write(`${lines.join("\n")}\n`)) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          sock.off("drain", done);
-          sock.off("close", done);
-          resolve();
-        };
-        sock.once("drain", done);
-        sock.once("close", done);
-      });
-    }
+    if (lines.length > 0 && !sock.write(`${lines.join("\n")}\n`)) await drained(sock);
     await turn();
   }
   await send(sock, { type: "end", matched });

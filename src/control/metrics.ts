@@ -52,6 +52,12 @@ export const PROTOCOLS: readonly [number, string][] = [
 
 type Labels = Record<string, string>;
 
+const MISNAMED_DEFAULTS = [
+  "nodejs_active_handles_total",
+  "nodejs_active_requests_total",
+  "nodejs_active_resources_total",
+];
+
 function counter(reg: Registry, name: string, help: string, read: () => number): void {
   new Counter({
     name,
@@ -214,9 +220,8 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       let tcp = 0;
       let udp = 0;
       let icmp = 0;
-      const proto = t.proto;
       for (let f = 0; f < t.capacity; f++) {
-        const p = proto[f];
+        const p = t.proto(f);
         if (p === 6) tcp++;
         else if (p === 17) udp++;
         else if (p === 1) icmp++;
@@ -479,7 +484,12 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "Mapping log lines dropped because the destination could not keep up.",
     () => o.mappingLog?.dropped ?? 0,
   );
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: reg });
+  if (opts.defaultMetrics !== false) {
+    collectDefaultMetrics({ register: reg });
+    // prom-client names three gauges *_total, which `promtool check metrics` rejects (only
+    // counters may end in _total); their per-type siblings (nodejs_active_handles etc.) remain.
+    for (const n of MISNAMED_DEFAULTS) reg.removeSingleMetric(n);
+  }
 
   const sample = () =>
     peak.sample(

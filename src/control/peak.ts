@@ -41,8 +41,8 @@ export class PeakRate {
 
   /**
    * Highest average rate over any `windowS`-second span that ends within the last `historyS`
-   * seconds, as [bytes/s, packets/s]. Spans shorter than the window (a young daemon) are not
-   * counted, so the first ten seconds report 0 rather than a noisy spike.
+   * seconds, as [bytes/s, packets/s]. A daemon younger than one window reports its average
+   * since its first sample, so a short burst after start is not shown as 0.
    */
   peak(): [number, number] {
     let bestB = 0;
@@ -55,16 +55,26 @@ export class PeakRate {
       const e = (this.head - 1 - i + 2 * this.size) % this.size;
       const te = this.t[e] as number;
       if (newest - te > this.historyS - this.windowS + 0.5) break;
+      // The start sample: the newest one at least a window before the end; a daemon younger
+      // than the window has none, and then its whole life (first to newest sample) stands in.
+      let s = -1;
       for (let j = i + 1; j < this.count; j++) {
-        const s = (this.head - 1 - j + 2 * this.size) % this.size;
-        const dt = te - (this.t[s] as number);
-        if (dt < this.windowS - 0.5) continue;
-        const rb = ((this.bytes[e] as number) - (this.bytes[s] as number)) / dt;
-        const rp = ((this.packets[e] as number) - (this.packets[s] as number)) / dt;
-        if (rb > bestB) bestB = rb;
-        if (rp > bestP) bestP = rp;
-        break;
+        const k = (this.head - 1 - j + 2 * this.size) % this.size;
+        if (te - (this.t[k] as number) >= this.windowS - 0.5) {
+          s = k;
+          break;
+        }
       }
+      if (s < 0) {
+        if (this.count === this.size || i !== 0) continue;
+        s = (this.head - this.count + this.size) % this.size;
+      }
+      const dt = te - (this.t[s] as number);
+      if (dt < 0.5) continue;
+      const rb = ((this.bytes[e] as number) - (this.bytes[s] as number)) / dt;
+      const rp = ((this.packets[e] as number) - (this.packets[s] as number)) / dt;
+      if (rb > bestB) bestB = rb;
+      if (rp > bestP) bestP = rp;
     }
     return [bestB, bestP];
   }

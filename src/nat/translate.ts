@@ -41,8 +41,6 @@ import { DropReason, type NatStats } from "./stats.js";
 export const Verdict = { Forward: 0, Drop: 1, Reply: 2 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
-const FLOW_REPLIED = 1;
-
 export class Translator {
   readonly table: FlowTable;
   /** Bytes to send from the slot's start after Forward or Reply (virtio header included). */
@@ -211,18 +209,18 @@ export class Translator {
         f = t.createOutbound(proto, src, sport, dst, dport, this.now);
         if (f < 0) return this.refuse(buf, p, tl, -f - 1);
       }
+      // RFC 4787 REQ-6: outbound traffic refreshes; tcpUpdate also runs the state machine.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, true, this.now);
-      else t.refresh(f, this.now);
-      const oaddr = t.oaddr[f]!;
-      const oport = t.oport[f]!;
-      const ipd = t.ipDelta[f]!;
+      else t.touch(f, true, this.now);
+      const oaddr = t.oaddr(f);
+      const oport = t.oport(f);
+      const ipd = t.ipDelta(f);
       ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
       ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
       udp.setSrcPort(buf, l4, oport);
-      this.fixL4(buf, l4, proto, ipd, t.l4Delta[f]!);
+      this.fixL4(buf, l4, proto, ipd, t.l4Delta(f));
       if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, oaddr, false);
-      t.pktsOut[f]! += this.segs;
-      t.bytesOut[f]! += this.wireBytes;
+      t.addOut(f, this.segs, this.wireBytes);
       return Verdict.Forward;
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
@@ -244,17 +242,16 @@ export class Translator {
         f = t.createOutbound(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
         if (f < 0) return this.refuse(buf, p, tl, -f - 1);
       }
-      t.refresh(f, this.now);
-      const oaddr = t.oaddr[f]!;
-      const oid = t.oport[f]!;
+      t.touch(f, true, this.now);
+      const oaddr = t.oaddr(f);
+      const oid = t.oport(f);
       ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), t.ipDelta[f]!));
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), t.ipDelta(f)));
       // The ICMP checksum has no pseudo-header: only the identifier changes it.
       icmp.setId(buf, ic, oid);
       icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(id, oid)));
       if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, oaddr, false);
-      t.pktsOut[f]! += 1;
-      t.bytesOut[f]! += tl;
+      t.addOut(f, 1, tl);
       return Verdict.Forward;
     }
     if (icmp.isError(type)) return this.icmpErrorOutbound(buf, p, ic, iclen);
@@ -291,8 +288,8 @@ export class Translator {
       return this.drop(DropReason.IcmpErrorNoFlow);
     }
     if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
-    const oaddr = this.table.oaddr[f]!;
-    rewriteEmbedded(buf, ic, iclen, e, ehl, false, oaddr, this.table.oport[f]!);
+    const oaddr = this.table.oaddr(f);
+    rewriteEmbedded(buf, ic, iclen, e, ehl, false, oaddr, this.table.oport(f));
     ipv4.rewriteSrc(buf, p, oaddr);
     this.stats.icmpErrorsTranslated++;
     return Verdict.Forward;
@@ -332,18 +329,17 @@ export class Translator {
         f = t.createInbound(proto, dst, dport, src, sport, this.now);
         if (f < 0) return this.drop(-f - 1);
       }
+      // RFC 4787 REQ-6a: inbound refresh is allowed, and Linux does it too.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, false, this.now);
-      else t.refresh(f, this.now);
-      t.flags[f]! |= FLOW_REPLIED;
-      const iaddr = t.iaddr[f]!;
-      const ipd = negate(t.ipDelta[f]!);
+      else t.touch(f, false, this.now);
+      const iaddr = t.iaddr(f);
+      const ipd = negate(t.ipDelta(f));
       ipv4.writeU32(buf, p + ipv4.DST, iaddr);
       ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
-      udp.setDstPort(buf, l4, t.iport[f]!);
-      this.fixL4(buf, l4, proto, ipd, negate(t.l4Delta[f]!));
+      udp.setDstPort(buf, l4, t.iport(f));
+      this.fixL4(buf, l4, proto, ipd, negate(t.l4Delta(f)));
       if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, iaddr, true);
-      t.pktsIn[f]! += this.segs;
-      t.bytesIn[f]! += this.wireBytes;
+      t.addIn(f, this.segs, this.wireBytes);
       this.stats.packetsOutToSource += this.segs;
       this.stats.bytesOutToSource += this.wireBytes;
       return Verdict.Forward;
@@ -364,17 +360,15 @@ export class Translator {
       const t = this.table;
       const f = t.lookupOutside(ipv4.PROTO_ICMP, dst, oid, src, 0, this.now);
       if (f < 0) return this.drop(DropReason.Unsolicited);
-      t.refresh(f, this.now);
-      t.flags[f]! |= FLOW_REPLIED;
-      const iaddr = t.iaddr[f]!;
-      const id = t.iport[f]!;
+      t.touch(f, false, this.now);
+      const iaddr = t.iaddr(f);
+      const id = t.iport(f);
       ipv4.writeU32(buf, p + ipv4.DST, iaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), negate(t.ipDelta[f]!)));
+      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), negate(t.ipDelta(f))));
       icmp.setId(buf, ic, id);
       icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(oid, id)));
       if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, iaddr, true);
-      t.pktsIn[f]! += 1;
-      t.bytesIn[f]! += tl;
+      t.addIn(f, 1, tl);
       this.stats.packetsOutToSource += 1;
       this.stats.bytesOutToSource += tl;
       return Verdict.Forward;
@@ -421,8 +415,8 @@ export class Translator {
       return this.drop(DropReason.IcmpErrorNoFlow);
     }
     if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
-    const iaddr = this.table.iaddr[f]!;
-    rewriteEmbedded(buf, ic, iclen, e, ehl, true, iaddr, this.table.iport[f]!);
+    const iaddr = this.table.iaddr(f);
+    rewriteEmbedded(buf, ic, iclen, e, ehl, true, iaddr, this.table.iport(f));
     ipv4.rewriteDst(buf, p, iaddr);
     this.stats.icmpErrorsTranslated++;
     this.stats.packetsOutToSource += 1;

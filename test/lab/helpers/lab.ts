@@ -268,8 +268,11 @@ export class Lab {
   async capture(role: Role, iface: string, filter: string): Promise<Capture> {
     const file = join(this.tmp, `cap-${role}-${this.captures++}.pcap`);
     // -Z root: tcpdump would otherwise drop to its own user and fail to write into tmp (0700).
+    // --immediate-mode: without it tcpdump -w reads the ring in 1 s batches and loses what is
+    // still buffered when stopped ("2 packets received by filter, 0 captured").
     const b = this.spawn(role, [
       "tcpdump",
+      "--immediate-mode",
       "-Z",
       "root",
       "-U",
@@ -288,7 +291,13 @@ export class Lab {
       await b.stop(500);
       throw new Error(`tcpdump in ${role} did not start: ${b.out()}`);
     }
-    return Object.assign(b, { file });
+    const stop = b.stop;
+    // Give the last packets in flight 200 ms to be written before stopping.
+    const delayedStop = async (graceMs?: number) => {
+      if (b.child.exitCode === null) await sleep(200);
+      return stop(graceMs);
+    };
+    return Object.assign(b, { file, stop: delayedStop });
   }
 
   /** One line per packet of a pcap file (tcpdump -n -r; reading a file sends nothing). */

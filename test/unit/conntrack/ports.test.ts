@@ -51,8 +51,8 @@ t.test("one inside endpoint keeps one outside port for every destination (EIM)",
     const f1 = out(t, table, proto, H1, 40000, S1, proto === Proto.ICMP ? 0 : 3478);
     const f2 = out(t, table, proto, H1, 40000, S2, proto === Proto.ICMP ? 0 : 3479);
     t.not(f1, f2);
-    t.equal(table.oport[f1], table.oport[f2], `proto ${proto}: same outside port`);
-    t.equal(table.oaddr[f1], table.oaddr[f2]);
+    t.equal(table.oport(f1), table.oport(f2), `proto ${proto}: same outside port`);
+    t.equal(table.oaddr(f1), table.oaddr(f2));
     t.equal(table.mappings, 1, "one mapping shared by two flows");
   }
 });
@@ -60,22 +60,22 @@ t.test("one inside endpoint keeps one outside port for every destination (EIM)",
 t.test("the inside port is kept when it is free", async (t) => {
   const { table } = mk();
   const f = out(t, table, Proto.UDP, H1, 40000, S1, 53);
-  t.equal(table.oport[f], 40000);
-  t.equal(table.oaddr[f], NAT1);
+  t.equal(table.oport(f), 40000);
+  t.equal(table.oaddr(f), NAT1);
   const e = out(t, table, Proto.ICMP, H1, 4242, S1, 0);
-  t.equal(table.oport[e], 4242, "an echo id is kept too");
+  t.equal(table.oport(e), 4242, "an echo id is kept too");
 });
 
 t.test("two inside hosts with the same source port get distinct outside ports", async (t) => {
   const { table } = mk();
   const a = out(t, table, Proto.TCP, H1, 40000, S1, 80);
   const b = out(t, table, Proto.TCP, H2, 40000, S1, 80);
-  t.not(table.oport[a], table.oport[b]);
-  t.equal(table.lookupOutside(Proto.TCP, NAT1, table.oport[a], S1, 80, NOW), a);
-  t.equal(table.lookupOutside(Proto.TCP, NAT1, table.oport[b], S1, 80, NOW), b);
+  t.not(table.oport(a), table.oport(b));
+  t.equal(table.lookupOutside(Proto.TCP, NAT1, table.oport(a), S1, 80, NOW), a);
+  t.equal(table.lookupOutside(Proto.TCP, NAT1, table.oport(b), S1, 80, NOW), b);
   const ea = out(t, table, Proto.ICMP, H1, 4242, S1, 0);
   const eb = out(t, table, Proto.ICMP, H2, 4242, S1, 0);
-  t.not(table.oport[ea], table.oport[eb], "two hosts pinging with one echo id get distinct ids");
+  t.not(table.oport(ea), table.oport(eb), "two hosts pinging with one echo id get distinct ids");
 });
 
 t.test("a colliding port keeps its parity across 100 forced collisions", async (t) => {
@@ -84,7 +84,7 @@ t.test("a colliding port keeps its parity across 100 forced collisions", async (
     const seen = new Set<number>();
     for (let h = 0; h <= 100; h++) {
       const f = out(t, table, Proto.UDP, ip("10.0.2.0") + h, want, S1, 3478);
-      const p = table.oport[f];
+      const p = table.oport(f);
       if (h === 0) t.equal(p, want, "the first host keeps its port");
       t.equal(p & 1, want & 1, `host ${h}: parity kept`);
       t.ok(p >= 1024, "class kept");
@@ -97,48 +97,48 @@ t.test("a colliding port keeps its parity across 100 forced collisions", async (
 t.test("a colliding port below 1024 maps below 1024 (class kept)", async (t) => {
   const { table } = mk({ portLo: 1, portHi: 65535 });
   const first = out(t, table, Proto.UDP, H1, 700, S1, 3478);
-  t.equal(table.oport[first], 700);
+  t.equal(table.oport(first), 700);
   for (let h = 0; h < 100; h++) {
     const f = out(t, table, Proto.UDP, ip("10.0.3.0") + h, 700, S1, 3478);
-    t.ok(table.oport[f] < 1024 && table.oport[f] >= 1, `port ${table.oport[f]} below 1024`);
-    t.equal(table.oport[f] & 1, 0, "and even like 700");
+    t.ok(table.oport(f) < 1024 && table.oport(f) >= 1, `port ${table.oport(f)} below 1024`);
+    t.equal(table.oport(f) & 1, 0, "and even like 700");
   }
 });
 
 t.test("with a range from 1024 up a port below 1024 maps into the range", async (t) => {
   const { table } = mk({ portLo: 1024, portHi: 65535 });
   const f = out(t, table, Proto.TCP, H1, 700, S1, 80);
-  t.ok(table.oport[f] >= 1024, "1024-65535 is what the operator gave");
-  t.equal(table.oport[f] & 1, 0, "parity still kept");
+  t.ok(table.oport(f) >= 1024, "1024-65535 is what the operator gave");
+  t.equal(table.oport(f) & 1, 0, "parity still kept");
 });
 
 t.test("the class falls back to the other class when its own is full", async (t) => {
   const { table } = mk({ portLo: 1022, portHi: 1025 });
-  const ports = [1022, 1023].map((p) => table.oport[out(t, table, Proto.UDP, H1, p, S1, 1)]);
+  const ports = [1022, 1023].map((p) => table.oport(out(t, table, Proto.UDP, H1, p, S1, 1)));
   t.same(ports, [1022, 1023]);
   const f = out(t, table, Proto.UDP, H2, 1022, S1, 1);
-  t.ok(table.oport[f] === 1024 || table.oport[f] === 1025);
+  t.ok(table.oport(f) === 1024 || table.oport(f) === 1025);
 });
 
 t.test("a freed port is not reused within portReuseDelay while another is free", async (t) => {
   const { table } = mk({ portLo: 5000, portHi: 5001, portReuseDelay: 120 });
   const f1 = out(t, table, Proto.UDP, H1, 5000, S1, 53);
-  t.equal(table.oport[f1], 5000);
+  t.equal(table.oport(f1), 5000);
   table.remove(f1, NOW);
   t.same(table.portUsage(0, Proto.UDP), { used: 0, free: 2 });
   // H2 asks for 5000 (free, but resting): it gets the other port.
   const f2 = out(t, table, Proto.UDP, H2, 5000, S1, 53, NOW + 119);
-  t.equal(table.oport[f2], 5001, "the resting port is skipped");
+  t.equal(table.oport(f2), 5001, "the resting port is skipped");
   // Nothing else is free: the resting port is better than a refusal.
   const f3 = out(t, table, Proto.UDP, ip("10.0.1.4"), 5000, S1, 53, NOW + 119);
-  t.equal(table.oport[f3], 5000, "resting port used as the last resort");
+  t.equal(table.oport(f3), 5000, "resting port used as the last resort");
 });
 
 t.test("a freed port may be reused once portReuseDelay has passed", async (t) => {
   const { table } = mk({ portLo: 5000, portHi: 5001, portReuseDelay: 120 });
   table.remove(out(t, table, Proto.UDP, H1, 5000, S1, 53), NOW);
   const f = out(t, table, Proto.UDP, H2, 5000, S1, 53, NOW + 120);
-  t.equal(table.oport[f], 5000);
+  t.equal(table.oport(f), 5000);
 });
 
 t.test("no free port refuses the flow as PortExhausted and counts it", async (t) => {
@@ -184,7 +184,7 @@ t.test("paired pooling keeps every mapping of a host on one NAT address", async 
     const set = new Set<number>();
     for (const proto of [Proto.TCP, Proto.UDP, Proto.ICMP]) {
       for (let i = 0; i < 3; i++)
-        set.add(table.oaddr[out(t, table, proto, host, 30000 + i, S1, 0)]);
+        set.add(table.oaddr(out(t, table, proto, host, 30000 + i, S1, 0)));
     }
     t.equal(set.size, 1, `host ${h}: one NAT address for TCP, UDP and ICMP`);
     t.equal([...set][0], table.natAddressFor(host));
@@ -211,10 +211,10 @@ t.test("per-destination mapping reuses one outside port across destinations", as
   for (let h = 0; h < 8; h++) {
     flows.push(out(t, table, Proto.TCP, ip("10.0.5.0") + h, 5000, ip("203.0.113.20") + h, 443));
   }
-  t.equal(flows.filter((f) => table.oport[f] === 5000).length, 8, "all kept port 5000");
+  t.equal(flows.filter((f) => table.oport(f) === 5000).length, 8, "all kept port 5000");
   t.equal(table.portUsage(0, Proto.TCP).used, 1, "one port in use");
   for (const f of flows) {
-    t.equal(table.lookupOutside(Proto.TCP, NAT1, 5000, table.raddr[f], 443, NOW), f);
+    t.equal(table.lookupOutside(Proto.TCP, NAT1, 5000, table.raddr(f), 443, NOW), f);
   }
 });
 
@@ -223,10 +223,10 @@ t.test("per-destination mapping changes the port only when the 5-tuple is taken"
   const a = out(t, table, Proto.UDP, H1, 40000, S1, 53);
   const b = out(t, table, Proto.UDP, H2, 40000, S1, 53);
   const c = out(t, table, Proto.UDP, H2, 40000, S2, 53);
-  t.equal(table.oport[a], 40000);
-  t.not(table.oport[b], 40000, "same destination: another port");
-  t.equal(table.oport[b] & 1, 0, "with the same parity");
-  t.equal(table.oport[c], 40000, "another destination: the port is reused");
+  t.equal(table.oport(a), 40000);
+  t.not(table.oport(b), 40000, "same destination: another port");
+  t.equal(table.oport(b) & 1, 0, "with the same parity");
+  t.equal(table.oport(c), 40000, "another destination: the port is reused");
   t.equal(table.mappings, 0, "no mapping table in this mode");
   // A shared port names no single inside endpoint, so nothing opens from outside.
   t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 99, NOW), -1 - DropReason.Filtered);
@@ -260,8 +260,8 @@ t.test("address-dependent filtering admits a new port of a known address only", 
   const f = out(t, table, Proto.UDP, H1, 40000, S1, 3478);
   const g = table.createInbound(Proto.UDP, NAT1, 40000, S1, 3479, NOW);
   t.ok(g >= 0, "same address, new port: admitted");
-  t.equal(table.iaddr[g], H1);
-  t.equal(table.iport[g], 40000);
+  t.equal(table.iaddr(g), H1);
+  t.equal(table.iport(g), 40000);
   t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 3478, NOW), -1 - DropReason.Filtered);
   // The address is forgotten when its last flow goes, while the mapping lives on (flow to S2).
   out(t, table, Proto.UDP, H1, 40000, S2, 3478);
@@ -278,8 +278,8 @@ t.test("endpoint-independent filtering admits any remote on an existing mapping"
   const f = out(t, table, Proto.TCP, H1, 40000, S1, 5000);
   const g = table.createInbound(Proto.TCP, NAT1, 40000, S2, 5001, NOW);
   t.ok(g >= 0);
-  t.equal(table.iaddr[g], H1);
-  t.equal(table.iport[g], 40000);
+  t.equal(table.iaddr(g), H1);
+  t.equal(table.iport(g), 40000);
   t.equal(table.lookupOutside(Proto.TCP, NAT1, 40000, S2, 5001, NOW), g);
   t.equal(table.lookupInside(Proto.TCP, H1, 40000, S2, 5001, NOW), g);
   t.not(f, g);
@@ -322,9 +322,9 @@ t.test("mapping hooks fire once per mapping with its times and bytes", async (t)
   const f1 = out(t, table, Proto.UDP, H1, 40000, S1, 53);
   const f2 = out(t, table, Proto.UDP, H1, 40000, S2, 53);
   t.same(created, [[Proto.UDP, H1, 40000, NAT1, 40000, S1, 53, NOW]]);
-  table.bytesOut[f1] = 100;
-  table.bytesIn[f1] = 1000;
-  table.bytesOut[f2] = 5;
+  table.addOut(f1, 0, 100);
+  table.addIn(f1, 0, 1000);
+  table.addOut(f2, 0, 5);
   table.remove(f1, NOW + 10);
   t.equal(removed.length, 0, "the mapping outlives its first flow");
   table.remove(f2, NOW + 20);
@@ -338,7 +338,7 @@ t.test("per-destination mode logs each flow as a mapping", async (t) => {
     { mappingRemoved: (...a) => removed.push(a) },
   );
   const f = out(t, table, Proto.TCP, H1, 40000, S1, 443, NOW);
-  table.bytesOut[f] = 7;
+  table.addOut(f, 0, 7);
   table.remove(f, NOW + 3);
   t.same(removed, [[Proto.TCP, H1, 40000, NAT1, 40000, S1, 443, NOW + 3, NOW, 7, 0]]);
   t.equal(stats.mappingsCreated, 1);
