@@ -111,11 +111,11 @@ export interface FlowHooks {
  */
 class TupleIndex {
   readonly slots: Int32Array;
-  private readonly mask: number;
+  readonly mask: number;
 
   constructor(
     size: number,
-    private readonly seed: number,
+    readonly seed: number,
     private readonly rec: Uint32Array,
     private readonly addrWord: number,
     private readonly portShift: number,
@@ -526,6 +526,24 @@ export class FlowTable implements TupleProbe {
       return -1;
     }
     return f;
+  }
+
+  /**
+   * Touch the index slot and flow record a coming lookup will need and return a word of it, so
+   * that a batch can issue its cache misses together before translating (VPP's prefetch pass).
+   */
+  warm(
+    inside: boolean,
+    proto: number,
+    addr: number,
+    port: number,
+    raddr: number,
+    rport: number,
+  ): number {
+    const idx = inside ? this.inIdx : this.outIdx;
+    const i = hashTuple(idx.seed, proto, addr >>> 0, raddr >>> 0, port, rport) & idx.mask;
+    const f = idx.slots[i];
+    return f < 0 ? 0 : this.rec[f * REC + R_EXPIRES] + this.ctr[f * CTR_F64];
   }
 
   /** Is `addr` one of the NAT addresses? (hairpin test) */

@@ -9,7 +9,7 @@
  */
 import type { Clock } from "../conntrack/clock.js";
 import type { Device } from "../io/device.js";
-import { type Translator, Verdict } from "../nat/translate.js";
+import type { Translator } from "../nat/translate.js";
 
 /** A clock the loop may refresh once per batch (control/clock.ts BatchClock). */
 export interface BatchedClock extends Clock {
@@ -87,14 +87,7 @@ export class DataLoop {
     this.clock.refresh?.();
     const t0 = this.timer();
     const dev = this.device;
-    const buf = dev.buffer;
-    const lens = dev.lengths;
-    const slot = dev.slotSize;
-    const tr = this.translator;
-    for (let i = 0; i < count; i++) {
-      const v = tr.process(buf, i * slot, lens[i]!);
-      lens[i] = v === Verdict.Drop ? 0 : tr.outLen;
-    }
+    this.translator.processBatch(dev.buffer, dev.slotSize, dev.lengths, count);
     const n = dev.write(count);
     const s = this.loopStats;
     s.batches++;

@@ -62,7 +62,9 @@ export function delta32(oldv: number, newv: number): number {
 
 /** The delta that undoes `d` (ones'-complement negation). */
 export function negate(d: number): number {
-  return fold(d) ^ 0xffff;
+  let s = (d & 0xffff) + (d >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  return s ^ 0xffff;
 }
 
 /**
@@ -70,7 +72,11 @@ export function negate(d: number): number {
  * which never produces the -0 problem of eqn. 2.
  */
 export function adjust(csum: number, delta: number): number {
-  return fold((csum ^ 0xffff) + delta) ^ 0xffff;
+  // Inputs are a 16-bit field plus at most a few 16-bit terms: two end-around carries suffice.
+  let s = (csum ^ 0xffff) + delta;
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  return s ^ 0xffff;
 }
 
 /**
@@ -79,5 +85,7 @@ export function adjust(csum: number, delta: number): number {
  * `~tcp_v4_check(len, saddr, daddr, 0)`), so the delta is added directly.
  */
 export function adjustPartial(field: number, delta: number): number {
-  return fold(field + delta);
+  let s = field + delta;
+  s = (s & 0xffff) + (s >>> 16);
+  return (s & 0xffff) + (s >>> 16);
 }
