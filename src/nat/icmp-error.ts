@@ -15,6 +15,8 @@ import * as udp from "../wire/udp.js";
 
 /** RFC 1812 §4.3.2.3: an ICMP error carries as much of the datagram as fits in 576 bytes. */
 export const MAX_ERROR_LEN = 576;
+/** RFC 1812 §4.3.2.5: ICMP errors carry precedence 6, internetwork control (as Linux icmp_send). */
+export const TOS_INTERNETWORK_CONTROL = 0xc0;
 
 /**
  * Validate the datagram embedded in the ICMP error at `icmpOff` (whose message is `icmpLen` bytes).
@@ -118,7 +120,18 @@ export function writeIcmpError(
   const hdr = ipv4.MIN_HEADER_LEN + icmp.HEADER_LEN;
   buf.copyWithin(p + hdr, p, p + quoted);
   const total = hdr + quoted;
-  ipv4.writeHeader(buf, p, total, ident, false, 64, ipv4.PROTO_ICMP, from, to);
+  ipv4.writeHeader(
+    buf,
+    p,
+    total,
+    ident,
+    false,
+    64,
+    ipv4.PROTO_ICMP,
+    from,
+    to,
+    TOS_INTERNETWORK_CONTROL,
+  );
   const ic = p + ipv4.MIN_HEADER_LEN;
   buf[ic + icmp.TYPE] = type;
   buf[ic + icmp.CODE] = code;

@@ -135,7 +135,7 @@ export function setTtl(buf: Uint8Array, off: number, v: number): void {
   setChecksumField(buf, off, adjust(checksumField(buf, off), delta16(oldWord, (v << 8) | proto)));
 }
 
-/** Build a fresh 20-byte header (options none, DF as given) with a computed checksum. */
+/** Build a fresh 20-byte header (no options) with a computed checksum. */
 export function writeHeader(
   buf: Uint8Array,
   off: number,
@@ -146,9 +146,10 @@ export function writeHeader(
   proto: number,
   s: number,
   d: number,
+  tos = 0,
 ): void {
   buf[off + VER_IHL] = 0x45;
-  buf[off + TOS] = 0;
+  buf[off + TOS] = tos;
   setTotalLength(buf, off, totalLen);
   writeU16(buf, off + ID, ident);
   writeU16(buf, off + FLAGS_FRAG, df ? FLAG_DF : 0);
