@@ -83,6 +83,8 @@ else {
     async (t) => {
       const d = startDaemon();
       t.ok(await healthy(), "healthz turns 200");
+      // The log line is written just after readiness; give stdout a moment to deliver it.
+      for (let i = 0; i < 50 && !/"msg":"forwarding"/.test(d.log()); i++) await sleep(100);
       t.match(d.log(), /"msg":"forwarding"/);
       const ping = sh(
         "ip",
