@@ -313,6 +313,16 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       "Packets the gateway generated itself (RSTs for expired flows, ICMP errors).",
       () => s.repliesGenerated,
     ],
+    [
+      "tunnat_fragments_held_total",
+      "Fragments that arrived before their first fragment and were held for it (RFC 4787 REQ-14).",
+      () => s.fragmentsHeld,
+    ],
+    [
+      "tunnat_fragments_released_total",
+      "Held fragments translated and sent once their first fragment passed.",
+      () => s.fragmentsReleased,
+    ],
   ];
   for (const [name, help, read] of more) counter(reg, name, help, read);
 

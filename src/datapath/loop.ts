@@ -3,7 +3,9 @@
  *
  * Contract: once per batch the device calls `onBatch(count)`; the loop refreshes the batch clock
  * (one clock read per batch, not per packet), runs every packet through the translator in place,
- * writes the survivors back in one device call, and keeps plain counters about batches. A timer
+ * writes the survivors back in one device call, and keeps plain counters about batches. Fragments
+ * the translator held for their first fragment (RFC 4787 REQ-14) and released during the batch
+ * are then copied into the arena's slots, which the write has freed, and written the same way. A timer
  * sweeps a slice of the connection table per tick, so expiry costs no per-flow timers. Nothing
  * here allocates per packet or logs per packet.
  */
@@ -88,7 +90,13 @@ export class DataLoop {
     const t0 = this.timer();
     const dev = this.device;
     this.translator.processBatch(dev.buffer, dev.slotSize, dev.lengths, count);
-    const n = dev.write(count);
+    let n = dev.write(count);
+    const t = this.translator;
+    while (t.pendingOutput() > 0) {
+      const k = Math.min(t.pendingOutput(), dev.slots);
+      for (let i = 0; i < k; i++) dev.lengths[i] = t.takeOutput(dev.buffer, i * dev.slotSize);
+      n += dev.write(k);
+    }
     const s = this.loopStats;
     s.batches++;
     s.packets += count;

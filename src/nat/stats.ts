@@ -33,12 +33,17 @@ export const DropReason = {
   PortExhausted: 12,
   /** The inside host already holds its quota of mappings (RFC 6888 REQ-4). */
   QuotaExceeded: 13,
-  /** A non-first fragment arrived with no state from its first fragment. */
+  /**
+   * A non-first fragment had no state from its first fragment: it was held (RFC 4787 REQ-14) and
+   * its first fragment did not come in time, or it could not be translated when it did.
+   */
   FragmentNoState: 14,
   /** A TCP segment that cannot open a flow (not a SYN) and matches none. */
   TcpNoFlow: 15,
   /** Source is a NAT address or a martian that must never be translated outward. */
   Spoofed: 16,
+  /** An out-of-order fragment could not be held: the fragment stash's bounds were reached. */
+  FragmentStashFull: 17,
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 
@@ -61,6 +66,7 @@ export const DROP_REASON_NAMES: readonly string[] = [
   "fragment_no_state",
   "tcp_no_flow",
   "spoofed",
+  "fragment_stash_full",
 ];
 
 /** Protocol slots used by the per-protocol counters below. */
@@ -105,6 +111,10 @@ export class NatStats {
   tableFullEvents = 0;
   /** Not-yet-replied flows evicted to make room. */
   evictions = 0;
+  /** Non-first fragments held until their first fragment came (RFC 4787 REQ-14). */
+  fragmentsHeld = 0;
+  /** Held fragments translated and queued for output once their first fragment came. */
+  fragmentsReleased = 0;
 
   /** Drops, one slot per DropReason. */
   readonly drops = new Float64Array(DROP_REASON_NAMES.length);

@@ -7,6 +7,10 @@
  *  - Forward: the packet was translated (outbound, inbound or hairpinned) and goes back to the TUN;
  *  - Drop: the packet is dropped; the reason is counted in `stats.drops` (and kept in `lastDrop`);
  *  - Reply: the core wrote its own packet (ICMP 3/13, or an RST in the `aws` preset) over the slot.
+ * A non-first fragment that comes before its first fragment is held (RFC 4787 REQ-14): the verdict
+ * is Drop but nothing is counted as dropped (`lastDrop` is -1, `stats.fragmentsHeld` rises). When
+ * the first fragment passes, the held fragments of its datagram are translated as later fragments
+ * are and queued; the caller sends them after its batch with `pendingOutput()`/`takeOutput()`.
  * It never throws on packet contents, allocates nothing and logs nothing. Time comes from the Clock.
  *
  * Direction is read from the addresses, because one TUN carries both ways (DESIGN.md §1): a source
@@ -21,14 +25,14 @@
  */
 import type { Clock } from "../conntrack/clock.js";
 import { type FlowHooks, FlowTable } from "../conntrack/table.js";
-import { adjust, adjustPartial, delta16, delta32, fold, negate, sum } from "../wire/checksum.js";
+import { adjust, adjustPartial, delta16, fold, negate, sum } from "../wire/checksum.js";
 import * as icmp from "../wire/icmp.js";
 import * as ipv4 from "../wire/ipv4.js";
 import * as tcp from "../wire/tcp.js";
 import * as udp from "../wire/udp.js";
 import * as vnet from "../wire/vnet.js";
 import type { NatConfig } from "./config.js";
-import { FragmentCache } from "./fragments.js";
+import { FRAGMENT_HOLD_MAX_BYTES, FragmentCache, FragmentStash } from "./fragments.js";
 import {
   checkEmbedded,
   embeddedHeaderChecksumOk,
@@ -48,7 +52,10 @@ export class Translator {
   readonly table: FlowTable;
   /** Bytes to send from the slot's start after Forward or Reply (virtio header included). */
   outLen = 0;
-  /** The DropReason of the last Drop verdict (for tests and the flows tool). */
+  /**
+   * The DropReason of the last Drop verdict (for tests and the flows tool); -1 when that packet
+   * was an out-of-order fragment held for its first fragment.
+   */
   lastDrop = -1;
 
   private readonly insideAddr: Uint32Array;
@@ -60,6 +67,16 @@ export class Translator {
   private readonly rstOnExpired: boolean;
   private readonly icmpProhibited: boolean;
   private readonly frags: FragmentCache;
+  private readonly stash = new FragmentStash();
+  // The datagram whose held fragments are released when process() ends, set by firstFragment().
+  private relPending = false;
+  private relSrc = 0;
+  private relDst = 0;
+  private relProto = 0;
+  private relId = 0;
+  private relOutbound = false;
+  /** Set while held fragments are translated: one without state is then dropped, not held. */
+  private releasing = false;
   private now = 0;
   /** IP ID of packets the core originates. */
   private ident = 0;
@@ -111,7 +128,26 @@ export class Translator {
 
   /** Expire idle flows incrementally; the data loop calls this once per tick. */
   sweep(budget: number): number {
-    return this.table.sweep(Math.floor(this.clock.now() / 1000), budget);
+    const now = Math.floor(this.clock.now() / 1000);
+    this.expireHeld(now);
+    return this.table.sweep(now, budget);
+  }
+
+  /** Translated fragments released from the stash and not yet taken (see takeOutput). */
+  pendingOutput(): number {
+    return this.stash.pending;
+  }
+
+  /**
+   * Copy the next released fragment into buf at off, behind an all-zero virtio_net_hdr when the
+   * config has one, and return its length (0 when none is queued). The caller provides room for
+   * FRAGMENT_OUTPUT_MAX_BYTES.
+   */
+  takeOutput(buf: Uint8Array, off: number): number {
+    if (this.stash.pending === 0) return 0;
+    if (!this.vnetHdr) return this.stash.take(buf, off);
+    vnet.clear(buf, off);
+    return vnet.LEN + this.stash.take(buf, off + vnet.LEN);
   }
 
   /** Sum of words read by prefetch(), kept so the reads are not optimised away. */
@@ -159,6 +195,12 @@ export class Translator {
   }
 
   process(buf: Uint8Array, off: number, len: number): Verdict {
+    const v = this.translate(buf, off, len);
+    if (this.relPending) this.releaseHeld();
+    return v;
+  }
+
+  private translate(buf: Uint8Array, off: number, len: number): Verdict {
     this.now = Math.floor(this.clock.now() / 1000);
     this.outLen = len;
     let p = off;
@@ -241,7 +283,10 @@ export class Translator {
       if (proto === ipv4.PROTO_TCP) {
         if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
         tflags = tcp.flags(buf, l4);
-      } else if (udp.check(buf, l4, l4len, this.segs > 1) < 0) {
+      } else if (
+        // A first fragment's UDP length covers the whole datagram, not this fragment.
+        udp.check(buf, l4, l4len, this.segs > 1 || (ff & ipv4.FLAG_MF) !== 0) < 0
+      ) {
         return this.drop(DropReason.MalformedL4);
       }
       const src = ipv4.src(buf, p);
@@ -258,7 +303,7 @@ export class Translator {
             // the AWS NAT Gateway does once a connection has timed out. Otherwise pick it up (as
             // Linux does with nf_conntrack_tcp_loose), so flows survive a daemon restart.
             if (this.rstOnExpired) {
-              this.outLen = this.hdrOff(p) + writeRst(buf, p, hl, tl, this.nextIdent());
+              this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
               this.clearVnet(buf, p);
               return Verdict.Reply;
             }
@@ -366,7 +411,10 @@ export class Translator {
       if (proto === ipv4.PROTO_TCP) {
         if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
         tflags = tcp.flags(buf, l4);
-      } else if (udp.check(buf, l4, l4len, this.segs > 1) < 0) {
+      } else if (
+        // A first fragment's UDP length covers the whole datagram, not this fragment.
+        udp.check(buf, l4, l4len, this.segs > 1 || (ff & ipv4.FLAG_MF) !== 0) < 0
+      ) {
         return this.drop(DropReason.MalformedL4);
       }
       const src = ipv4.src(buf, p);
@@ -532,15 +580,33 @@ export class Translator {
     const oldId = ipv4.id(buf, p);
     const s = this.frags.put(src, dst, proto, oldId, newAddr, inbound, this.now);
     this.setId(buf, p, oldId, this.frags.newId[s]!);
+    // Fragments held for this datagram are released when process() ends (a hairpinned first
+    // fragment comes here twice, out then back in; its fragments were held under the first key).
+    if (this.relPending || this.stash.held === 0) return;
+    this.expireHeld(this.now); // a fragment held too long is not released late
+    if (this.stash.has(src, dst, proto, oldId, !inbound)) {
+      this.relPending = true;
+      this.relSrc = src;
+      this.relDst = dst;
+      this.relProto = proto;
+      this.relId = oldId;
+      this.relOutbound = !inbound;
+    }
   }
 
-  /** A fragment after the first: translate it as its first fragment was, or drop it. */
+  /**
+   * A fragment after the first: translate it as its first fragment was. Without state it is held
+   * for its first fragment (RFC 4787 REQ-14), unless it is being released (then it is dropped).
+   */
   private laterFragment(buf: Uint8Array, p: number, proto: number, outbound: boolean): Verdict {
     const src = ipv4.src(buf, p);
     const dst = ipv4.dst(buf, p);
     const oldId = ipv4.id(buf, p);
     const s = this.frags.get(src, dst, proto, oldId, this.now);
-    if (s < 0) return this.drop(DropReason.FragmentNoState);
+    if (s < 0) {
+      if (this.releasing) return this.drop(DropReason.FragmentNoState);
+      return this.hold(buf, p, src, dst, proto, oldId, outbound);
+    }
     const addr = this.frags.newAddr[s]!;
     if (outbound) ipv4.rewriteSrc(buf, p, addr);
     else ipv4.rewriteDst(buf, p, addr);
@@ -551,7 +617,74 @@ export class Translator {
       if (s2 < 0) return this.drop(DropReason.FragmentNoState);
       ipv4.rewriteDst(buf, p, this.frags.newAddr[s2]!);
     }
+    if (!outbound) {
+      // process() counts what goes out only for outbound packets; inbound() does it for the rest.
+      this.stats.packetsOutToSource += 1;
+      this.stats.bytesOutToSource += ipv4.totalLength(buf, p);
+    }
     return Verdict.Forward;
+  }
+
+  /** Copy an out-of-order fragment into the stash; Drop without counting a drop. */
+  private hold(
+    buf: Uint8Array,
+    p: number,
+    src: number,
+    dst: number,
+    proto: number,
+    ipId: number,
+    outbound: boolean,
+  ): Verdict {
+    this.expireHeld(this.now);
+    const tl = ipv4.totalLength(buf, p);
+    if (!this.stash.hold(buf, p, tl, src, dst, proto, ipId, outbound, this.now)) {
+      return this.drop(DropReason.FragmentStashFull);
+    }
+    this.stats.fragmentsHeld++;
+    this.lastDrop = -1;
+    return Verdict.Drop;
+  }
+
+  /** Held fragments whose first fragment did not come in time are dropped (FragmentNoState). */
+  private expireHeld(now: number): void {
+    const n = this.stash.expire(now);
+    if (n > 0) this.stats.drops[DropReason.FragmentNoState]! += n;
+  }
+
+  /**
+   * The first fragment of a datagram with held fragments has passed: translate those in place in
+   * the stash (as laterFragment does for fragments in order) and queue them for takeOutput().
+   */
+  private releaseHeld(): void {
+    this.relPending = false;
+    const st = this.stash;
+    const a = st.arena;
+    const outbound = this.relOutbound;
+    const keepDrop = this.lastDrop;
+    this.releasing = true;
+    this.partial = false;
+    this.segs = 1;
+    let e = st.next(0, this.relSrc, this.relDst, this.relProto, this.relId, outbound);
+    while (e >= 0) {
+      const p = e * FRAGMENT_HOLD_MAX_BYTES;
+      if (this.laterFragment(a, p, this.relProto, outbound) === Verdict.Forward) {
+        if (outbound) {
+          this.stats.packetsOutToDestination += 1;
+          this.stats.bytesOutToDestination += st.len[e]!;
+        }
+        if (this.restoreTtl) {
+          const ttl = ipv4.ttl(a, p);
+          if (ttl < 255) ipv4.setTtl(a, p, ttl + 1);
+        }
+        st.markReady(e);
+        this.stats.fragmentsReleased++;
+      } else {
+        st.drop(e);
+      }
+      e = st.next(e + 1, this.relSrc, this.relDst, this.relProto, this.relId, outbound);
+    }
+    this.releasing = false;
+    this.lastDrop = keepDrop;
   }
 
   private setId(buf: Uint8Array, p: number, oldId: number, newId: number): void {
@@ -586,7 +719,7 @@ export class Translator {
       this.nextIdent(),
     );
     this.clearVnet(buf, p);
-    this.outLen = this.hdrOff(p) + n;
+    this.outLen = this.hdrLen() + n;
     return Verdict.Reply;
   }
 
@@ -595,8 +728,8 @@ export class Translator {
     return this.ident;
   }
 
-  /** Bytes of virtio header in front of the IP packet at p. */
-  private hdrOff(_p: number): number {
+  /** Bytes of virtio header in front of the IP packet. */
+  private hdrLen(): number {
     return this.vnetHdr ? vnet.LEN : 0;
   }
 
@@ -606,5 +739,5 @@ export class Translator {
   }
 }
 
-/** Exposed for tests: the RFC 1624 delta of an address change. */
-export const addressDelta = delta32;
+/** Room takeOutput() needs at its offset: the largest held fragment and a virtio_net_hdr. */
+export const FRAGMENT_OUTPUT_MAX_BYTES = FRAGMENT_HOLD_MAX_BYTES + vnet.LEN;

@@ -27,6 +27,13 @@ export const BIN = join(ROOT, "bin", "tunnat.js");
 /** Scapy scripts live next to this file's source (tsc does not copy .py files into dist/). */
 export const HELPERS = join(ROOT, "test", "lab", "helpers");
 
+const SIGNALS: Partial<Record<NodeJS.Signals, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGALRM: 14,
+  SIGTERM: 15,
+};
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface ExecResult {
@@ -128,15 +135,25 @@ export class Lab {
   readonly procs: Background[] = [];
   daemon: Daemon | undefined;
   /** A scratch directory removed by down(). */
-  readonly tmp = mkdtempSync(join(tmpdir(), "tunnat-itest-"));
-  private isDown = false;
+  readonly tmp = mkdtempSync(join(tmpdir(), "tunnat-labfixture-"));
+  /** down() has begun (it is idempotent). */
+  private downStarted = false;
+  /** Everything is removed (by down() or by the synchronous last resort). */
+  private cleaned = false;
   private captures = 0;
+  /**
+   * SIGTERM/SIGINT/SIGHUP, and SIGALRM (tap's timeout, followed by SIGKILL 500 ms later): clean up
+   * synchronously, since an async down() would not finish before the SIGKILL.
+   */
   private readonly onSignal = (sig: NodeJS.Signals) => {
-    void this.down().finally(() => process.exit(sig === "SIGINT" ? 130 : 143));
+    this.onExit();
+    process.exit(128 + (SIGNALS[sig] ?? 15));
   };
   /** Last resort when the process exits without down() (tap timeout, crash): sync cleanup. */
   private readonly onExit = () => {
-    if (this.isDown) return;
+    if (this.cleaned) return;
+    this.cleaned = true;
+    for (const p of this.procs) if (p.child.exitCode === null) p.child.kill("SIGKILL");
     for (const n of Object.values(this.state.ns)) {
       try {
         const pids = execFileSync("ip", ["netns", "pids", n], { encoding: "utf8" });
@@ -147,7 +164,8 @@ export class Lab {
       }
       syncOk(["ip", "netns", "del", n]);
     }
-    rmSync(this.stateFile, { force: true });
+    for (const f of [this.stateFile, this.controlSocket, `${this.controlSocket}.plumbing.json`])
+      rmSync(f, { force: true });
     rmSync(this.tmp, { recursive: true, force: true });
   };
 
@@ -156,8 +174,7 @@ export class Lab {
     readonly state: LabState,
     private readonly stateFile: string,
   ) {
-    process.once("SIGTERM", this.onSignal);
-    process.once("SIGINT", this.onSignal);
+    for (const sig of Object.keys(SIGNALS)) process.once(sig, this.onSignal);
     process.on("exit", this.onExit);
   }
 
@@ -374,15 +391,16 @@ export class Lab {
 
   /** Stop every background process and the daemon, then remove the namespaces. Idempotent. */
   async down(): Promise<void> {
-    if (this.isDown) return;
-    this.isDown = true;
-    process.off("SIGTERM", this.onSignal);
-    process.off("SIGINT", this.onSignal);
-    process.off("exit", this.onExit);
+    if (this.downStarted) return;
+    this.downStarted = true;
     await this.stopDaemon().catch(() => undefined);
     await Promise.all(this.procs.map((p) => p.stop(500).catch(() => undefined)));
     await labDown({ state: this.state, stateFile: this.stateFile, print: false });
     rmSync(this.tmp, { recursive: true, force: true });
+    this.cleaned = true;
+    // Only now: a signal during the awaits above still gets the synchronous cleanup.
+    for (const sig of Object.keys(SIGNALS)) process.off(sig, this.onSignal);
+    process.off("exit", this.onExit);
   }
 }
 

@@ -652,7 +652,11 @@ t.test("fragments follow their first fragment and get one fresh IP ID per datagr
     fragOffset: 8,
     payload: new Uint8Array(8),
   });
-  t.equal(orphan.dropReason, DropReason.FragmentNoState);
+  // Before its first fragment: held for it (RFC 4787 REQ-14; see fragments.test.ts), not dropped.
+  t.equal(orphan.verdict, Verdict.Drop);
+  t.equal(orphan.dropReason, -1, "held, not counted as a drop");
+  t.equal(h.stats.fragmentsHeld, 1);
+  t.equal(h.stats.drops[DropReason.FragmentNoState], 0);
   // And inbound: a fragmented reply.
   const in1 = h.send({
     src: SRV,
