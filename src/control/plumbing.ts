@@ -170,6 +170,7 @@ export class Plumbing {
         await this.step(["addr", "add", a, "dev", s.tun], ["addr", "del", a, "dev", s.tun]);
       }
       await this.step(["link", "set", "dev", s.tun, "mtu", String(s.mtu ?? out.mtu)], null);
+      await this.disableIpv6(s.tun);
       await this.step(["link", "set", "dev", s.tun, "up"], ["link", "set", "dev", s.tun, "down"]);
       // Translated replies arrive on the TUN from internet sources whose reverse route points at
       // the outside interface; strict reverse-path filtering (fib_validate_source) would drop them.
@@ -327,6 +328,21 @@ export class Plumbing {
     if (undo) {
       this.journal.push({ kind: "ip", args: undo });
       this.writeState();
+    }
+  }
+
+  /**
+   * The TUN carries IPv4 only. Left alone, the kernel gives it an IPv6 link-local address and
+   * sends router solicitations into it, which tunnat would have to drop and count. Best effort:
+   * without IPv6 in the kernel, or with /proc/sys read-only (systemd ProtectKernelTunables), the
+   * TUN keeps IPv6 and the translator counts those packets as not_nat_traffic.
+   */
+  private async disableIpv6(tun: string): Promise<void> {
+    const key = `net/ipv6/conf/${tun}/disable_ipv6`;
+    try {
+      await this.sysctl(key, "1", await this.runner.readSysctl(key));
+    } catch {
+      // Not fatal: see above.
     }
   }
 

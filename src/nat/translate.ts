@@ -225,7 +225,14 @@ export class Translator {
       }
     }
     const hl = ipv4.check(buf, p, plen);
-    if (hl < 0) return this.drop(DropReason.MalformedIp);
+    if (hl < 0) {
+      // An IPv6 packet (a router solicitation from the TUN's own stack) is not ours, not malformed.
+      return this.drop(
+        hl === ipv4.ERR_VERSION && buf[p]! >>> 4 === 6
+          ? DropReason.NotNatTraffic
+          : DropReason.MalformedIp,
+      );
+    }
     const tl = ipv4.totalLength(buf, p);
     if (this.segs === 1) this.wireBytes = tl;
     const src = ipv4.src(buf, p);

@@ -12,7 +12,8 @@
 #
 # Environment: BENCH_ROUNDS (3), BENCH_SECONDS (5), BENCH_STREAMS ("1 4"), BENCH_OUT (JSON file),
 # BENCH_NODE_ARGS (extra node flags for the daemon, e.g. --cpu-prof --cpu-prof-dir=/tmp/x),
-# BENCH_PERF (1: `perf stat` the daemon's syscalls during tunnat runs, if perf is installed).
+# BENCH_PERF (1: `perf stat` the daemon's syscalls during tunnat runs, if perf is installed),
+# BENCH_DAEMON_ARGS (extra `tunnat run` flags, e.g. --no-offloads to measure without GSO).
 # Needs root, iproute2, nft, iperf3, curl, node.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ STREAMS="${BENCH_STREAMS:-1 4}"
 OUT="${BENCH_OUT:-}"
 NODE_ARGS="${BENCH_NODE_ARGS:-}"
 PERF="${BENCH_PERF:-0}"
+DAEMON_ARGS="${BENCH_DAEMON_ARGS:-}"
 NODE="$(command -v node)"
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -140,7 +142,7 @@ tunnat_on() {
   ip netns exec "$NS_NAT" "$NODE" $NODE_ARGS "$ROOT/bin/tunnat.js" run \
     --inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR" \
     --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" \
-    --control-socket "$TMP/ctl.sock" --log-level warn >>"$TMP/daemon.log" 2>&1 &
+    --control-socket "$TMP/ctl.sock" --log-level warn $DAEMON_ARGS >>"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 100); do
     kill -0 "$DAEMON_PID" 2>/dev/null || break

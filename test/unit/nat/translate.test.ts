@@ -473,7 +473,10 @@ t.test("malformed packets are dropped by reason", async (t) => {
   t.equal(h.processBytes(good.subarray(0, 12)).dropReason, DropReason.MalformedIp, "short");
   const v6 = good.slice();
   v6[0] = 0x65;
-  t.equal(h.processBytes(v6).dropReason, DropReason.MalformedIp, "version 6");
+  t.equal(h.processBytes(v6).dropReason, DropReason.NotNatTraffic, "IPv6 is not ours");
+  const v5 = good.slice();
+  v5[0] = 0x55;
+  t.equal(h.processBytes(v5).dropReason, DropReason.MalformedIp, "version 5");
   const longTl = good.slice();
   longTl[2] = 0xff;
   t.equal(h.processBytes(longTl).dropReason, DropReason.MalformedIp, "total length past the end");
@@ -487,7 +490,7 @@ t.test("malformed packets are dropped by reason", async (t) => {
   t.equal(h.processBytes(other).dropReason, DropReason.NotNatTraffic);
   const spoof = build({ src: NAT, dst: NAT, proto: "udp", sport: 1, dport: 2 });
   t.equal(h.processBytes(spoof).dropReason, DropReason.Spoofed);
-  t.equal(h.stats.dropTotal(), 7);
+  t.equal(h.stats.dropTotal(), 8);
 });
 
 t.test("an RST is translated and the flow lingers for the transitory timeout", async (t) => {
