@@ -286,16 +286,8 @@ export class Translator {
     const l4 = p + hl;
     const l4len = tl - hl;
     if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
-      let tflags = 0;
-      if (proto === ipv4.PROTO_TCP) {
-        if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
-        tflags = tcp.flags(buf, l4);
-      } else if (
-        // A first fragment's UDP length covers the whole datagram, not this fragment.
-        udp.check(buf, l4, l4len, this.segs > 1 || (ff & ipv4.FLAG_MF) !== 0) < 0
-      ) {
-        return this.drop(DropReason.MalformedL4);
-      }
+      const tflags = this.checkPorts(buf, l4, l4len, proto, ff);
+      if (tflags < 0) return this.drop(DropReason.MalformedL4);
       const src = ipv4.src(buf, p);
       const dst = ipv4.dst(buf, p);
       const sport = udp.srcPort(buf, l4);
@@ -414,16 +406,8 @@ export class Translator {
     const l4 = p + hl;
     const l4len = tl - hl;
     if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
-      let tflags = 0;
-      if (proto === ipv4.PROTO_TCP) {
-        if (tcp.check(buf, l4, l4len) < 0) return this.drop(DropReason.MalformedL4);
-        tflags = tcp.flags(buf, l4);
-      } else if (
-        // A first fragment's UDP length covers the whole datagram, not this fragment.
-        udp.check(buf, l4, l4len, this.segs > 1 || (ff & ipv4.FLAG_MF) !== 0) < 0
-      ) {
-        return this.drop(DropReason.MalformedL4);
-      }
+      const tflags = this.checkPorts(buf, l4, l4len, proto, ff);
+      if (tflags < 0) return this.drop(DropReason.MalformedL4);
       const src = ipv4.src(buf, p);
       const dst = ipv4.dst(buf, p);
       const sport = udp.srcPort(buf, l4);
@@ -556,6 +540,23 @@ export class Translator {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /**
+   * Validate the TCP or UDP header at l4 (l4len bytes of IP payload). Returns the TCP flags (0 for
+   * UDP), or -1 when the header is malformed.
+   */
+  private checkPorts(
+    buf: Uint8Array,
+    l4: number,
+    l4len: number,
+    proto: number,
+    ff: number,
+  ): number {
+    if (proto === ipv4.PROTO_TCP) return tcp.check(buf, l4, l4len) < 0 ? -1 : tcp.flags(buf, l4);
+    // A GSO super-packet's or a first fragment's UDP length covers more than these bytes.
+    const whole = this.segs > 1 || (ff & ipv4.FLAG_MF) !== 0;
+    return udp.check(buf, l4, l4len, whole) < 0 ? -1 : 0;
+  }
 
   /** Transport checksum for an address+port change (TCP/UDP). */
   private fixL4(buf: Uint8Array, l4: number, proto: number, ipd: number, l4d: number): void {
