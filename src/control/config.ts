@@ -146,7 +146,7 @@ function specialUse(ip: number): string | null {
 
 function parseNatAddress(text: string): Parsed<number> {
   const ip = parseIpv4(text);
-  if (ip < 0) return new Bad("expected an IPv4 address like 198.51.100.7");
+  if (ip < 0) return new Bad("expected an IPv4 address like 172.16.4.7");
   const special = specialUse(ip);
   if (special) return new Bad(`${formatIpv4(ip)} is ${special} and cannot be a NAT address`);
   return ip;

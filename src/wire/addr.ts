@@ -53,7 +53,7 @@ export function prefixMask(len: number): number {
 
 /**
  * Parse "A.B.C.D/N" (or a bare address, read as /32). Returns null when the text is not a prefix.
- * `hostBits` is true when bits below the mask were set ("10.0.1.5/24"): the caller decides whether
+ * `hostBits` is true when bits below the mask were set ("172.16.5.9/20"): the caller decides whether
  * that is an error; `addr` is always the masked network address.
  */
 export function parseCidr(s: string): (Cidr & { hostBits: boolean }) | null {
