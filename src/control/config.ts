@@ -435,6 +435,17 @@ export const FIELDS = {
     describe: "give back the TTL lost on the second pass through the kernel",
     parse: parseBool,
   }),
+  icmpProhibited: field<boolean>({
+    key: "icmpProhibited",
+    flag: "icmp-prohibited",
+    env: "TUNNAT_ICMP_PROHIBITED",
+    boolean: true,
+    def: "true",
+    expect: "true or false",
+    describe:
+      "answer a packet that gets no mapping (quota, ports, table full) with ICMP 3/13 (RFC 5508 REQ-8); --no-icmp-prohibited drops it silently (REQ-9)",
+    parse: parseBool,
+  }),
   controlSocket: field<string>({
     key: "controlSocket",
     flag: "control-socket",
@@ -741,6 +752,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     perHostQuota: v.perHostQuota as number,
     vnetHdr,
     restoreTtl: v.restoreTtl as boolean,
+    icmpAdminProhibited: v.icmpProhibited as boolean,
   });
   const control: ControlSettings = {
     configFile,

@@ -43,6 +43,8 @@ t.test("defaults fill every field the user does not set", async (t) => {
   t.equal(c.control.offloads, true);
   t.equal(c.control.controlSocket, "/run/tunnat/tunnat.sock");
   t.same(c.control.mappingLog, { kind: "off" });
+  t.equal(c.nat.icmpAdminProhibited, true, "3/13 on refusal by default (RFC 5508 REQ-8)");
+  t.equal(load({ "icmp-prohibited": false }).nat.icmpAdminProhibited, false, "and can be silenced");
   t.equal(c.control.logDestinations, false);
   t.equal(c.control.logLevel, "info");
   t.equal(c.control.routeTable, 4242);
@@ -130,6 +132,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["vnet-hdr", "2", /true or false/],
     ["offloads", "x", /true or false/],
     ["restore-ttl", "x", /true or false/],
+    ["icmp-prohibited", "maybe", /true or false/],
     ["control-socket", "relative.sock", /absolute path/],
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
