@@ -453,6 +453,12 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
   );
   counter(
     reg,
+    "tunnat_datapath_write_drops_total",
+    "Translated packets the TUN device refused (ENOBUFS, EAGAIN, or rejected by the kernel).",
+    () => ls.writeDrops,
+  );
+  counter(
+    reg,
     "tunnat_datapath_sweeps_total",
     "Expiry sweep ticks of the data loop.",
     () => ls.sweeps,

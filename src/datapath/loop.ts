@@ -90,14 +90,18 @@ export class DataLoop {
     const t0 = this.timer();
     const dev = this.device;
     this.translator.processBatch(dev.buffer, dev.slotSize, dev.lengths, count);
+    let wanted = 0;
+    for (let i = 0; i < count; i++) if (dev.lengths[i]! > 0) wanted++;
     let n = dev.write(count);
     const t = this.translator;
     while (t.pendingOutput() > 0) {
       const k = Math.min(t.pendingOutput(), dev.slots);
       for (let i = 0; i < k; i++) dev.lengths[i] = t.takeOutput(dev.buffer, i * dev.slotSize);
+      wanted += k;
       n += dev.write(k);
     }
     const s = this.loopStats;
+    s.writeDrops += wanted - n;
     s.batches++;
     s.packets += count;
     s.written += n;
