@@ -76,10 +76,22 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
     );
     return fail(e);
   }
-  installSignalHandlers({
+  const shutdown = installSignalHandlers({
     log,
     stop: () => daemon.stop(),
     reload: () => daemon.reload(loadConfig(input)),
+  });
+  // A TUN that disappears, or a bug, still ends with the plumbing removed, and exits 1.
+  daemon.onFatal = (err) => {
+    log.error(
+      { err: errorMessage(err), code: (err as { code?: string }).code },
+      "data path failed",
+    );
+    void shutdown.trigger("data path failed", 1);
+  };
+  process.on("uncaughtException", (err) => {
+    log.fatal({ err: errorMessage(err) }, "uncaught exception");
+    void shutdown.trigger("uncaught exception", 1);
   });
   // Keep running: signals end the process (shutdown.ts calls process.exit).
   return new Promise<number>(() => undefined);

@@ -96,6 +96,8 @@ export class Daemon {
   readonly clock = new BatchClock();
   translator: Translator | undefined;
   loop: DataLoop | undefined;
+  /** Called when the data path fails for good (the TUN went away); the CLI stops the daemon. */
+  onFatal: ((err: Error) => void) | undefined;
   device: Device | undefined;
   http: HttpServer | undefined;
   plumbing: Plumbing | undefined;
@@ -157,7 +159,10 @@ export class Daemon {
         );
     }
     this.loop = new DataLoop(this.device, this.translator, this.clock);
-    this.loop.start();
+    this.loop.start((err) => {
+      if (this.onFatal) this.onFatal(err);
+      else throw err;
+    });
     this.readiness = datapathReadiness(this);
     this.http.setReadinessCheck(this.readiness);
     for (const ext of extensions) {

@@ -17,8 +17,11 @@ export interface ShutdownOptions {
 }
 
 export interface ShutdownHandle {
-  /** Run the stop sequence as if a signal had arrived; resolves with the exit code used. */
-  trigger(reason: string): Promise<number>;
+  /**
+   * Run the stop sequence as if a signal had arrived; resolves with the exit code used, at least
+   * `code` (a failure stops cleanly but still exits non-zero, so systemd restarts the service).
+   */
+  trigger(reason: string, code?: number): Promise<number>;
   uninstall(): void;
 }
 
@@ -27,7 +30,7 @@ export function installSignalHandlers(opts: ShutdownOptions): ShutdownHandle {
   const exit = opts.exit ?? ((code: number) => process.exit(code));
   let stopping: Promise<number> | null = null;
 
-  const trigger = (reason: string): Promise<number> => {
+  const trigger = (reason: string, minCode = 0): Promise<number> => {
     if (stopping) return stopping;
     opts.log.info({ reason }, "stopping");
     let timer: NodeJS.Timeout | undefined;
@@ -46,7 +49,8 @@ export function installSignalHandlers(opts: ShutdownOptions): ShutdownHandle {
         return 1;
       },
     );
-    stopping = Promise.race([work, deadline]).then((code) => {
+    stopping = Promise.race([work, deadline]).then((result) => {
+      const code = Math.max(result, minCode);
       if (timer) clearTimeout(timer);
       opts.log.info({ code }, "stopped");
       exit(code);

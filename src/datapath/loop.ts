@@ -68,10 +68,11 @@ export class DataLoop {
     return this.running;
   }
 
-  start(): void {
+  /** Start reading; `onError` hears of a device that failed or went away (then nothing is read). */
+  start(onError?: (err: Error) => void): void {
     if (this.running) return;
     this.running = true;
-    this.device.start((count) => this.onBatch(count));
+    this.device.start((count) => this.onBatch(count), onError);
     this.tickHandle = setInterval(() => this.tick(), this.tickMs);
     // The sweep must not keep the process alive on its own.
     this.tickHandle.unref();
