@@ -22,7 +22,7 @@
  * - Memory is fixed at construction (typed arrays only): about 100 bytes per flow at the
  *   default capacity, 120 with the mapping log's fields; see memoryBytes() and the unit test.
  */
-import type { NatConfig } from "../nat/config.js";
+import type { NatConfig, Timeouts } from "../nat/config.js";
 import { DropReason, type NatStats } from "../nat/stats.js";
 import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
 import { HostTable } from "./hosts.js";
@@ -405,6 +405,11 @@ export class FlowTable implements TupleProbe {
     );
     // Hosts: one slot per 32 flows (a 16 k-host table at the default 262,144 flows), at most 256 k.
     this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
+  }
+
+  /** New idle timeouts (SIGHUP reload); each flow takes them at its next refresh. */
+  setTimeouts(t: Timeouts): void {
+    this.timeouts.set(t);
   }
 
   // ---------------------------------------------------------------- flow fields

@@ -10,12 +10,16 @@ const UDP = 17;
 
 export class TimeoutTable {
   /** Seconds per TcpState value. */
-  readonly tcp: Uint32Array;
-  readonly udp: number;
-  readonly icmp: number;
+  readonly tcp = new Uint32Array(TCP_STATE_NAMES.length);
+  udp = 0;
+  icmp = 0;
 
   constructor(t: Timeouts) {
-    this.tcp = new Uint32Array(TCP_STATE_NAMES.length);
+    this.set(t);
+  }
+
+  /** Take new values (SIGHUP); flows keep their current expiry until their next refresh. */
+  set(t: Timeouts): void {
     for (let s = 0; s < this.tcp.length; s++) {
       // RFC 5382 REQ-5 / RFC 6146: established and half-closed use the long timer; opening,
       // both-FIN and post-RST use the transitory one (RFC 7857 §3.1 wants 4 min after a RST).

@@ -12,7 +12,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
-import type { NatConfig, Timeouts } from "../nat/config.js";
+import type { NatConfig } from "../nat/config.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
@@ -226,9 +226,7 @@ export class Daemon {
     this.log.level = next.control.logLevel;
     const t = this.config.nat.timeouts;
     Object.assign(t, next.nat.timeouts);
-    // If the table keeps its own copy of the timeouts, hand it the new ones.
-    const table = this.translator?.table as unknown as { setTimeouts?: (t: Timeouts) => void };
-    table?.setTimeouts?.(t);
+    this.translator?.table.setTimeouts(t);
     const ignored: string[] = [];
     const a = JSON.stringify({ ...this.config.nat, timeouts: null });
     const b = JSON.stringify({ ...next.nat, timeouts: null });

@@ -141,6 +141,17 @@ t.test("the aws preset gives every flow 350 s", async (t) => {
   t.equal(table.expires(f), T0 + 350);
 });
 
+t.test("new timeouts (a SIGHUP reload) apply at each flow's next refresh", async (t) => {
+  const { table } = mk();
+  const f = table.createOutbound(Proto.UDP, H1, 40001, S1, 53, T0);
+  table.touch(f, true, T0);
+  t.equal(table.expires(f), T0 + 300);
+  table.setTimeouts({ tcpEstablished: 7440, tcpTransitory: 240, udp: 600, icmp: 60 });
+  t.equal(table.expires(f), T0 + 300, "an existing expiry is not moved");
+  table.touch(f, true, T0 + 10);
+  t.equal(table.expires(f), T0 + 10 + 600, "the next packet uses the new UDP timeout");
+});
+
 t.test("TCP counters follow attempts, establishments and the established gauge", async (t) => {
   const { table, stats } = mk();
   const f = table.createOutbound(Proto.TCP, H1, 40000, S1, 443, T0);
