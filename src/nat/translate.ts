@@ -369,27 +369,9 @@ export class Translator {
   private icmpErrorOutbound(buf: Uint8Array, p: number, ic: number, iclen: number): Verdict {
     const e = this.checkError(buf, ic, iclen);
     if (e < 0) return Verdict.Drop;
-    const ehl = (buf[e]! & 0x0f) << 2;
-    const eproto = buf[e + ipv4.PROTOCOL]!;
-    const l4 = e + ehl;
-    const esrc = ipv4.src(buf, e);
-    const edst = ipv4.dst(buf, e);
-    let f: number;
-    if (eproto === ipv4.PROTO_ICMP) {
-      f = this.table.lookupInside(eproto, edst, icmp.id(buf, l4), esrc, 0, this.now);
-    } else if (eproto === ipv4.PROTO_TCP || eproto === ipv4.PROTO_UDP) {
-      f = this.table.lookupInside(
-        eproto,
-        edst,
-        udp.dstPort(buf, l4),
-        esrc,
-        udp.srcPort(buf, l4),
-        this.now,
-      );
-    } else {
-      return this.drop(DropReason.IcmpErrorNoFlow);
-    }
+    const f = this.embeddedFlow(buf, e, true);
     if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
+    const ehl = (buf[e]! & 0x0f) << 2;
     const oaddr = this.table.oaddr(f);
     rewriteEmbedded(buf, ic, iclen, e, ehl, false, oaddr, this.table.oport(f));
     ipv4.rewriteSrc(buf, p, oaddr);
@@ -491,27 +473,9 @@ export class Translator {
   ): Verdict {
     const e = this.checkError(buf, ic, iclen);
     if (e < 0) return Verdict.Drop;
-    const ehl = (buf[e]! & 0x0f) << 2;
-    const eproto = buf[e + ipv4.PROTOCOL]!;
-    const l4 = e + ehl;
-    const esrc = ipv4.src(buf, e);
-    const edst = ipv4.dst(buf, e);
-    let f: number;
-    if (eproto === ipv4.PROTO_ICMP) {
-      f = this.table.lookupOutside(eproto, esrc, icmp.id(buf, l4), edst, 0, this.now);
-    } else if (eproto === ipv4.PROTO_TCP || eproto === ipv4.PROTO_UDP) {
-      f = this.table.lookupOutside(
-        eproto,
-        esrc,
-        udp.srcPort(buf, l4),
-        edst,
-        udp.dstPort(buf, l4),
-        this.now,
-      );
-    } else {
-      return this.drop(DropReason.IcmpErrorNoFlow);
-    }
+    const f = this.embeddedFlow(buf, e, false);
     if (f < 0) return this.drop(DropReason.IcmpErrorNoFlow);
+    const ehl = (buf[e]! & 0x0f) << 2;
     const iaddr = this.table.iaddr(f);
     rewriteEmbedded(buf, ic, iclen, e, ehl, true, iaddr, this.table.iport(f));
     ipv4.rewriteDst(buf, p, iaddr);
@@ -519,6 +483,33 @@ export class Translator {
     this.stats.packetsOutToSource += 1;
     this.stats.bytesOutToSource += tl;
     return Verdict.Forward;
+  }
+
+  /**
+   * The flow the datagram embedded at `e` belongs to, or -1. The quoted datagram travelled against
+   * the error: an inside host's error (errorOutbound) quotes a packet that came in, remote ->
+   * inside endpoint; an error from outside quotes one that went out, NAT endpoint -> remote. An
+   * echo's identifier stands for both ports.
+   */
+  private embeddedFlow(buf: Uint8Array, e: number, errorOutbound: boolean): number {
+    const eproto = buf[e + ipv4.PROTOCOL]!;
+    const l4 = e + ((buf[e]! & 0x0f) << 2);
+    let sport: number;
+    let dport: number;
+    if (eproto === ipv4.PROTO_ICMP) {
+      sport = dport = icmp.id(buf, l4);
+    } else if (eproto === ipv4.PROTO_TCP || eproto === ipv4.PROTO_UDP) {
+      sport = udp.srcPort(buf, l4);
+      dport = udp.dstPort(buf, l4);
+    } else {
+      return -1;
+    }
+    const esrc = ipv4.src(buf, e);
+    const edst = ipv4.dst(buf, e);
+    const echo = eproto === ipv4.PROTO_ICMP;
+    return errorOutbound
+      ? this.table.lookupInside(eproto, edst, dport, esrc, echo ? 0 : sport, this.now)
+      : this.table.lookupOutside(eproto, esrc, sport, edst, echo ? 0 : dport, this.now);
   }
 
   /**
