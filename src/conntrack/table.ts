@@ -506,13 +506,7 @@ export class FlowTable implements TupleProbe {
     rport: number,
     now: number,
   ): number {
-    const f = this.inIdx.find(proto, iaddr >>> 0, iport, raddr >>> 0, rport);
-    if (f >= 0 && this.expires(f) < now) {
-      this.stats.idleTimeouts++;
-      this.removeFlow(f, now);
-      return -1;
-    }
-    return f;
+    return this.live(this.inIdx.find(proto, iaddr >>> 0, iport, raddr >>> 0, rport), now);
   }
 
   /** Flow for (proto, NAT addr:port, remote addr:port), or -1. An expired flow is removed. */
@@ -524,13 +518,15 @@ export class FlowTable implements TupleProbe {
     rport: number,
     now: number,
   ): number {
-    const f = this.outIdx.find(proto, oaddr >>> 0, oport, raddr >>> 0, rport);
-    if (f >= 0 && this.expires(f) < now) {
-      this.stats.idleTimeouts++;
-      this.removeFlow(f, now);
-      return -1;
-    }
-    return f;
+    return this.live(this.outIdx.find(proto, oaddr >>> 0, oport, raddr >>> 0, rport), now);
+  }
+
+  /** `f` if it is a flow still alive at `now`; an expired one is removed (an idle timeout). */
+  private live(f: number, now: number): number {
+    if (f < 0 || this.expires(f) >= now) return f;
+    this.stats.idleTimeouts++;
+    this.removeFlow(f, now);
+    return -1;
   }
 
   /**
