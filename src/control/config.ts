@@ -50,6 +50,8 @@ export interface ControlSettings {
   offloads: boolean;
   mappingLog: MappingLog;
   logDestinations: boolean;
+  /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
+  topHosts: number;
 }
 
 export interface TunnatConfig {
@@ -464,6 +466,16 @@ export const FIELDS = {
     describe: "log mapping creation/removal (RFC 6888 §4): off, stdout or FILE",
     parse: parseMappingLog,
   }),
+  topHosts: field<number>({
+    key: "topHosts",
+    flag: "top-hosts",
+    env: "TUNNAT_TOP_HOSTS",
+    def: "20",
+    expect: "an integer 0..1000",
+    describe:
+      'inside hosts (by bytes) with their own tunnat_host_* series; the rest are summed as host="other", which bounds the scrape',
+    parse: intRange(0, 1000),
+  }),
   logDestinations: field<boolean>({
     key: "logDestinations",
     flag: "log-destinations",
@@ -771,6 +783,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     offloads: offloadsGiven ?? vnetHdr,
     mappingLog: v.mappingLog as MappingLog,
     logDestinations: v.logDestinations as boolean,
+    topHosts: v.topHosts as number,
   };
   return { nat, control };
 }

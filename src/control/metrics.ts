@@ -576,7 +576,7 @@ export function observe(d: Daemon): Observed {
 
 /** Daemon extension: serve /metrics from a tunnat registry while the daemon runs. */
 export function metricsExtension(d: Daemon): () => void {
-  const m = createMetrics(observe(d));
+  const m = createMetrics(observe(d), { topHosts: d.config.control.topHosts });
   setMetricsProvider(m.registry);
   return () => {
     m.stop();

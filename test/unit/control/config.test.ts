@@ -44,6 +44,7 @@ t.test("defaults fill every field the user does not set", async (t) => {
   t.equal(c.control.controlSocket, "/run/tunnat/tunnat.sock");
   t.same(c.control.mappingLog, { kind: "off" });
   t.equal(c.nat.icmpAdminProhibited, true, "3/13 on refusal by default (RFC 5508 REQ-8)");
+  t.equal(c.control.topHosts, 20);
   t.equal(load({ "icmp-prohibited": false }).nat.icmpAdminProhibited, false, "and can be silenced");
   t.equal(c.control.logDestinations, false);
   t.equal(c.control.logLevel, "info");
@@ -136,6 +137,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["control-socket", "relative.sock", /absolute path/],
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
+    ["top-hosts", "5000", /0\.\.1000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);

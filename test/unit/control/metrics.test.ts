@@ -330,3 +330,29 @@ t.test(
     t.equal((await fetch(`${url}/healthz`)).status, 200, "alive all along");
   },
 );
+
+t.test("--top-hosts bounds the per-host series; the rest is summed as other", async (t) => {
+  const r = rig();
+  const m = createMetrics(
+    { stats: r.stats, table: r.table, loopStats: r.loopStats },
+    { defaultMetrics: false, topHosts: 2 },
+  );
+  t.teardown(() => m.stop());
+  // Five hosts; host i sends i+1 datagrams of the same size, so hosts .5 and .4 are the top two.
+  for (let i = 0; i < 5; i++) {
+    for (let k = 0; k <= i; k++) {
+      r.send({ src: `10.0.1.${i + 1}`, dst: SRV, proto: "udp", sport: 5000 + k, dport: 53 });
+    }
+  }
+  const s = series(await m.registry.metrics());
+  const hosts = [...s.keys()]
+    .filter((k) => k.startsWith("tunnat_host_packets_total{") && k.includes('direction="out"'))
+    .map((k) => /host="([^"]+)"/.exec(k)?.[1]);
+  t.same(hosts.sort(), ["10.0.1.4", "10.0.1.5", "other"]);
+  t.equal(
+    s.get('tunnat_host_packets_total{host="other",direction="out"}'),
+    1 + 2 + 3,
+    "the rest summed",
+  );
+  t.equal(s.get('tunnat_host_packets_total{host="10.0.1.5",direction="out"}'), 5);
+});
