@@ -511,6 +511,12 @@ t.test(
           );
           t.match(ping.stdout, /3 received/);
 
+          // The pings above ran synchronously: let the daemon's stdout reach us before reading it.
+          await waitFor(
+            "the daemon's forwarding log line",
+            () => out.stdout.includes('"forwarding"'),
+            5000,
+          );
           const lines = out.stdout.split("\n").filter((l) => l.trim() !== "");
           t.ok(lines.length > 0, "the daemon logged");
           t.ok(
