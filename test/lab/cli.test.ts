@@ -56,7 +56,8 @@ else {
     let out = "";
     child.stdout.on("data", (b: Buffer) => (out += b.toString()));
     child.stderr.on("data", (b: Buffer) => (out += b.toString()));
-    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    // "close", not "exit": it comes after stdout and stderr are drained, so log() is complete.
+    const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
     return { child, exited, log: () => out };
   }
 
@@ -105,7 +106,7 @@ else {
         "plumbing is in place while running",
       );
       d.child.kill("SIGHUP");
-      await sleep(300);
+      for (let i = 0; i < 50 && !/reloaded configuration/.test(d.log()); i++) await sleep(100);
       t.match(d.log(), /reloaded configuration/);
       const t0 = Date.now();
       d.child.kill("SIGTERM");
