@@ -148,7 +148,7 @@ class TupleIndex {
     }
   }
 
-  private home(f: number): number {
+  homeOf(f: number): number {
     const rec = this.rec;
     const b = f * REC;
     const w3 = rec[b + R_RPORT_PROTO_STATE];
@@ -165,24 +165,11 @@ class TupleIndex {
   }
 
   insert(f: number): void {
-    let i = this.home(f);
-    while (this.slots[i] >= 0) i = (i + 1) & this.mask;
-    this.slots[i] = f;
+    insertId(this.slots, this.mask, this.homeOf(f), f);
   }
 
   delete(f: number): void {
-    const slots = this.slots;
-    const mask = this.mask;
-    let i = this.home(f);
-    while (slots[i] !== f) {
-      if (slots[i] < 0) return;
-      i = (i + 1) & mask;
-    }
-    backwardShift(slots, mask, i, this);
-  }
-
-  homeOf(f: number): number {
-    return this.home(f);
+    deleteId(this.slots, this.mask, f, this);
   }
 }
 
@@ -219,21 +206,34 @@ class EndpointIndex {
   }
 
   insert(m: number): void {
-    let i = this.homeOf(m);
-    while (this.slots[i] >= 0) i = (i + 1) & this.mask;
-    this.slots[i] = m;
+    insertId(this.slots, this.mask, this.homeOf(m), m);
   }
 
   delete(m: number): void {
-    const slots = this.slots;
-    const mask = this.mask;
-    let i = this.homeOf(m);
-    while (slots[i] !== m) {
-      if (slots[i] < 0) return;
-      i = (i + 1) & mask;
-    }
-    backwardShift(slots, mask, i, this);
+    deleteId(this.slots, this.mask, m, this);
   }
+}
+
+/** Put `id` in the first empty slot from its home (linear probing). */
+function insertId(slots: Int32Array, mask: number, home: number, id: number): void {
+  let i = home;
+  while (slots[i] >= 0) i = (i + 1) & mask;
+  slots[i] = id;
+}
+
+/** Remove `id` from a linear-probing table, if present, leaving no tombstone. */
+function deleteId(
+  slots: Int32Array,
+  mask: number,
+  id: number,
+  index: { homeOf(id: number): number },
+): void {
+  let i = index.homeOf(id);
+  while (slots[i] !== id) {
+    if (slots[i] < 0) return;
+    i = (i + 1) & mask;
+  }
+  backwardShift(slots, mask, i, index);
 }
 
 /**
