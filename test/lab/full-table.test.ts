@@ -41,8 +41,10 @@ for i in range(${SESSIONS}):
     s.setblocking(False)
     socks.append(s)
 n = len(socks)
-last = [time.monotonic()] * n
+t0 = time.monotonic()
+last = [t0] * n
 gap = [0.0] * n
+gap_at = [0.0] * n
 lines = [0] * n
 errors = [None] * n
 print("ready", flush=True)
@@ -73,13 +75,15 @@ while time.monotonic() < end and not os.path.exists("${stop}"):
         if not b:
             errors[i] = "closed by peer"
             continue
-        gap[i] = max(gap[i], now - last[i])
+        if now - last[i] > gap[i]:
+            gap[i] = now - last[i]
+            gap_at[i] = last[i] - t0
         last[i] = now
         lines[i] += b.count(b"\\n")
 now = time.monotonic()
 for i in range(n):
     gap[i] = max(gap[i], now - last[i])
-print(json.dumps({"gaps": gap, "lines": lines, "errors": errors}), flush=True)
+print(json.dumps({"gaps": gap, "gapAt": gap_at, "lines": lines, "errors": errors}), flush=True)
 `;
 
 /** Sum of a metric's samples (all label sets) in Prometheus text. */
@@ -141,6 +145,7 @@ else {
     const stop = join(lab.tmp, "stop");
     const tcp = lab.spawn("p1", ["python3", "-c", client(inetA, stop)]);
     for (let i = 0; i < 100 && !/ready/.test(tcp.out()); i++) await sleep(50);
+    const readyAt = Date.now();
     t.match(tcp.out(), /ready/, "five TCP sessions established");
     await sleep(2000);
 
@@ -171,8 +176,21 @@ else {
         ],
         { timeoutMs: (FLOOD_SECONDS + 10) * 1000 },
       );
+    // Each second of the flood: the daemon's longest event-loop delay and evictions so far.
+    const seconds: string[] = [];
+    let flooding = true;
+    const poll = (async () => {
+      while (flooding) {
+        await sleep(1000);
+        const m = await lab.metricsText();
+        const ms = metric(m, "tunnat_event_loop_delay_max_seconds") * 1000;
+        seconds.push(`${ms.toFixed(0)}ms/${metric(m, "tunnat_flow_evictions_total")}`);
+      }
+    })();
     const floods = await Promise.all([flood(inetA, 1024), flood(inetB, 33000)]);
     const floodMs = Date.now() - t0;
+    flooding = false;
+    await poll;
     const cpu1 = cpuSeconds(pid);
     await sleep(500);
     const m1 = await lab.metricsText();
@@ -188,7 +206,13 @@ else {
       sent += Number(m?.[1] ?? 0);
     }
     const last = tcp.out().trim().split("\n").pop() ?? "{}";
-    const r = JSON.parse(last) as { gaps: number[]; lines: number[]; errors: (string | null)[] };
+    const r = JSON.parse(last) as {
+      gaps: number[];
+      gapAt: number[];
+      lines: number[];
+      errors: (string | null)[];
+    };
+    const shift = (t0 - readyAt) / 1000;
     const delta = (name: string) => metric(m1, name) - metric(m0, name);
     const created = delta("tunnat_flows_created_total");
     const evicted = delta("tunnat_flow_evictions_total");
@@ -204,9 +228,11 @@ else {
     const cpuShare = (cpu1 - cpu0) / (floodMs / 1000);
     t.comment(
       `flood: ${sent} packets in ${(floodMs / 1000).toFixed(1)} s; daemon CPU ${(cpuShare * 100).toFixed(1)}%; ` +
-        `event-loop delay max ${(metric(m1, "tunnat_event_loop_delay_max_seconds") * 1000).toFixed(0)} ms; TUN drops ${unread}; flows created ${created}, evicted ${evicted}, refused ${refused}; ` +
-        `largest gaps ${r.gaps.map((g) => `${g.toFixed(3)} s`).join(", ")}; lines ${r.lines.join(", ")}`,
+        `TUN drops ${unread}; flows created ${created}, evicted ${evicted}, refused ${refused}; ` +
+        `largest gaps ${r.gaps.map((g, i) => `${g.toFixed(3)} s at ${((r.gapAt[i] ?? 0) - shift).toFixed(1)} s`).join(", ")}; ` +
+        `lines ${r.lines.join(", ")}`,
     );
+    t.comment(`per second (event-loop delay max / evictions): ${seconds.join(" ")}`);
 
     t.ok(sent >= 40_000, "the flood was sent (more new flows than the port range holds)");
     t.same(r.errors, Array(SESSIONS).fill(null), "no session was reset or closed");
@@ -219,6 +245,7 @@ else {
       Math.abs(created + refused + unread - sent) <= sent * 0.01,
       `created ${created} + refused ${refused} + unread ${unread} ≈ sent ${sent}`,
     );
+    t.ok(unread <= sent * 0.2, `the daemon kept up: ${unread} of ${sent} unread at the TUN`);
     t.equal(evicted, created - freeBefore, "every flow beyond the free slots evicted one");
     t.equal(refused, 0, "nothing refused while never-answered flows can be evicted");
   });
