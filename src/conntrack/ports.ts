@@ -27,7 +27,11 @@
  *   ~70 words; and counts per (class, parity) quarter, so an empty quarter costs one read;
  * - the resting ports in release order (a ring): the head is the longest-resting port (the last
  *   resort), and ports whose rest is over move back to the free bitmap a few at a time, from the
- *   head, on each allocate and release.
+ *   head, on each allocate and release (after a burst of releases, a rested port may wait a few
+ *   allocations in that backlog; meanwhile it is not offered as the inside port's own).
+ * In per-destination mode the inside port is kept when its outside 5-tuple with this remote is
+ * free, even if the port is in use; otherwise a free port, then a port in use whose 5-tuple is
+ * free (at most MAX_TUPLE_PROBES looked at, from a random point), then a resting one.
  * Cost: 144 KiB per group, 432 KiB per NAT address, on top of the 768 KiB of slots.
  */
 import { hashWord, indexSlots, type Prng } from "./hash.js";
