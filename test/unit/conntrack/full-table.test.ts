@@ -132,3 +132,85 @@ t.test("per-destination mode: a flood into a full table does bounded work too", 
   t.equal(stats.evictions, 150_000 - (2048 - 5));
   for (const f of tcp) t.equal(table.state(f), TcpState.ESTABLISHED);
 });
+
+t.test(
+  "eviction always takes the oldest live never-answered flow (random operations)",
+  async (t) => {
+    const { table, stats } = mk({ maxFlows: 64, filtering: "endpoint-independent", hashSeed: 3 });
+    // The model: live flows by inside port, in creation order, and whether a reply came.
+    type M = {
+      port: number;
+      raddr: number;
+      rport: number;
+      f: number;
+      replied: boolean;
+      inbound: boolean;
+    };
+    let live: M[] = [];
+    let seed = 12345;
+    const rnd = (n: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed % n;
+    };
+    let port = 20000;
+    let now = T0;
+    let bad = 0;
+    let inbound = 0;
+    for (let step = 0; step < 20_000; step++) {
+      if (step % 500 === 0) now++;
+      const op = rnd(10);
+      if (op < 6 || live.length === 0) {
+        // A new outbound flow; when the table is full the model says which one must go.
+        const expect = live.length === 64 ? live.find((m) => !m.replied) : undefined;
+        const p = port++;
+        const f = table.createOutbound(Proto.UDP, H1, p, S1, 53, now);
+        if (live.length === 64 && expect === undefined) {
+          if (f !== -1 - DropReason.TableFull) bad++;
+          continue;
+        }
+        if (f < 0) {
+          bad++;
+          continue;
+        }
+        if (expect) {
+          const gone = table.lookupInside(
+            Proto.UDP,
+            H1,
+            expect.port,
+            expect.raddr,
+            expect.rport,
+            now,
+          );
+          if (gone !== -1) bad++;
+          live = live.filter((m) => m !== expect);
+        }
+        live.push({ port: p, raddr: S1, rport: 53, f, replied: false, inbound: false });
+      } else if (op < 8) {
+        // A reply (or, for an inbound-opened flow, an outbound packet) to a random live flow.
+        const m = live[rnd(live.length)] as M;
+        table.touch(m.f, m.inbound, now);
+        m.replied = true;
+      } else if (op < 9) {
+        const m = live[rnd(live.length)] as M;
+        table.remove(m.f, now);
+        live = live.filter((x) => x !== m);
+      } else if (live.length < 64) {
+        // An inbound flow on an existing mapping (endpoint-independent filtering): evictable too.
+        const m = live[rnd(live.length)] as M;
+        const o = table.oport(m.f);
+        const ra = (S1 + 1 + rnd(200)) >>> 0;
+        if (table.lookupOutside(Proto.UDP, NAT1, o, ra, 99, now) >= 0) continue;
+        const f = table.createInbound(Proto.UDP, NAT1, o, ra, 99, now);
+        if (f < 0) bad++;
+        else {
+          inbound++;
+          live.push({ port: m.port, raddr: ra, rport: 99, f, replied: false, inbound: true });
+        }
+      }
+    }
+    t.equal(bad, 0, "every eviction and refusal as the model says");
+    t.equal(table.active, live.length);
+    t.ok(stats.evictions > 1000, `${stats.evictions} evictions exercised`);
+    t.ok(inbound > 100, `${inbound} inbound-opened flows among them`);
+  },
+);
