@@ -35,7 +35,7 @@ import { TimeoutTable } from "./timeouts.js";
 export const Proto = { ICMP: 1, TCP: 6, UDP: 17 } as const;
 export type Proto = (typeof Proto)[keyof typeof Proto];
 
-/** Bits of FlowTable.flags. Bits 3-7 are the table's own (slot generation); leave them alone. */
+/** Bits of FlowTable.flags. */
 export const FlowFlag = {
   /** Saw a packet in the reply direction (inbound for a flow opened from inside). Never evicted. */
   REPLIED: 0x01,
@@ -45,13 +45,13 @@ export const FlowFlag = {
   USER: 0x04,
 } as const;
 
-const GEN_SHIFT = 3;
-const GEN_LIMIT = 32;
-const KEEP_ON_FREE = 0xf8;
-/** Ring entries pack (generation << 26 | flow id), which bounds the capacity. */
-const ID_BITS = 26;
-const ID_MASK = (1 << ID_BITS) - 1;
-export const MAX_CAPACITY = 1 << ID_BITS;
+/**
+ * The flags word of a record holds the FlowFlag bits (0-4) and, above them, the link to the next
+ * flow of the eviction list (id + 1, 0 for none): 27 bits, which bounds the capacity.
+ */
+const FLAG_BITS = 0x1f;
+const LINK_SHIFT = 5;
+export const MAX_CAPACITY = 1 << 26;
 
 /** Words per flow record and their meaning (see FlowTable.rec). */
 const REC = 8;
@@ -286,6 +286,11 @@ export class FlowTable implements TupleProbe {
   active = 0;
   /** Live endpoint-independent mappings (per-destination mode: always 0). */
   mappings = 0;
+  /**
+   * Flow slots and eviction-list entries examined to make room (sweep and eviction) since
+   * construction; with ports.examined, the work an insert costs (tests and the bench read it).
+   */
+  examined = 0;
 
   readonly pool: NatPool;
   readonly ports: PortAllocator;
@@ -320,10 +325,14 @@ export class FlowTable implements TupleProbe {
   private readonly logRemovals: boolean;
   private freeHead: number;
   private mapFree: number;
-  private readonly ring: Uint32Array;
-  private ringHead = 0;
-  private ringTail = 0;
-  private ringCount = 0;
+  /**
+   * The eviction list: the flows no reply has reached, oldest first, doubly linked (next in the
+   * flags word, prev + 1 here), so that a reply or a removal unlinks a flow in O(1) and the
+   * victim of a full table is always the head (see takeSlot).
+   */
+  private readonly evPrev: Uint32Array;
+  private evHead = -1;
+  private evTail = -1;
   private sweepCursor = 0;
   // The outside tuple being allocated in per-destination mode (read by outsideTupleFree).
   private probeProto = 0;
@@ -359,7 +368,7 @@ export class FlowTable implements TupleProbe {
     const counters = new ArrayBuffer(cap * CTR_BYTES);
     this.ctr = new Float64Array(counters);
     this.pkt = new Uint32Array(counters);
-    this.ring = new Uint32Array(cap);
+    this.evPrev = new Uint32Array(cap);
     // Free list threaded through `expires` (a free slot has no expiry): next id + 1, 0 ends it.
     for (let f = 0; f < cap - 1; f++) this.rec[f * REC + R_EXPIRES] = f + 2;
     this.freeHead = 0;
@@ -454,8 +463,9 @@ export class FlowTable implements TupleProbe {
   l4Delta(f: number): number {
     return this.rec[f * REC + R_DELTAS] >>> 16;
   }
+  /** FlowFlag bits. */
   flags(f: number): number {
-    return this.rec[f * REC + R_FLAGS];
+    return this.rec[f * REC + R_FLAGS] & FLAG_BITS;
   }
   pktsOut(f: number): number {
     return this.pkt[f * CTR_U32 + 4];
@@ -491,8 +501,12 @@ export class FlowTable implements TupleProbe {
   private setExpires(f: number, v: number): void {
     this.rec[f * REC + R_EXPIRES] = v;
   }
-  private setFlags(f: number, v: number): void {
-    this.rec[f * REC + R_FLAGS] = v;
+  /** The first packet in the reply direction: the flow leaves the eviction list for good. */
+  private setReplied(f: number): void {
+    const i = f * REC + R_FLAGS;
+    if ((this.rec[i] & FlowFlag.REPLIED) !== 0) return;
+    this.unlinkEvictable(f);
+    this.rec[i] |= FlowFlag.REPLIED;
   }
 
   // ---------------------------------------------------------------- lookups (per packet)
@@ -707,7 +721,7 @@ export class FlowTable implements TupleProbe {
   touch(flow: number, outbound: boolean, now: number): void {
     const fl = this.flags(flow);
     if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
-      this.setFlags(flow, fl | FlowFlag.REPLIED);
+      this.setReplied(flow);
       if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
     }
     this.setExpires(flow, now + this.timeouts.forState(this.proto(flow), this.state(flow)));
@@ -715,7 +729,7 @@ export class FlowTable implements TupleProbe {
 
   /** Record a reply without refreshing. */
   markReplied(flow: number): void {
-    this.setFlags(flow, this.flags(flow) | FlowFlag.REPLIED);
+    this.setReplied(flow);
     if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
   }
 
@@ -727,7 +741,7 @@ export class FlowTable implements TupleProbe {
   tcpUpdate(flow: number, tcpFlags: number, outbound: boolean, now: number): void {
     const fl = this.flags(flow);
     if ((fl & FlowFlag.REPLIED) === 0 && ((fl & FlowFlag.INBOUND) !== 0) === outbound) {
-      this.setFlags(flow, fl | FlowFlag.REPLIED);
+      this.setReplied(flow);
     }
     const prev = this.state(flow);
     const next = tcpNext(prev, tcpFlags, outbound);
@@ -760,6 +774,7 @@ export class FlowTable implements TupleProbe {
     const cap = this.capacity;
     let c = this.sweepCursor;
     let removed = 0;
+    this.examined += budget;
     for (let n = 0; n < budget; n++) {
       if (this.proto(c) !== 0 && this.expires(c) < now) {
         this.stats.idleTimeouts++;
@@ -818,7 +833,7 @@ export class FlowTable implements TupleProbe {
     for (const a of [
       this.rec,
       this.ctr,
-      this.ring,
+      this.evPrev,
       this.inIdx.slots,
       this.outIdx.slots,
       this.mProto,
@@ -832,12 +847,11 @@ export class FlowTable implements TupleProbe {
       this.mBytesIn,
       this.fCreated,
       this.mapIdx.slots,
-      this.ports.slots,
-      this.ports.used,
       this.pool.addrs,
     ]) {
       n += a.byteLength;
     }
+    n += this.ports.memoryBytes();
     n += this.hosts.memoryBytes();
     if (this.remotes !== null) n += this.remotes.memoryBytes();
     return n;
@@ -869,12 +883,16 @@ export class FlowTable implements TupleProbe {
     return -1 - reason;
   }
 
-  /** A free flow slot, evicting the oldest unreplied flow if need be; -1 if none. */
+  /**
+   * A free flow slot, evicting the oldest unreplied flow if need be; -1 if none. Bounded work: a
+   * sweep of FULL_SWEEP_BUDGET slots, then the head of the eviction list.
+   */
   private takeSlot(now: number): number {
     if (this.freeHead < 0) {
       this.sweep(now, FULL_SWEEP_BUDGET);
       if (this.freeHead < 0) {
-        const victim = this.oldestUnreplied();
+        const victim = this.evHead;
+        this.examined++;
         if (victim < 0) return -1;
         this.stats.evictions++;
         this.stats.tableFullEvents++;
@@ -886,25 +904,35 @@ export class FlowTable implements TupleProbe {
     return f;
   }
 
-  /** Pop the creation-order ring until a live, unreplied flow of the right generation appears. */
-  private oldestUnreplied(): number {
-    const ring = this.ring;
-    const cap = this.capacity;
-    while (this.ringCount > 0) {
-      const e = ring[this.ringHead];
-      if (++this.ringHead === cap) this.ringHead = 0;
-      this.ringCount--;
-      const f = e & ID_MASK;
-      const fl = this.flags(f);
-      if (
-        this.proto(f) !== 0 &&
-        fl >>> GEN_SHIFT === e >>> ID_BITS &&
-        (fl & FlowFlag.REPLIED) === 0
-      ) {
-        return f;
-      }
-    }
-    return -1;
+  private evNext(f: number): number {
+    return (this.rec[f * REC + R_FLAGS] >>> LINK_SHIFT) - 1;
+  }
+
+  private setEvNext(f: number, next: number): void {
+    const i = f * REC + R_FLAGS;
+    this.rec[i] = ((this.rec[i] & FLAG_BITS) | ((next + 1) << LINK_SHIFT)) >>> 0;
+  }
+
+  /** Append a new flow to the eviction list (it has no reply yet). */
+  private pushEvictable(f: number): void {
+    const t = this.evTail;
+    this.setEvNext(f, -1);
+    this.evPrev[f] = t + 1;
+    if (t >= 0) this.setEvNext(t, f);
+    else this.evHead = f;
+    this.evTail = f;
+  }
+
+  /** Take a flow out of the eviction list (a reply came, or it is removed). */
+  private unlinkEvictable(f: number): void {
+    const p = this.evPrev[f] - 1;
+    const n = this.evNext(f);
+    if (p >= 0) this.setEvNext(p, n);
+    else this.evHead = n;
+    if (n >= 0) this.evPrev[n] = p + 1;
+    else this.evTail = p;
+    this.setEvNext(f, -1);
+    this.evPrev[f] = 0;
   }
 
   private initFlow(
@@ -936,20 +964,10 @@ export class FlowTable implements TupleProbe {
     this.ctr[c] = 0;
     this.ctr[c + 1] = 0;
     this.ctr[c + 2] = 0; // both packet counters
-    const gen = ((rec[b + R_FLAGS] >>> GEN_SHIFT) + 1) % GEN_LIMIT;
-    rec[b + R_FLAGS] = (gen << GEN_SHIFT) | flag;
+    rec[b + R_FLAGS] = flag;
     this.inIdx.insert(f);
     this.outIdx.insert(f);
-    // Creation-order ring for eviction. When it is full of entries, most are stale (replied or
-    // removed flows); dropping the oldest entry costs at worst one flow's evictability.
-    const cap = this.capacity;
-    if (this.ringCount === cap) {
-      if (++this.ringHead === cap) this.ringHead = 0;
-      this.ringCount--;
-    }
-    this.ring[this.ringTail] = ((gen << ID_BITS) | f) >>> 0;
-    if (++this.ringTail === cap) this.ringTail = 0;
-    this.ringCount++;
+    this.pushEvictable(f);
     this.active++;
     this.stats.flowsCreated++;
   }
@@ -983,6 +1001,7 @@ export class FlowTable implements TupleProbe {
   private removeFlow(f: number, now: number): void {
     const p = this.proto(f);
     if (p === 0) return;
+    if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.unlinkEvictable(f);
     this.inIdx.delete(f);
     this.outIdx.delete(f);
     const stats = this.stats;
@@ -1057,7 +1076,7 @@ export class FlowTable implements TupleProbe {
     );
     this.setProto(f, 0);
     this.setState(f, 0);
-    this.setFlags(f, this.flags(f) & KEEP_ON_FREE);
+    this.rec[f * REC + R_FLAGS] = 0;
     this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;
     this.active--;

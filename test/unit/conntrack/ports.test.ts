@@ -141,6 +141,39 @@ t.test("a freed port may be reused once portReuseDelay has passed", async (t) =>
   t.equal(table.oport(f), 5000);
 });
 
+t.test("with every port resting, the longest-resting one is used first", async (t) => {
+  const { table } = mk({ portLo: 5000, portHi: 5009, portReuseDelay: 120 });
+  const flows = new Map<number, number>();
+  for (let p = 5000; p <= 5009; p++) flows.set(p, out(t, table, Proto.UDP, H1, p, S1, 53));
+  const order = [5003, 5007, 5001, 5009, 5000, 5002, 5008, 5004, 5006, 5005];
+  for (const [i, p] of order.entries()) table.remove(flows.get(p) ?? -1, NOW + i);
+  // 30 s later every port still rests: they come back in the order they were freed.
+  const got = order.map((_, i) =>
+    table.oport(out(t, table, Proto.UDP, H2, 5000 + i, S1, 53, NOW + 30)),
+  );
+  t.same(got, order, "release order (RFC 6888 REQ-8: the least recently used first)");
+});
+
+t.test("ports whose rest is over are free again, every one of them", async (t) => {
+  const { table, stats } = mk({ portLo: 5000, portHi: 5099, portReuseDelay: 120 });
+  const flows: number[] = [];
+  for (let p = 5000; p <= 5099; p++) flows.push(out(t, table, Proto.UDP, H1, p, S1, 53));
+  for (const f of flows) table.remove(f, NOW);
+  // A backlog of 100 rested ports (moved back a few per allocation): all are handed out, each
+  // once, and none is refused.
+  const ports = new Set<number>();
+  for (let i = 0; i < 100; i++) {
+    ports.add(table.oport(out(t, table, Proto.UDP, H2, 6000 + i, S1, 53, NOW + 200)));
+  }
+  t.equal(ports.size, 100, "100 distinct ports");
+  t.equal(stats.portAllocationErrors, 0);
+  t.equal(
+    table.createOutbound(Proto.UDP, H2, 7000, S1, 53, NOW + 200),
+    -1 - DropReason.PortExhausted,
+    "the 101st is refused",
+  );
+});
+
 t.test("no free port refuses the flow as PortExhausted and counts it", async (t) => {
   const { table, stats } = mk({ portLo: 5000, portHi: 5001 });
   out(t, table, Proto.UDP, H1, 5000, S1, 53);

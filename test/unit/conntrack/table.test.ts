@@ -298,7 +298,7 @@ t.test("inbound packets never evict to open a flow", async (t) => {
   t.equal(table.active, 2);
 });
 
-t.test("a stale ring entry of a reused slot is skipped by eviction", async (t) => {
+t.test("a replied flow in a reused slot is not evicted for its predecessor", async (t) => {
   const { table, stats } = mk({ maxFlows: 2 });
   const a = table.createOutbound(Proto.UDP, H1, 30000, S1, 53, T0);
   table.remove(a, T0);
