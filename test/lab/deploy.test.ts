@@ -382,6 +382,111 @@ t.test(
       },
     );
 
+    await t.test(
+      "cloud-init.sh installs the release tarball served in the instance only when its SHA-256 matches",
+      { skip: hasCommand("npm") && hasCommand("sha256sum") ? false : "needs npm, sha256sum" },
+      async (t) => {
+        // A release tarball made here with `npm pack` (a stand-in package without dependencies,
+        // so npm needs no registry), served over HTTP inside the instance's namespace.
+        const src = join(tmp, "pkg");
+        const www = join(tmp, "www");
+        for (const d of [join(src, "bin"), www]) must("mkdir", ["-p", d]);
+        writeFileSync(
+          join(src, "package.json"),
+          JSON.stringify({
+            name: "tunnat",
+            version: "0.0.0-cloudinit",
+            bin: { tunnat: "bin/t.js" },
+          }),
+        );
+        writeFileSync(
+          join(src, "bin", "t.js"),
+          "#!/usr/bin/env node\nconsole.log('tunnat 0.0.0-cloudinit');\n",
+        );
+        chmodSync(join(src, "bin", "t.js"), 0o755);
+        const npmEnv = { ...process.env, npm_config_cache: join(tmp, "npm-cache") };
+        const packed = run(
+          "npm",
+          ["pack", "--silent", "--pack-destination", www, src],
+          npmEnv,
+          60_000,
+        );
+        t.equal(packed.status, 0, `npm pack: ${packed.stderr}`);
+        const tgz = packed.stdout.trim().split("\n").pop() ?? "";
+        const sha = must("sha256sum", [join(www, tgz)]).split(" ")[0] ?? "";
+        const port = 20000 + (process.pid % 20000);
+        const server = spawn(
+          "ip",
+          [
+            "netns",
+            "exec",
+            NAT,
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www,
+            String(port),
+          ],
+          { stdio: "ignore" },
+        );
+        children.push(server);
+        const url = `http://127.0.0.1:${port}/${tgz}`;
+        await waitFor(
+          "the tarball server",
+          () => inNs(NAT, "curl", "-fsS", "-o", "/dev/null", "-m", "1", url).status === 0,
+        );
+
+        const cloudInit = (prefix: string, env: NodeJS.ProcessEnv) =>
+          run(
+            "ip",
+            ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+            {
+              PATH: process.env.PATH,
+              HOME: tmp,
+              npm_config_cache: join(tmp, "npm-cache"),
+              npm_config_offline: "true",
+              TUNNAT_STEPS: "tunnat",
+              TUNNAT_PREFIX: prefix,
+              TUNNAT_INSTALL_LOG: join(tmp, "install.log"),
+              TUNNAT_TARBALL_URL: url,
+              ...env,
+            },
+            120_000,
+          );
+
+        const good = join(tmp, "prefix-good");
+        const ok = cloudInit(good, { TUNNAT_TARBALL_SHA256: sha });
+        t.equal(ok.status, 0, `installs with the right checksum: ${ok.stdout}${ok.stderr}`);
+        t.match(ok.stdout, new RegExp(`tarball sha256 ${sha} ok`));
+        t.match(run(join(good, "bin", "tunnat"), ["--version"]).stdout, /0\.0\.0-cloudinit/);
+
+        const badPrefix = join(tmp, "prefix-bad");
+        const wrong = `${sha.slice(0, 63)}${sha.endsWith("0") ? "1" : "0"}`;
+        const bad = cloudInit(badPrefix, { TUNNAT_TARBALL_SHA256: wrong });
+        t.not(bad.status, 0, "a tarball with another checksum is refused");
+        t.match(
+          bad.stdout,
+          /checksum mismatch: expected [0-9a-f]{64}, got [0-9a-f]{64}; not installed/,
+        );
+        t.notOk(existsSync(join(badPrefix, "bin", "tunnat")), "and nothing is installed");
+
+        const none = cloudInit(join(tmp, "prefix-none"), { TUNNAT_TARBALL_SHA256: "" });
+        t.not(none.status, 0, "no checksum, no install");
+        t.match(none.stdout, /TUNNAT_TARBALL_SHA256 must be the tarball's sha256sum/);
+
+        const gone = cloudInit(join(tmp, "prefix-404"), {
+          TUNNAT_TARBALL_SHA256: sha,
+          TUNNAT_TARBALL_URL: `http://127.0.0.1:${port}/missing.tgz`,
+        });
+        t.not(gone.status, 0, "a missing tarball fails the install");
+        t.match(gone.stdout, /cannot download/);
+        server.kill("SIGKILL");
+      },
+    );
+
     const daemonSkip = missingForDaemon();
     await t.test(
       "the daemon runs as systemd/tunnat.service runs it: non-root, CAP_NET_ADMIN only, read-only /proc/sys; traffic crosses",
