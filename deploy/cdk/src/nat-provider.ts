@@ -177,9 +177,14 @@ export class TunnatNatProvider extends ec2.NatProvider {
         sourceDestCheck: false,
         groupSet: [sg.securityGroupId],
         secondaryPrivateIpAddressCount: 1,
-        // The longest the VPC lets a security group track a UDP stream (tunnat's UDP
-        // timeout is longer: docs/ec2.md, "Security groups").
-        connectionTrackingSpecification: { udpStreamTimeout: 180, udpTimeout: 60 },
+        // Security-group tracking must not forget a flow before tunnat does: TCP 7440 s
+        // (tunnat's longest; the default is 350 s on Nitro v6 types), UDP the most the VPC
+        // allows, which is still less than tunnat's (docs/ec2.md, "Security groups").
+        connectionTrackingSpecification: {
+          tcpEstablishedTimeout: 7440,
+          udpStreamTimeout: 180,
+          udpTimeout: 60,
+        },
         tags: [{ key: TAG_KEY, value: tagValue }],
       });
       const eip = new ec2.CfnEIP(subnet, "TunnatNatEip", {

@@ -48,7 +48,11 @@ test("one ENI per AZ, source/destination check off, one secondary IP, its Elasti
   template.allResourcesProperties("AWS::EC2::NetworkInterface", {
     SourceDestCheck: false,
     SecondaryPrivateIpAddressCount: 1,
-    ConnectionTrackingSpecification: { UdpStreamTimeout: 180, UdpTimeout: 60 },
+    ConnectionTrackingSpecification: {
+      TcpEstablishedTimeout: 7440,
+      UdpStreamTimeout: 180,
+      UdpTimeout: 60,
+    },
     Tags: Match.arrayWith([{ Key: TAG_KEY, Value: "Net/Vpc" }]),
   });
   template.resourceCountIs("AWS::EC2::EIP", 2);
