@@ -134,7 +134,7 @@ if step eni && [ -n "$TUNNAT_ENI_ID" ]; then
 # tunnat: the NAT interface $TUNNAT_ENI_ID (deploy/cloud-init.sh). Keeps amazon-ec2-net-utils
 # from adding the NAT address (a secondary IP) to it.
 [Match]
-PermanentMACAddress=$eni_mac
+MACAddress=$eni_mac
 
 [Network]
 DHCP=ipv4
