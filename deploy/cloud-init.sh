@@ -19,6 +19,8 @@ NODE_DIST="${NODE_DIST:-https://nodejs.org/dist}"
 TUNNAT_IMDS_ENDPOINT="${TUNNAT_IMDS_ENDPOINT:-http://169.254.169.254}"
 TUNNAT_INSTALL_LOG="${TUNNAT_INSTALL_LOG:-/var/log/tunnat-install.log}"
 TUNNAT_PREFIX="${TUNNAT_PREFIX:-/usr}"             # npm --prefix: /usr/bin/tunnat, as the unit expects
+TUNNAT_NETWORKD_DIR="${TUNNAT_NETWORKD_DIR:-/etc/systemd/network}"
+TUNNAT_ATTACH_TRIES="${TUNNAT_ATTACH_TRIES:-60}"   # every 5 s: the old instance may still hold the ENI
 # Steps, for tests that run parts of this script: packages node tunnat eni system (all by default).
 TUNNAT_STEPS="${TUNNAT_STEPS:-packages node tunnat eni system}"
 export TUNNAT_PRESET="${TUNNAT_PRESET:-aws}" # 350 s idle timeout + RST, ports 1024-65535
@@ -104,33 +106,40 @@ md() {
     "$TUNNAT_IMDS_ENDPOINT/latest/meta-data/$1"
 }
 if step eni && [ -n "$TUNNAT_ENI_ID" ]; then
-  instance="$(md instance-id)"
-  region="$(md placement/region)"
-  # The previous instance may still hold it while it terminates: retry for up to 5 minutes.
-  for i in $(seq 1 60); do
+  instance="$(md instance-id)" || die "cannot read instance-id from IMDS ($TUNNAT_IMDS_ENDPOINT)"
+  region="$(md placement/region)" || die "cannot read placement/region from IMDS"
+  # The previous instance may still hold it while it terminates: retry (5 minutes by default).
+  for i in $(seq 1 "$TUNNAT_ATTACH_TRIES"); do
     aws ec2 attach-network-interface --region "$region" --instance-id "$instance" \
       --network-interface-id "$TUNNAT_ENI_ID" --device-index 1 >/dev/null && break
-    [ "$i" = 60 ] && die "cannot attach $TUNNAT_ENI_ID to $instance"
+    [ "$i" = "$TUNNAT_ATTACH_TRIES" ] && die "cannot attach $TUNNAT_ENI_ID to $instance"
     sleep 5
   done
+  # The attachment shows in the metadata (macs/<mac>/interface-id) and as a new interface.
   eni_mac=""
+  eni_if=""
   for i in $(seq 1 60); do
     for m in $(md network/interfaces/macs/ || true); do
       m="${m%/}"
       [ "$(md "network/interfaces/macs/$m/interface-id" || true)" = "$TUNNAT_ENI_ID" ] && eni_mac="$m"
     done
-    [ -n "$eni_mac" ] && [ -n "$(ip -o link | grep -i "$eni_mac" || true)" ] && break
+    if [ -n "$eni_mac" ]; then
+      for dev in /sys/class/net/*; do
+        [ "$(cat "$dev/address" 2>/dev/null)" = "$eni_mac" ] && eni_if="$(basename "$dev")"
+      done
+    fi
+    [ -n "$eni_if" ] && break
     sleep 2
   done
-  [ -n "$eni_mac" ] || die "$TUNNAT_ENI_ID is attached but its interface did not appear"
+  [ -n "$eni_if" ] || die "$TUNNAT_ENI_ID is attached but its interface did not appear"
   eni_ip="$(md "network/interfaces/macs/$eni_mac/local-ipv4s" | head -n1)"
   # amazon-ec2-net-utils (AL2023) writes /run/systemd/network/70-<if>.network and, by timer,
   # puts every secondary IP of the ENI on the interface: the NAT address included. A .network
   # file of our own in /etc/systemd/network, sorting first, takes the interface from it: DHCP
   # for the ENI's primary IP only, its routes in table 4243, and what leaves the TUN goes out
   # this ENI (its source/destination check is off; the primary ENI's is not).
-  if [ -d /etc/systemd/network ]; then
-    cat >/etc/systemd/network/60-tunnat-nat.network <<EOF
+  if [ -d "$TUNNAT_NETWORKD_DIR" ]; then
+    cat >"$TUNNAT_NETWORKD_DIR/60-tunnat-nat.network" <<EOF
 # tunnat: the NAT interface $TUNNAT_ENI_ID (deploy/cloud-init.sh). Keeps amazon-ec2-net-utils
 # from adding the NAT address (a secondary IP) to it.
 [Match]
@@ -156,14 +165,15 @@ From=$eni_ip/32
 Table=4243
 Priority=4244
 EOF
-    networkctl reload || true
-    networkctl reconfigure "$(ip -o link | grep -i "$eni_mac" | awk -F': ' '{print $2; exit}')" ||
-      true
+    if [ "$TUNNAT_NETWORKD_DIR" = /etc/systemd/network ] && command -v networkctl >/dev/null; then
+      networkctl reload || true
+      networkctl reconfigure "$eni_if" || true
+    fi
   else
     log "warning: no systemd-networkd: route ${TUNNAT_TUN:-tunnat0}'s output via the NAT ENI yourself"
   fi
   export TUNNAT_MD_MAC="$eni_mac"
-  log "NAT interface $TUNNAT_ENI_ID ($eni_mac, $eni_ip) attached"
+  log "NAT interface $TUNNAT_ENI_ID attached: $eni_if ($eni_mac, $eni_ip)"
 fi
 
 # --- user, unit, sysctl, config -----------------------------------------------------------

@@ -487,6 +487,93 @@ t.test(
       },
     );
 
+    await t.test(
+      "cloud-init.sh attaches the NAT ENI (retrying while it is held), finds its interface by MAC and keeps networkd off the NAT address",
+      async (t) => {
+        // The instance's view after the attach: a second ENI whose MAC is out0's. The aws CLI
+        // is a stand-in (no AWS API here) that fails once, as while the old instance holds it.
+        const eni = "eni-0123456789abcdef0";
+        const eniIp = LAB.natIfAddr;
+        const md = metadata(outsideMac, true);
+        Object.assign(md, {
+          "instance-id": "i-0fedcba9876543210",
+          "placement/region": "eu-test-1",
+          "network/interfaces/macs/": `02:00:00:00:00:01/\n${outsideMac}/`,
+          "network/interfaces/macs/02:00:00:00:00:01/interface-id": "eni-0primary00000000",
+          [`network/interfaces/macs/${outsideMac}/interface-id`]: eni,
+        });
+        writeFileSync(mdFile, JSON.stringify(md));
+        const bin = join(tmp, "fakebin");
+        const awsLog = join(tmp, "aws.log");
+        must("mkdir", ["-p", bin, join(tmp, "networkd")]);
+        writeFileSync(
+          join(bin, "aws"),
+          `#!/bin/sh\necho "$*" >>"${awsLog}"\n[ "$(wc -l <"${awsLog}")" -ge 2 ] || { echo "IncorrectState: in use" >&2; exit 254; }\n`,
+        );
+        chmodSync(join(bin, "aws"), 0o755);
+        const r = run(
+          "ip",
+          ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+          {
+            PATH: `${bin}:${process.env.PATH ?? ""}`,
+            TUNNAT_STEPS: "eni",
+            TUNNAT_ENI_ID: eni,
+            TUNNAT_IMDS_ENDPOINT: `http://${IMDS_IP}`,
+            TUNNAT_NETWORKD_DIR: join(tmp, "networkd"),
+            TUNNAT_INSTALL_LOG: join(tmp, "install-eni.log"),
+            TUNNAT_ATTACH_TRIES: "3",
+          },
+          60_000,
+        );
+        t.equal(r.status, 0, `the ENI step succeeds: ${r.stdout}${r.stderr}`);
+        const calls = readFileSync(awsLog, "utf8").trim().split("\n");
+        t.equal(calls.length, 2, "attach was retried once after a refusal");
+        t.equal(
+          calls[1],
+          `ec2 attach-network-interface --region eu-test-1 --instance-id i-0fedcba9876543210 --network-interface-id ${eni} --device-index 1`,
+        );
+        t.match(
+          r.stdout,
+          new RegExp(`NAT interface ${eni} attached: out0 \\(${outsideMac}, ${eniIp}\\)`),
+        );
+        const net = readFileSync(join(tmp, "networkd", "60-tunnat-nat.network"), "utf8");
+        t.match(net, new RegExp(`^MACAddress=${outsideMac}$`, "m"), "matches the NAT ENI by MAC");
+        t.match(net, /^DHCP=ipv4$/m, "the ENI's primary IP by DHCP");
+        t.notMatch(net, /^Address=/m, "no static address: the NAT address stays off the host");
+        t.notOk(net.includes(LAB.natAddr), "the NAT address is not in it");
+        t.match(
+          net,
+          new RegExp(`^IncomingInterface=${LAB.tun}$`, "m"),
+          "the TUN's output uses the ENI's table",
+        );
+        t.match(net, new RegExp(`^From=${eniIp}/32$`, "m"));
+        t.match(net, /^RouteTable=4243$/m);
+
+        // An ENI that never attaches fails the install, naming it.
+        writeFileSync(
+          join(bin, "aws"),
+          "#!/bin/sh\necho 'InvalidNetworkInterfaceID.NotFound' >&2\nexit 254\n",
+        );
+        const bad = run(
+          "ip",
+          ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+          {
+            PATH: `${bin}:${process.env.PATH ?? ""}`,
+            TUNNAT_STEPS: "eni",
+            TUNNAT_ENI_ID: "eni-0000000000000dead",
+            TUNNAT_IMDS_ENDPOINT: `http://${IMDS_IP}`,
+            TUNNAT_NETWORKD_DIR: join(tmp, "networkd-bad"),
+            TUNNAT_INSTALL_LOG: join(tmp, "install-eni.log"),
+            TUNNAT_ATTACH_TRIES: "1",
+          },
+          60_000,
+        );
+        t.not(bad.status, 0, "a refused attach fails the install");
+        t.match(bad.stdout, /cannot attach eni-0000000000000dead to i-0fedcba9876543210/);
+        writeFileSync(mdFile, JSON.stringify(metadata(outsideMac, true)));
+      },
+    );
+
     const daemonSkip = missingForDaemon();
     await t.test(
       "the daemon runs as systemd/tunnat.service runs it: non-root, CAP_NET_ADMIN only, read-only /proc/sys; traffic crosses",
