@@ -194,6 +194,46 @@ test("user data: the settings, then deploy/cloud-init.sh verbatim; under EC2's 1
   assert.ok(Buffer.byteLength(text) < USER_DATA_MAX, `${Buffer.byteLength(text)} bytes`);
 });
 
+test("natGateways: 1 — one NAT, and the other AZ's private subnets route to it", () => {
+  const app = new App();
+  const stack = new Stack(app, "One", { env: { account: "123456789012", region: "eu-west-1" } });
+  const provider = new TunnatNatProvider({ tarballUrl: URL, tarballSha256: SHA });
+  const vpc = new ec2.Vpc(stack, "Vpc", {
+    maxAzs: 2,
+    natGateways: 1,
+    natGatewayProvider: provider,
+  });
+  const template = Template.fromStack(stack);
+  template.resourceCountIs("AWS::EC2::NetworkInterface", 1);
+  template.resourceCountIs("AWS::AutoScaling::AutoScalingGroup", 1);
+  const eni = stack.resolve(provider.natInstances[0]?.networkInterface.ref);
+  const routes = template.findResources("AWS::EC2::Route", {
+    Properties: { NetworkInterfaceId: eni },
+  });
+  assert.equal(Object.keys(routes).length, vpc.privateSubnets.length);
+  assert.equal(vpc.privateSubnets.length, 2);
+});
+
+test("an x86 instance type gets the x86_64 Amazon Linux 2023; nodeMajor and preset reach the user data", () => {
+  const app = new App();
+  const stack = new Stack(app, "X86", { env: { account: "123456789012", region: "eu-west-1" } });
+  new ec2.Vpc(stack, "Vpc", {
+    maxAzs: 1,
+    natGatewayProvider: new TunnatNatProvider({
+      tarballUrl: URL,
+      tarballSha256: SHA,
+      instanceType: new ec2.InstanceType("c7i.large"),
+      nodeMajor: 22,
+      preset: "default",
+    }),
+  });
+  const json = JSON.stringify(Template.fromStack(stack).toJSON());
+  assert.match(json, /al2023-ami-kernel-[0-9.]+-x86_64/);
+  assert.doesNotMatch(json, /al2023-ami-kernel-[0-9.]+-arm64/);
+  assert.match(json, /export NODE_MAJOR='22'/);
+  assert.match(json, /export TUNNAT_PRESET='default'/);
+});
+
 test("bad settings are refused when the construct is made", () => {
   assert.throws(
     () => new TunnatNatProvider({ tarballUrl: URL, tarballSha256: "abc" }),
