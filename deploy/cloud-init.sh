@@ -16,6 +16,7 @@ TUNNAT_TARBALL_SHA256="${TUNNAT_TARBALL_SHA256:-}" # its sha256sum, 64 hex digit
 TUNNAT_ENI_ID="${TUNNAT_ENI_ID:-}"                 # eni-… to attach as the NAT interface (optional)
 NODE_MAJOR="${NODE_MAJOR:-24}"                     # the Node.js LTS line to install
 NODE_DIST="${NODE_DIST:-https://nodejs.org/dist}"
+TUNNAT_NODE_PREFIX="${TUNNAT_NODE_PREFIX:-/usr/local}" # where the Node.js tarball is unpacked
 TUNNAT_IMDS_ENDPOINT="${TUNNAT_IMDS_ENDPOINT:-http://169.254.169.254}"
 TUNNAT_INSTALL_LOG="${TUNNAT_INSTALL_LOG:-/var/log/tunnat-install.log}"
 TUNNAT_PREFIX="${TUNNAT_PREFIX:-/usr}"             # npm --prefix: /usr/bin/tunnat, as the unit expects
@@ -63,16 +64,21 @@ if step node; then
     *) die "unsupported CPU $(uname -m)" ;;
     esac
     work="$(mktemp -d)"
-    fetch "$NODE_DIST/latest-v$NODE_MAJOR.x/SHASUMS256.txt" "$work/SHASUMS256.txt"
+    fetch "$NODE_DIST/latest-v$NODE_MAJOR.x/SHASUMS256.txt" "$work/SHASUMS256.txt" ||
+      die "cannot download $NODE_DIST/latest-v$NODE_MAJOR.x/SHASUMS256.txt"
     tarball="$(awk -v a="linux-$arch.tar.xz" '$2 ~ a"$" {print $2}' "$work/SHASUMS256.txt")"
     [ -n "$tarball" ] || die "no linux-$arch build of Node.js $NODE_MAJOR in SHASUMS256.txt"
-    fetch "$NODE_DIST/latest-v$NODE_MAJOR.x/$tarball" "$work/$tarball"
+    fetch "$NODE_DIST/latest-v$NODE_MAJOR.x/$tarball" "$work/$tarball" ||
+      die "cannot download $NODE_DIST/latest-v$NODE_MAJOR.x/$tarball"
     (cd "$work" && grep " $tarball\$" SHASUMS256.txt | sha256sum -c -) ||
       die "Node.js $tarball does not match its SHASUMS256.txt"
-    tar -xJf "$work/$tarball" -C /usr/local --strip-components=1 --no-same-owner
+    mkdir -p "$TUNNAT_NODE_PREFIX"
+    tar -xJf "$work/$tarball" -C "$TUNNAT_NODE_PREFIX" --strip-components=1 --no-same-owner
     rm -rf "$work"
+    log "node $("$TUNNAT_NODE_PREFIX/bin/node" --version) installed from $tarball (SHA-256 checked)"
+  else
+    log "node $(node --version)"
   fi
-  log "node $(node --version)"
 fi
 
 # --- tunnat: the release tarball, checked -------------------------------------------------

@@ -487,6 +487,85 @@ t.test(
       },
     );
 
+    const nodeArch = { x64: "x64", arm64: "arm64" }[process.arch as string];
+    await t.test(
+      "cloud-init.sh installs Node.js from a dist server only when the tarball matches SHASUMS256.txt",
+      { skip: nodeArch && hasCommand("xz") ? false : "needs xz and an x64 or arm64 machine" },
+      async (t) => {
+        // A stand-in for nodejs.org/dist: latest-v99.x/ with SHASUMS256.txt and a linux tarball
+        // whose bin/node only prints its version (major 99, so the machine's node is too old).
+        const dist = join(tmp, "dist");
+        const name = `node-v99.0.0-linux-${nodeArch}`;
+        const dir = join(dist, "latest-v99.x");
+        must("mkdir", ["-p", join(tmp, "nodesrc", name, "bin"), dir]);
+        writeFileSync(join(tmp, "nodesrc", name, "bin", "node"), "#!/bin/sh\necho v99.0.0\n");
+        chmodSync(join(tmp, "nodesrc", name, "bin", "node"), 0o755);
+        must("tar", ["-cJf", join(dir, `${name}.tar.xz`), "-C", join(tmp, "nodesrc"), name]);
+        const sum = must("sha256sum", [join(dir, `${name}.tar.xz`)]).split(" ")[0] ?? "";
+        const shasums = (hash: string) =>
+          `${"0".repeat(64)}  ${name.replace(/linux-.*/, "darwin-arm64")}.tar.gz\n${hash}  ${name}.tar.xz\n`;
+        writeFileSync(join(dir, "SHASUMS256.txt"), shasums(sum));
+        const port = 20000 + ((process.pid + 7) % 20000);
+        const server = spawn(
+          "ip",
+          [
+            "netns",
+            "exec",
+            NAT,
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            dist,
+            String(port),
+          ],
+          { stdio: "ignore" },
+        );
+        children.push(server);
+        const shaUrl = `http://127.0.0.1:${port}/latest-v99.x/SHASUMS256.txt`;
+        await waitFor(
+          "the dist server",
+          () => inNs(NAT, "curl", "-fsS", "-o", "/dev/null", "-m", "1", shaUrl).status === 0,
+        );
+        const install = (prefix: string) =>
+          run(
+            "ip",
+            ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+            {
+              PATH: process.env.PATH,
+              TUNNAT_STEPS: "node",
+              NODE_MAJOR: "99",
+              NODE_DIST: `http://127.0.0.1:${port}`,
+              TUNNAT_NODE_PREFIX: prefix,
+              TUNNAT_INSTALL_LOG: join(tmp, "install-node.log"),
+            },
+            60_000,
+          );
+        const good = install(join(tmp, "node-good"));
+        t.equal(good.status, 0, `installs: ${good.stdout}${good.stderr}`);
+        t.match(
+          good.stdout,
+          new RegExp(`node v99\\.0\\.0 installed from ${name}\\.tar\\.xz \\(SHA-256 checked\\)`),
+        );
+        t.ok(existsSync(join(tmp, "node-good", "bin", "node")), "unpacked into the prefix");
+
+        writeFileSync(
+          join(dir, "SHASUMS256.txt"),
+          shasums(`${sum.slice(0, 63)}${sum.endsWith("0") ? "1" : "0"}`),
+        );
+        const bad = install(join(tmp, "node-bad"));
+        t.not(bad.status, 0, "a tarball that does not match SHASUMS256.txt is refused");
+        t.match(
+          bad.stdout,
+          new RegExp(`Node\\.js ${name}\\.tar\\.xz does not match its SHASUMS256\\.txt`),
+        );
+        t.notOk(existsSync(join(tmp, "node-bad", "bin", "node")), "and nothing is unpacked");
+        server.kill("SIGKILL");
+      },
+    );
+
     await t.test(
       "cloud-init.sh attaches the NAT ENI (retrying while it is held), finds its interface by MAC and keeps networkd off the NAT address",
       async (t) => {
