@@ -7,7 +7,13 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
-import { AWS_TIMEOUTS, DEFAULT_TIMEOUTS, defaultNatConfig, type NatConfig } from "../nat/config.js";
+import {
+  AWS_PORTS,
+  AWS_TIMEOUTS,
+  DEFAULT_TIMEOUTS,
+  defaultNatConfig,
+  type NatConfig,
+} from "../nat/config.js";
 import {
   type Cidr,
   cidrContains,
@@ -349,7 +355,8 @@ export const FIELDS = {
     env: "TUNNAT_PRESET",
     def: "default",
     expect: "default or aws",
-    describe: "aws = AWS NAT Gateway behaviour: 350 s idle timeout everywhere, RST on expiry",
+    describe:
+      "aws = AWS NAT Gateway behaviour: 350 s idle timeout everywhere, RST on expiry, ports 1024-65535 (the NACL ephemeral range)",
     parse: oneOf(["default", "aws"] as const),
   }),
   perHostQuota: field<number>({
@@ -749,7 +756,11 @@ export function loadConfig(input: LoadInput): TunnatConfig {
       origin.offloads?.text ?? "true",
       "offloads need the virtio_net_hdr: drop --no-vnet-hdr or turn offloads off",
     );
-  const ports = v.ports as [number, number];
+  // The aws preset narrows the default range to the NACL ephemeral ports; a given --ports wins.
+  const ports =
+    preset === "aws" && origin.ports?.source === "default"
+      ? ([...AWS_PORTS] as [number, number])
+      : (v.ports as [number, number]);
 
   const nat = defaultNatConfig({
     natAddresses,

@@ -71,6 +71,13 @@ export const AWS_TIMEOUTS: Timeouts = {
   icmp: 350,
 };
 
+/**
+ * The `aws` preset's outside port range: the ephemeral range the usual network ACL allows
+ * inbound (1024-65535), so replies to translated flows are not dropped by a NACL. An explicit
+ * --ports wins.
+ */
+export const AWS_PORTS: readonly [number, number] = [1024, 65535];
+
 export function defaultNatConfig(over: Partial<NatConfig> = {}): NatConfig {
   return {
     natAddresses: [],

@@ -382,6 +382,277 @@ t.test(
       },
     );
 
+    await t.test(
+      "cloud-init.sh installs the release tarball served in the instance only when its SHA-256 matches",
+      { skip: hasCommand("npm") && hasCommand("sha256sum") ? false : "needs npm, sha256sum" },
+      async (t) => {
+        // A release tarball made here with `npm pack` (a stand-in package without dependencies,
+        // so npm needs no registry), served over HTTP inside the instance's namespace.
+        const src = join(tmp, "pkg");
+        const www = join(tmp, "www");
+        for (const d of [join(src, "bin"), www]) must("mkdir", ["-p", d]);
+        writeFileSync(
+          join(src, "package.json"),
+          JSON.stringify({
+            name: "tunnat",
+            version: "0.0.0-cloudinit",
+            bin: { tunnat: "bin/t.js" },
+          }),
+        );
+        writeFileSync(
+          join(src, "bin", "t.js"),
+          "#!/usr/bin/env node\nconsole.log('tunnat 0.0.0-cloudinit');\n",
+        );
+        chmodSync(join(src, "bin", "t.js"), 0o755);
+        const npmEnv = { ...process.env, npm_config_cache: join(tmp, "npm-cache") };
+        const packed = run(
+          "npm",
+          ["pack", "--silent", "--pack-destination", www, src],
+          npmEnv,
+          60_000,
+        );
+        t.equal(packed.status, 0, `npm pack: ${packed.stderr}`);
+        const tgz = packed.stdout.trim().split("\n").pop() ?? "";
+        const sha = must("sha256sum", [join(www, tgz)]).split(" ")[0] ?? "";
+        const port = 20000 + (process.pid % 20000);
+        const server = spawn(
+          "ip",
+          [
+            "netns",
+            "exec",
+            NAT,
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www,
+            String(port),
+          ],
+          { stdio: "ignore" },
+        );
+        children.push(server);
+        const url = `http://127.0.0.1:${port}/${tgz}`;
+        await waitFor(
+          "the tarball server",
+          () => inNs(NAT, "curl", "-fsS", "-o", "/dev/null", "-m", "1", url).status === 0,
+        );
+
+        const cloudInit = (prefix: string, env: NodeJS.ProcessEnv) =>
+          run(
+            "ip",
+            ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+            {
+              PATH: process.env.PATH,
+              HOME: tmp,
+              npm_config_cache: join(tmp, "npm-cache"),
+              npm_config_offline: "true",
+              TUNNAT_STEPS: "tunnat",
+              TUNNAT_PREFIX: prefix,
+              TUNNAT_INSTALL_LOG: join(tmp, "install.log"),
+              TUNNAT_TARBALL_URL: url,
+              ...env,
+            },
+            120_000,
+          );
+
+        const good = join(tmp, "prefix-good");
+        const ok = cloudInit(good, { TUNNAT_TARBALL_SHA256: sha });
+        t.equal(ok.status, 0, `installs with the right checksum: ${ok.stdout}${ok.stderr}`);
+        t.match(ok.stdout, new RegExp(`tarball sha256 ${sha} ok`));
+        t.match(run(join(good, "bin", "tunnat"), ["--version"]).stdout, /0\.0\.0-cloudinit/);
+
+        const badPrefix = join(tmp, "prefix-bad");
+        const wrong = `${sha.slice(0, 63)}${sha.endsWith("0") ? "1" : "0"}`;
+        const bad = cloudInit(badPrefix, { TUNNAT_TARBALL_SHA256: wrong });
+        t.not(bad.status, 0, "a tarball with another checksum is refused");
+        t.match(
+          bad.stdout,
+          /checksum mismatch: expected [0-9a-f]{64}, got [0-9a-f]{64}; not installed/,
+        );
+        t.notOk(existsSync(join(badPrefix, "bin", "tunnat")), "and nothing is installed");
+
+        const none = cloudInit(join(tmp, "prefix-none"), { TUNNAT_TARBALL_SHA256: "" });
+        t.not(none.status, 0, "no checksum, no install");
+        t.match(none.stdout, /TUNNAT_TARBALL_SHA256 must be the tarball's sha256sum/);
+
+        const gone = cloudInit(join(tmp, "prefix-404"), {
+          TUNNAT_TARBALL_SHA256: sha,
+          TUNNAT_TARBALL_URL: `http://127.0.0.1:${port}/missing.tgz`,
+        });
+        t.not(gone.status, 0, "a missing tarball fails the install");
+        t.match(gone.stdout, /cannot download/);
+        server.kill("SIGKILL");
+      },
+    );
+
+    const nodeArch = { x64: "x64", arm64: "arm64" }[process.arch as string];
+    await t.test(
+      "cloud-init.sh installs Node.js from a dist server only when the tarball matches SHASUMS256.txt",
+      { skip: nodeArch && hasCommand("xz") ? false : "needs xz and an x64 or arm64 machine" },
+      async (t) => {
+        // A stand-in for nodejs.org/dist: latest-v99.x/ with SHASUMS256.txt and a linux tarball
+        // whose bin/node only prints its version (major 99, so the machine's node is too old).
+        const dist = join(tmp, "dist");
+        const name = `node-v99.0.0-linux-${nodeArch}`;
+        const dir = join(dist, "latest-v99.x");
+        must("mkdir", ["-p", join(tmp, "nodesrc", name, "bin"), dir]);
+        writeFileSync(join(tmp, "nodesrc", name, "bin", "node"), "#!/bin/sh\necho v99.0.0\n");
+        chmodSync(join(tmp, "nodesrc", name, "bin", "node"), 0o755);
+        must("tar", ["-cJf", join(dir, `${name}.tar.xz`), "-C", join(tmp, "nodesrc"), name]);
+        const sum = must("sha256sum", [join(dir, `${name}.tar.xz`)]).split(" ")[0] ?? "";
+        const shasums = (hash: string) =>
+          `${"0".repeat(64)}  ${name.replace(/linux-.*/, "darwin-arm64")}.tar.gz\n${hash}  ${name}.tar.xz\n`;
+        writeFileSync(join(dir, "SHASUMS256.txt"), shasums(sum));
+        const port = 20000 + ((process.pid + 7) % 20000);
+        const server = spawn(
+          "ip",
+          [
+            "netns",
+            "exec",
+            NAT,
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            dist,
+            String(port),
+          ],
+          { stdio: "ignore" },
+        );
+        children.push(server);
+        const shaUrl = `http://127.0.0.1:${port}/latest-v99.x/SHASUMS256.txt`;
+        await waitFor(
+          "the dist server",
+          () => inNs(NAT, "curl", "-fsS", "-o", "/dev/null", "-m", "1", shaUrl).status === 0,
+        );
+        const install = (prefix: string) =>
+          run(
+            "ip",
+            ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+            {
+              PATH: process.env.PATH,
+              TUNNAT_STEPS: "node",
+              NODE_MAJOR: "99",
+              NODE_DIST: `http://127.0.0.1:${port}`,
+              TUNNAT_NODE_PREFIX: prefix,
+              TUNNAT_INSTALL_LOG: join(tmp, "install-node.log"),
+            },
+            60_000,
+          );
+        const good = install(join(tmp, "node-good"));
+        t.equal(good.status, 0, `installs: ${good.stdout}${good.stderr}`);
+        t.match(
+          good.stdout,
+          new RegExp(`node v99\\.0\\.0 installed from ${name}\\.tar\\.xz \\(SHA-256 checked\\)`),
+        );
+        t.ok(existsSync(join(tmp, "node-good", "bin", "node")), "unpacked into the prefix");
+
+        writeFileSync(
+          join(dir, "SHASUMS256.txt"),
+          shasums(`${sum.slice(0, 63)}${sum.endsWith("0") ? "1" : "0"}`),
+        );
+        const bad = install(join(tmp, "node-bad"));
+        t.not(bad.status, 0, "a tarball that does not match SHASUMS256.txt is refused");
+        t.match(
+          bad.stdout,
+          new RegExp(`Node\\.js ${name}\\.tar\\.xz does not match its SHASUMS256\\.txt`),
+        );
+        t.notOk(existsSync(join(tmp, "node-bad", "bin", "node")), "and nothing is unpacked");
+        server.kill("SIGKILL");
+      },
+    );
+
+    await t.test(
+      "cloud-init.sh attaches the NAT ENI (retrying while it is held), finds its interface by MAC and keeps networkd off the NAT address",
+      async (t) => {
+        // The instance's view after the attach: a second ENI whose MAC is out0's. The aws CLI
+        // is a stand-in (no AWS API here) that fails once, as while the old instance holds it.
+        const eni = "eni-0123456789abcdef0";
+        const eniIp = LAB.natIfAddr;
+        const md = metadata(outsideMac, true);
+        Object.assign(md, {
+          "instance-id": "i-0fedcba9876543210",
+          "placement/region": "eu-test-1",
+          "network/interfaces/macs/": `02:00:00:00:00:01/\n${outsideMac}/`,
+          "network/interfaces/macs/02:00:00:00:00:01/interface-id": "eni-0primary00000000",
+          [`network/interfaces/macs/${outsideMac}/interface-id`]: eni,
+        });
+        writeFileSync(mdFile, JSON.stringify(md));
+        const bin = join(tmp, "fakebin");
+        const awsLog = join(tmp, "aws.log");
+        must("mkdir", ["-p", bin, join(tmp, "networkd")]);
+        writeFileSync(
+          join(bin, "aws"),
+          `#!/bin/sh\necho "$*" >>"${awsLog}"\n[ "$(wc -l <"${awsLog}")" -ge 2 ] || { echo "IncorrectState: in use" >&2; exit 254; }\n`,
+        );
+        chmodSync(join(bin, "aws"), 0o755);
+        const r = run(
+          "ip",
+          ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+          {
+            PATH: `${bin}:${process.env.PATH ?? ""}`,
+            TUNNAT_STEPS: "eni",
+            TUNNAT_ENI_ID: eni,
+            TUNNAT_IMDS_ENDPOINT: `http://${IMDS_IP}`,
+            TUNNAT_NETWORKD_DIR: join(tmp, "networkd"),
+            TUNNAT_INSTALL_LOG: join(tmp, "install-eni.log"),
+            TUNNAT_ATTACH_TRIES: "3",
+          },
+          60_000,
+        );
+        t.equal(r.status, 0, `the ENI step succeeds: ${r.stdout}${r.stderr}`);
+        const calls = readFileSync(awsLog, "utf8").trim().split("\n");
+        t.equal(calls.length, 2, "attach was retried once after a refusal");
+        t.equal(
+          calls[1],
+          `ec2 attach-network-interface --region eu-test-1 --instance-id i-0fedcba9876543210 --network-interface-id ${eni} --device-index 1`,
+        );
+        t.match(
+          r.stdout,
+          new RegExp(`NAT interface ${eni} attached: out0 \\(${outsideMac}, ${eniIp}\\)`),
+        );
+        const net = readFileSync(join(tmp, "networkd", "60-tunnat-nat.network"), "utf8");
+        t.match(net, new RegExp(`^MACAddress=${outsideMac}$`, "m"), "matches the NAT ENI by MAC");
+        t.match(net, /^DHCP=ipv4$/m, "the ENI's primary IP by DHCP");
+        t.notMatch(net, /^Address=/m, "no static address: the NAT address stays off the host");
+        t.notOk(net.includes(LAB.natAddr), "the NAT address is not in it");
+        t.match(
+          net,
+          new RegExp(`^IncomingInterface=${LAB.tun}$`, "m"),
+          "the TUN's output uses the ENI's table",
+        );
+        t.match(net, new RegExp(`^From=${eniIp}/32$`, "m"));
+        t.match(net, /^RouteTable=4243$/m);
+
+        // An ENI that never attaches fails the install, naming it.
+        writeFileSync(
+          join(bin, "aws"),
+          "#!/bin/sh\necho 'InvalidNetworkInterfaceID.NotFound' >&2\nexit 254\n",
+        );
+        const bad = run(
+          "ip",
+          ["netns", "exec", NAT, "bash", join(ROOT, "deploy", "cloud-init.sh")],
+          {
+            PATH: `${bin}:${process.env.PATH ?? ""}`,
+            TUNNAT_STEPS: "eni",
+            TUNNAT_ENI_ID: "eni-0000000000000dead",
+            TUNNAT_IMDS_ENDPOINT: `http://${IMDS_IP}`,
+            TUNNAT_NETWORKD_DIR: join(tmp, "networkd-bad"),
+            TUNNAT_INSTALL_LOG: join(tmp, "install-eni.log"),
+            TUNNAT_ATTACH_TRIES: "1",
+          },
+          60_000,
+        );
+        t.not(bad.status, 0, "a refused attach fails the install");
+        t.match(bad.stdout, /cannot attach eni-0000000000000dead to i-0fedcba9876543210/);
+        writeFileSync(mdFile, JSON.stringify(metadata(outsideMac, true)));
+      },
+    );
+
     const daemonSkip = missingForDaemon();
     await t.test(
       "the daemon runs as systemd/tunnat.service runs it: non-root, CAP_NET_ADMIN only, read-only /proc/sys; traffic crosses",

@@ -200,6 +200,19 @@ t.test(
   },
 );
 
+t.test(
+  "the aws preset uses ports 1024-65535 (the NACL ephemeral range); --ports still wins",
+  async (t) => {
+    const c = load({ preset: "aws" });
+    t.equal(c.nat.portLo, 1024);
+    t.equal(c.nat.portHi, 65535);
+    const given = load({ preset: "aws", ports: "20000-30000" });
+    t.same([given.nat.portLo, given.nat.portHi], [20000, 30000]);
+    const env = loadConfig({ flags: { ...BASE, preset: "aws" }, env: { TUNNAT_PORTS: "1-65535" } });
+    t.same([env.nat.portLo, env.nat.portHi], [1, 65535], "an explicit full range is kept");
+  },
+);
+
 t.test("the aws preset sets 350 s everywhere and an RST on expiry", async (t) => {
   const c = load({ preset: "aws" });
   t.same(c.nat.timeouts, { tcpEstablished: 350, tcpTransitory: 350, udp: 350, icmp: 350 });
