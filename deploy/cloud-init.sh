@@ -23,9 +23,9 @@ if command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends ca-certificates curl xz-utils python3 make g++ \
-    iproute2
+    iproute2 nftables
 elif command -v dnf >/dev/null; then
-  dnf install -y -q tar xz python3 make gcc-c++ iproute
+  dnf install -y -q tar xz python3 make gcc-c++ iproute nftables
 else
   log "unsupported distribution: need apt-get or dnf"
   exit 1
