@@ -4,10 +4,10 @@
  *
  *   TUN:   ip addr add TUNADDR dev TUN; ip link set dev TUN mtu <outside MTU> up
  *          net.ipv4.conf.TUN.rp_filter=2
- *   main:  ip route add NAT/32 dev TUN                      (each NAT address)
  *   table: ip route add default dev TUN table T
  *   guard: (guard.ts) ip rule add iif INSIDE_IF from CIDR lookup T priority P (each inside
  *          prefix), throw CIDR and prohibit default in table T, nft table ip tunnat_T
+ *   main:  ip route add NAT/32 dev TUN                      (each NAT address)
  *   ARP:   ip neigh add proxy NAT dev OUTSIDE_IF             (each NAT address)
  *
  * Every step but the guard goes into an undo journal (also persisted to a state file with the
@@ -195,18 +195,19 @@ export class Plumbing {
       const rpKey = `net/ipv4/conf/${s.tun}/rp_filter`;
       await this.sysctl(rpKey, "2", await r.readSysctl(rpKey));
 
-      for (const nat of s.natAddresses) {
-        const dst = `${formatIpv4(nat)}/32`;
-        await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
-      }
       const table = String(s.table);
       await this.step(
         ["route", "add", "default", "dev", s.tun, "table", table],
         ["route", "del", "default", "dev", s.tun, "table", table],
       );
       // The guard (rules, throw and prohibit routes, nft table) is not in the journal: it stays
-      // when the daemon stops and is removed by `tunnat down` only.
+      // when the daemon stops and is removed by `tunnat down` only. It goes in before anything
+      // routes to the NAT addresses, so whoever sees those routes also sees the rules.
       this.done.push(...(await this.guard.install()));
+      for (const nat of s.natAddresses) {
+        const dst = `${formatIpv4(nat)}/32`;
+        await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
+      }
       for (const nat of s.natAddresses) {
         const a = formatIpv4(nat);
         await this.step(
