@@ -7,6 +7,7 @@ import t from "tap";
 import {
   desiredGuard,
   GUARD_REASONS,
+  type Guard,
   type GuardSpec,
   guardScript,
   PROHIBIT_METRIC,
@@ -19,9 +20,12 @@ import {
 } from "../../../src/control/guard.js";
 import {
   type KernelAnswers,
+  KernelMonitor,
   kernelProblems,
+  readinessCheck,
   tunTxDropped,
 } from "../../../src/control/readiness.js";
+import type { Runner } from "../../../src/control/runner.js";
 import { parseCidr, parseIpv4 } from "../../../src/wire/addr.js";
 
 const cidr = (s: string) => {
@@ -235,3 +239,56 @@ t.test("readiness: everything present is no problem; each missing piece is named
     "without --manage-routes only the TUN counts",
   );
 });
+
+t.test(
+  "readiness: a loop that reads nothing while the TUN queue drops is stalled; idle is not",
+  async (t) => {
+    let dropped = 7;
+    let read = 100;
+    const runner: Runner = {
+      where: "",
+      ip: async (args) => {
+        const a = args.join(" ");
+        if (a.startsWith("-j -s link")) {
+          const l = JSON.parse(complete.link ?? "[]") as { stats64: { tx: { dropped: number } } }[];
+          if (l[0]) l[0].stats64.tx.dropped = dropped;
+          return JSON.stringify(l);
+        }
+        if (a === "-j rule show") return complete.rules ?? "[]";
+        if (a.startsWith("-j route show table")) return complete.table ?? "[]";
+        if (a.startsWith("-j route show dev")) return complete.tunRoutes ?? "[]";
+        if (a.startsWith("-j neigh")) return complete.proxy ?? "[]";
+        throw new Error(a);
+      },
+      nft: async () => complete.nftCounters ?? "",
+      readSysctl: async () => "1",
+      writeSysctl: async () => undefined,
+    };
+    const guard = { nftTable: "tunnat_4242" } as unknown as Guard;
+    const m = new KernelMonitor({ tun: "tunnat0", plumbing }, runner, guard, () => read);
+    const loopStats = { batches: 1, sweeps: 1 };
+    const check = readinessCheck(
+      { loop: { isRunning: true, loopStats }, device: { closed: false } },
+      m,
+    );
+    await m.poll();
+    t.equal(check(), null, "everything there");
+    await m.poll();
+    t.equal(check(), null, "idle: nothing read, nothing dropped");
+    dropped += 40;
+    read += 5;
+    await m.poll();
+    t.equal(check(), null, "busy: drops while reading are load, not a stall");
+    dropped += 40;
+    await m.poll();
+    t.match(check(), /data path not reading: 40 packets dropped unread/);
+    read += 1;
+    await m.poll();
+    t.equal(check(), null, "reading again");
+    t.same(await m.counters(0), {
+      routed_inbound: { packets: 0, bytes: 0 },
+      spoofed_source: { packets: 0, bytes: 0 },
+      no_tun: { packets: 0, bytes: 0 },
+    });
+  },
+);
