@@ -6,6 +6,7 @@ import { accessSync, constants as fsConstants, readFileSync, statSync } from "no
 import { cidrContains, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { type LoadInput, loadConfig, resolveSettings, type TunnatConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
+import { guardTableName } from "./guard.js";
 import { execCommand, hostRunner, type Runner } from "./runner.js";
 
 /** CAP_NET_ADMIN is bit 12 of the effective capability set (include/uapi/linux/capability.h). */
@@ -164,6 +165,22 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
     );
   } catch (e) {
     add("rp_filter", false, `cannot read rp_filter: ${errorMessage(e)}`);
+  }
+
+  // The guard of a stopped daemon keeps the inside closed: say so (informational).
+  if (raw?.values.manageRoutes !== false && raw?.values.routeTable !== undefined) {
+    const name = guardTableName(raw.values.routeTable);
+    const present = await r.nft(["list", "table", "ip", name]).then(
+      () => true,
+      () => false,
+    );
+    add(
+      "guard",
+      true,
+      present
+        ? `nft table ip ${name} is installed: while no tunnat runs, inside traffic is held closed ("tunnat down" opens it)`
+        : `not installed yet (tunnat run installs nft table ip ${name})`,
+    );
   }
 
   const inside = raw?.values.inside ?? [];
