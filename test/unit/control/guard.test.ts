@@ -4,6 +4,7 @@
  * kernel.
  */
 import t from "tap";
+import { ManualClock } from "../../../src/conntrack/clock.js";
 import {
   desiredGuard,
   GUARD_REASONS,
@@ -18,6 +19,7 @@ import {
   routeArgs,
   ruleArgs,
 } from "../../../src/control/guard.js";
+import { createMetrics } from "../../../src/control/metrics.js";
 import {
   type KernelAnswers,
   KernelMonitor,
@@ -26,6 +28,10 @@ import {
   tunTxDropped,
 } from "../../../src/control/readiness.js";
 import type { Runner } from "../../../src/control/runner.js";
+import { LoopStats } from "../../../src/datapath/loop.js";
+import { defaultNatConfig } from "../../../src/nat/config.js";
+import { NatStats } from "../../../src/nat/stats.js";
+import { Translator } from "../../../src/nat/translate.js";
 import { parseCidr, parseIpv4 } from "../../../src/wire/addr.js";
 
 const cidr = (s: string) => {
@@ -292,3 +298,33 @@ t.test(
     });
   },
 );
+
+t.test("the guard's counters are exported per reason, read when scraped", async (t) => {
+  const stats = new NatStats();
+  const cfg = defaultNatConfig({
+    natAddresses: [parseIpv4("203.0.113.1")],
+    inside: [cidr("10.0.0.0/8")],
+    maxFlows: 1024,
+  });
+  const tr = new Translator(cfg, new ManualClock(), stats);
+  let reads = 0;
+  const m = createMetrics(
+    {
+      stats,
+      table: tr.table,
+      loopStats: new LoopStats(),
+      guardDrops: async () => {
+        reads++;
+        return { routed_inbound: { packets: 605 }, spoofed_source: { packets: 2 } };
+      },
+    },
+    { defaultMetrics: false },
+  );
+  t.teardown(() => m.stop());
+  t.equal(reads, 0, "nothing is read before a scrape");
+  const text = await m.registry.metrics();
+  t.equal(reads, 1, "one read per scrape");
+  t.match(text, /^tunnat_guard_dropped_packets_total\{reason="routed_inbound"\} 605$/m);
+  t.match(text, /^tunnat_guard_dropped_packets_total\{reason="spoofed_source"\} 2$/m);
+  t.match(text, /^tunnat_guard_dropped_packets_total\{reason="no_tun"\} 0$/m);
+});
