@@ -14,7 +14,7 @@ FROM node:20-bookworm-slim
 # iproute2 for the plumbing, ping/curl/iperf3/socat/tcpdump to try the NAT, python3 + make + g++
 # for the addon's build during `npm install`.
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
-    iproute2 iputils-ping curl iperf3 socat tcpdump procps python3 make g++ ca-certificates \
+    iproute2 nftables iputils-ping curl iperf3 socat tcpdump procps python3 make g++ ca-certificates \
   && rm -rf /var/lib/apt/lists/*
 COPY --from=pack /tmp/tunnat.tgz /tmp/tunnat.tgz
 RUN npm install --global --no-audit --no-fund /tmp/tunnat.tgz && rm /tmp/tunnat.tgz \

@@ -242,7 +242,7 @@ export async function labDown(opts: {
     const lab = readLabFile(resolve(opts.labFile ?? defaultLabFile()));
     const files = existsSync(lab.stateDir) ? readdirSync(lab.stateDir) : [];
     for (const f of files) {
-      if (!f.endsWith(".json") || f.endsWith(".plumbing.json")) continue;
+      if (!f.endsWith(".json") || /\.(plumbing|guard)\.json$/.test(f)) continue;
       if (opts.name && f !== `${opts.name}.json`) continue;
       try {
         const st = JSON.parse(readFileSync(join(lab.stateDir, f), "utf8")) as LabState;
@@ -264,7 +264,7 @@ export async function labDown(opts: {
       removed.push(n);
     }
     rmSync(file, { force: true });
-    for (const ext of [".sock", ".sock.plumbing.json", ".daemon.log"])
+    for (const ext of [".sock", ".sock.plumbing.json", ".sock.guard.json", ".daemon.log"])
       rmSync(join(dirname(file), `${state.name}${ext}`), { force: true });
     if (opts.print !== false) process.stdout.write(`lab ${state.name} is down\n`);
   }

@@ -1,5 +1,5 @@
 /**
- * src/cli — the `tunnat` command line (yargs). Commands: run, check, flows, stats, lab.
+ * src/cli — the `tunnat` command line (yargs). Commands: run, down, check, flows, stats, lab.
  * Contract: a bad flag or setting exits 2 with a message naming it; a runtime failure exits 1
  * with the error's code; success exits 0. Commands load the heavy modules (daemon, addon) lazily
  * so --help and --version work on any machine.
@@ -150,6 +150,15 @@ export async function main(args: string[] = hideBin(process.argv)): Promise<numb
       "run the NAT daemon",
       (y) => settingsOptions(y),
       (a) => set(runCommand(a as Record<string, unknown>)),
+    )
+    .command(
+      "down",
+      "remove the guard that keeps a stopped gateway closed, and a stopped run's leftovers (same settings as run)",
+      (y) => settingsOptions(y),
+      (a) =>
+        set(
+          import("./down.js").then((m) => m.downCommand(inputFrom(a as Record<string, unknown>))),
+        ),
     )
     .command(
       "check",

@@ -6,7 +6,8 @@ import { accessSync, constants as fsConstants, readFileSync, statSync } from "no
 import { cidrContains, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { type LoadInput, loadConfig, resolveSettings, type TunnatConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
-import { execCommand, hostRunner, type Runner } from "./plumbing.js";
+import { guardTableName } from "./guard.js";
+import { execCommand, hostRunner, type Runner } from "./runner.js";
 
 /** CAP_NET_ADMIN is bit 12 of the effective capability set (include/uapi/linux/capability.h). */
 export const CAP_NET_ADMIN = 12;
@@ -63,6 +64,17 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
     add("ip tool", true, v);
   } catch (e) {
     add("ip tool", false, `iproute2 "ip" not usable: ${errorMessage(e)}; install iproute2`);
+  }
+
+  try {
+    const v = (await r.nft(["--version"])).trim();
+    add("nft tool", true, v);
+  } catch (e) {
+    add(
+      "nft tool",
+      manageRoutesSetting(opts.input) === false,
+      `nft not usable: ${errorMessage(e)}; the guard (--manage-routes) needs it: install nftables ("apt-get install nftables")`,
+    );
   }
 
   const tunPath = opts.tunPath ?? "/dev/net/tun";
@@ -155,6 +167,22 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
     add("rp_filter", false, `cannot read rp_filter: ${errorMessage(e)}`);
   }
 
+  // The guard of a stopped daemon keeps the inside closed: say so (informational).
+  if (raw?.values.manageRoutes !== false && raw?.values.routeTable !== undefined) {
+    const name = guardTableName(raw.values.routeTable);
+    const present = await r.nft(["list", "table", "ip", name]).then(
+      () => true,
+      () => false,
+    );
+    add(
+      "guard",
+      true,
+      present
+        ? `nft table ip ${name} is installed: while no tunnat runs, inside traffic is held closed ("tunnat down" opens it)`
+        : `not installed yet (tunnat run installs nft table ip ${name})`,
+    );
+  }
+
   const inside = raw?.values.inside ?? [];
   const nats = raw?.values.natAddress ?? [];
   if (inside.length > 0 && nats.length > 0) {
@@ -190,6 +218,15 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
     add("address overlap", false, "needs --inside and --nat-address");
   }
   return out;
+}
+
+/** The manageRoutes setting of the input, or undefined when it cannot be resolved. */
+function manageRoutesSetting(input: LoadInput): boolean | undefined {
+  try {
+    return resolveSettings(input).values.manageRoutes;
+  } catch {
+    return undefined;
+  }
 }
 
 export function formatChecks(results: CheckResult[]): string {

@@ -372,6 +372,9 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
       sweeps: ls.sweeps,
     };
   if (d.mappingLog) out.mappingLog = { lines: d.mappingLog.lines, dropped: d.mappingLog.dropped };
+  const guard = d.kernel?.guardCounters;
+  if (guard)
+    out.guardDrops = Object.fromEntries(Object.entries(guard).map(([k, v]) => [k, v.packets]));
   out.ready = d.readiness ? d.readiness() === null : true;
   return out;
 }

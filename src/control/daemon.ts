@@ -1,12 +1,17 @@
 /**
  * `tunnat run`: the daemon's life cycle (DESIGN.md §1, §5).
  *
- *   config -> preflight checks -> HTTP listener (/healthz 503) -> open TUN -> kernel plumbing
- *   -> translator + data loop -> extensions (metrics, control socket) -> /healthz 200, "forwarding"
+ *   config -> preflight checks -> refusals (control socket answered, plumbing.check()) -> HTTP
+ *   listener (/healthz 503) -> open TUN -> kernel plumbing and guard -> translator + data loop ->
+ *   kernel monitor (readiness.ts) -> extensions (metrics, control socket) -> /healthz 200,
+ *   "forwarding"
  *
- * A failure at any step undoes the steps before it in reverse order (plumbing removed, TUN closed,
- * listener closed) and surfaces as a TunnatError with a stable code. stop() does the same for a
- * running daemon; SIGHUP re-reads the config file and applies the log level and timeouts.
+ * Every refusal is checked before anything is changed, so a refused start touches nothing of
+ * another daemon. A failure at any later step undoes the steps before it in reverse order
+ * (plumbing removed and the guard put back as it was, TUN closed, listener closed) and surfaces as
+ * a TunnatError with a stable code. stop() removes the plumbing of a running daemon but keeps the
+ * guard (fail closed until `tunnat down`); SIGHUP re-reads the config file and applies the log
+ * level and timeouts.
  */
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
@@ -22,8 +27,10 @@ import type { TunnatConfig } from "./config.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
-import { datapathReadiness } from "./metrics.js";
-import { hostRunner, Plumbing, type PlumbingSpec, type Runner } from "./plumbing.js";
+import { socketAnswers } from "./owner.js";
+import { Plumbing, type PlumbingSpec } from "./plumbing.js";
+import { KernelMonitor, readinessCheck } from "./readiness.js";
+import { hostRunner, type Runner } from "./runner.js";
 
 /** The options src/io/tun.ts openTun() takes. */
 export interface OpenTunOptions {
@@ -70,6 +77,11 @@ export function plumbingStateFile(controlSocket: string): string {
   return `${controlSocket}.plumbing.json`;
 }
 
+/** The guard's state file (guard.ts), next to the plumbing's. */
+export function guardStateFile(controlSocket: string): string {
+  return `${controlSocket}.guard.json`;
+}
+
 export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
   const c = cfg.control;
   if (c.insideInterface === undefined || c.outsideInterface === undefined)
@@ -88,6 +100,8 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
     priority: c.rulePriority,
     setIpForward: c.setIpForward,
     stateFile: plumbingStateFile(c.controlSocket),
+    guardStateFile: guardStateFile(c.controlSocket),
+    controlSocket: c.controlSocket,
   };
 }
 
@@ -103,8 +117,12 @@ export class Daemon {
   plumbing: Plumbing | undefined;
   /** The RFC 6888 §4 mapping log, when configured; fed by the flow table's hooks. */
   mappingLog: MappingLog | undefined;
-  /** /readyz: null while forwarding, else why not (control/metrics.ts datapathReadiness). */
+  /** /readyz: null while forwarding, else why not (control/readiness.ts). */
   readiness: (() => string | null) | undefined;
+  /** The kernel state forwarding needs, polled off the data path (readiness.ts). */
+  kernel: KernelMonitor | undefined;
+  /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
+  private started = false;
   private readonly disposers: (() => void | Promise<void>)[] = [];
   private stopped: Promise<void> | null = null;
 
@@ -135,7 +153,17 @@ export class Daemon {
     const cfg = this.config;
     const c = cfg.control;
     if (this.deps.preflight) preflight();
-    // Listen first: a taken port fails before the kernel is touched, and /healthz answers 503
+    // Refusals first: nothing may be touched before we know no other daemon owns what we need.
+    if (await socketAnswers(c.controlSocket))
+      throw new TunnatError(
+        ErrorCode.Control,
+        `another daemon answers on ${c.controlSocket}; stop it or choose another --control-socket`,
+      );
+    if (c.manageRoutes) {
+      this.plumbing = new Plumbing(plumbingSpec(cfg), { runner: this.deps.runner, log: this.log });
+      await this.plumbing.check();
+    }
+    // Then listen: a taken port fails before the kernel is touched, and /healthz answers 503
     // while the rest comes up.
     this.http = await startHttpServer(c.metrics);
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
@@ -147,8 +175,7 @@ export class Daemon {
       vnetHdr: cfg.nat.vnetHdr,
       offloads: c.offloads,
     });
-    if (c.manageRoutes) {
-      this.plumbing = new Plumbing(plumbingSpec(cfg), { runner: this.deps.runner, log: this.log });
+    if (this.plumbing) {
       await this.plumbing.apply();
     } else {
       const fwd = await this.deps.runner.readSysctl("net/ipv4/ip_forward").catch(() => "?");
@@ -163,13 +190,23 @@ export class Daemon {
       if (this.onFatal) this.onFatal(err);
       else throw err;
     });
-    this.readiness = datapathReadiness(this);
+    const loop = this.loop;
+    this.kernel = new KernelMonitor(
+      { tun: c.tun, plumbing: this.plumbing?.spec ?? null },
+      this.deps.runner,
+      this.plumbing?.guard ?? null,
+      () => loop.loopStats.packets,
+    );
+    await this.kernel.poll();
+    this.kernel.start();
+    this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
     for (const ext of extensions) {
       const dispose = await ext(this);
       if (typeof dispose === "function") this.disposers.push(dispose);
     }
     this.http.setReady(true);
+    this.started = true;
     this.log.info(
       {
         tun: this.device.name,
@@ -202,9 +239,11 @@ export class Daemon {
         this.log.warn({ err: errorMessage(e) }, "extension stop failed");
       }
     }
+    this.kernel?.stop();
     this.loop?.stop();
     if (this.plumbing) {
-      const warnings = await this.plumbing.remove();
+      // A running daemon leaves the guard in place; a start that failed restores the one before.
+      const warnings = this.started ? await this.plumbing.remove() : await this.plumbing.abort();
       if (warnings.length) this.log.warn({ warnings }, "plumbing removal reported problems");
     }
     try {

@@ -1,7 +1,7 @@
 /**
  * The HTTP listener on the metrics address: GET /healthz (200 once the daemon is up, 503 before
- * and while stopping), GET /readyz (as /healthz, and also 503 with the reason when the data path
- * is not forwarding: loop stopped, TUN closed, no batch or tick for 5 s) and GET /metrics from a MetricsProvider. The
+ * and while stopping), GET /readyz (as /healthz, and also 503 naming what forwarding needs and
+ * lacks: see readiness.ts) and GET /metrics from a MetricsProvider. The
  * provider defaults to prom-client's default registry; control/metrics.ts installs the real one
  * with setMetricsProvider(). Scrapes read counters; they never touch the data path.
  */

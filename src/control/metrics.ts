@@ -23,6 +23,7 @@ import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
+import { GUARD_REASONS } from "./guard.js";
 import { setMetricsProvider } from "./http.js";
 import { PeakRate } from "./peak.js";
 import { DEFAULT_TOP_HOSTS, TopHosts } from "./top-hosts.js";
@@ -35,6 +36,8 @@ export interface Observed {
   /** null when forwarding, else why not (the /readyz answer). */
   readiness?: () => string | null;
   mappingLog?: { readonly lines: number; readonly dropped: number } | undefined;
+  /** The guard's drop counters by reason (readiness.ts KernelMonitor, cached nft read). */
+  guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
 }
 
 export interface MetricsOptions {
@@ -488,6 +491,20 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
   gauge(reg, "tunnat_ready", "1 while the data path is forwarding (as /readyz).", () =>
     o.readiness ? (o.readiness() === null ? 1 : 0) : 1,
   );
+  if (o.guardDrops) {
+    const read = o.guardDrops;
+    new Counter({
+      name: "tunnat_guard_dropped_packets_total",
+      help: `Packets the guard's nft forward chain dropped, by reason: ${GUARD_REASONS.map((r) => `${r.name} (${r.help})`).join("; ")}.`,
+      labelNames: ["reason"],
+      registers: [reg],
+      async collect() {
+        const c = await read();
+        this.reset();
+        for (const r of GUARD_REASONS) this.inc({ reason: r.name }, c?.[r.name]?.packets ?? 0);
+      },
+    });
+  }
   counter(
     reg,
     "tunnat_mapping_log_lines_total",
@@ -533,31 +550,6 @@ function camel(dir: string): string {
     .join("");
 }
 
-/**
- * The /readyz check: the loop is running, the TUN is open, and the loop has handled a batch or a
- * sweep tick within the last `staleMs` (ticks come every 100 ms even when idle, so silence means
- * the data path is stuck). Returns null when ready, else the reason.
- */
-export function datapathReadiness(d: Daemon, staleMs = 5000): () => string | null {
-  let last = -1;
-  let lastChange = performance.now();
-  return () => {
-    const loop = d.loop;
-    if (!loop?.isRunning) return "data path not running";
-    const dev = d.device as { closed?: boolean } | undefined;
-    if (!dev || dev.closed === true) return "TUN device closed";
-    const now = performance.now();
-    const v = loop.loopStats.batches + loop.loopStats.sweeps;
-    if (v !== last) {
-      last = v;
-      lastChange = now;
-    } else if (now - lastChange > staleMs) {
-      return `no batch or tick for ${Math.round((now - lastChange) / 1000)} s`;
-    }
-    return null;
-  };
-}
-
 /** What the metrics read from a running daemon. */
 export function observe(d: Daemon): Observed {
   const tr = d.translator;
@@ -568,6 +560,8 @@ export function observe(d: Daemon): Observed {
     table: tr.table,
     loopStats: loop.loopStats,
     readiness: d.readiness,
+    guardDrops:
+      d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
     get mappingLog() {
       return d.mappingLog;
     },

@@ -4,81 +4,36 @@
  *
  *   TUN:   ip addr add TUNADDR dev TUN; ip link set dev TUN mtu <outside MTU> up
  *          net.ipv4.conf.TUN.rp_filter=2
- *   main:  ip route add NAT/32 dev TUN                      (each NAT address)
  *   table: ip route add default dev TUN table T
- *          ip route add throw CIDR table T                  (each inside prefix: intra-VPC stays in main)
- *   rules: ip rule add iif INSIDE_IF from CIDR lookup T priority P   (each inside prefix)
+ *   guard: (guard.ts) ip rule add iif INSIDE_IF from CIDR lookup T priority P (each inside
+ *          prefix), throw CIDR and prohibit default in table T, nft table ip tunnat_T
+ *   main:  ip route add NAT/32 dev TUN                      (each NAT address)
  *   ARP:   ip neigh add proxy NAT dev OUTSIDE_IF             (each NAT address)
  *
- * Every step goes into an undo journal (also persisted to a state file, so a crashed run's
- * leftovers are removed at the next start). A failed step undoes the journal in reverse order and
- * throws TUNNAT_ERR_PLUMBING naming the command and its stderr. remove() tolerates items that are
- * already gone. Inside and outside may be the same interface (single-ENI EC2): the rule matches
- * on iif, and translated packets come back with iif TUN, so they never loop.
+ * Every step but the guard goes into an undo journal (also persisted to a state file with the
+ * owner's pid and start time, so a crashed run's leftovers are removed at the next start). The
+ * guard outlives the daemon: stop() removes the journal's items, and with the TUN gone the
+ * prohibit route and the nft chain keep inside traffic from leaving untranslated (fail closed);
+ * only `tunnat down` removes it, and the next start takes it over without a gap.
+ *
+ * check() runs every refusal (a live owner of the state file, the table or a NAT address used by a
+ * running TUN, a missing interface or nft) before anything is changed, so a refused start touches
+ * nothing of another daemon. A failed step undoes the journal in reverse order, puts back the
+ * guard that was there before, and throws TUNNAT_ERR_PLUMBING naming the command and its stderr.
+ * remove() tolerates items that are already gone. Inside and outside may be the same interface
+ * (single-ENI EC2): the rule matches on iif, and translated packets come back with iif TUN, so
+ * they never loop.
  */
-import { execFile } from "node:child_process";
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { ErrorCode, TunnatError } from "./errors.js";
+import { Guard, type GuardChange } from "./guard.js";
+import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
+import { CommandError, hostRunner, type Runner } from "./runner.js";
 
-/** A failed external command. */
-export class CommandError extends Error {
-  constructor(
-    readonly argv: string[],
-    readonly stderr: string,
-    readonly exitCode: number | null,
-  ) {
-    super(`"${argv.join(" ")}" failed: ${stderr.trim() || `exit code ${exitCode}`}`);
-    this.name = "CommandError";
-  }
-}
-
-/** How commands reach the kernel: the host's namespace, or a named one (tests, the lab). */
-export interface Runner {
-  /** Run `ip ARGS`; resolves with stdout, rejects with CommandError. */
-  ip(args: string[]): Promise<string>;
-  /** Read a sysctl by slash path ("net/ipv4/ip_forward"); slashes keep dotted ifnames intact. */
-  readSysctl(key: string): Promise<string>;
-  writeSysctl(key: string, value: string): Promise<void>;
-  /** Shown in messages: "" for the host, " (netns X)" otherwise. */
-  readonly where: string;
-}
-
-export function execCommand(file: string, args: string[], timeoutMs = 10_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { timeout: timeoutMs, encoding: "utf8" }, (err, stdout, stderr) => {
-      if (err) {
-        const code = typeof err.code === "number" ? err.code : null;
-        reject(new CommandError([file, ...args], stderr || err.message, code));
-      } else resolve(stdout);
-    });
-  });
-}
-
-export function hostRunner(): Runner {
-  return {
-    where: "",
-    ip: (args) => execCommand("ip", args),
-    readSysctl: async (key) => (await readFile(`/proc/sys/${key}`, "utf8")).trim(),
-    writeSysctl: (key, value) => writeFile(`/proc/sys/${key}`, value),
-  };
-}
-
-/** Commands inside network namespace `ns` (ip -n NS; sysctl through ip netns exec). */
-export function netnsRunner(ns: string): Runner {
-  return {
-    where: ` (netns ${ns})`,
-    ip: (args) => execCommand("ip", ["-n", ns, ...args]),
-    readSysctl: async (key) =>
-      (await execCommand("ip", ["netns", "exec", ns, "sysctl", "-n", key])).trim(),
-    writeSysctl: async (key, value) => {
-      await execCommand("ip", ["netns", "exec", ns, "sysctl", "-q", "-w", `${key}=${value}`]);
-    },
-  };
-}
+export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
 
 export interface PlumbingSpec {
   tun: string;
@@ -94,6 +49,10 @@ export interface PlumbingSpec {
   setIpForward: boolean;
   /** Persisted undo journal for crash recovery; null = none. */
   stateFile: string | null;
+  /** Where the guard records what it installed (guard.ts); null/absent = nowhere. */
+  guardStateFile?: string | null;
+  /** The daemon's control socket, recorded in the state file to tell owners apart. */
+  controlSocket?: string;
   /** MTU for the TUN; default: the outside interface's. */
   mtu?: number;
 }
@@ -101,9 +60,7 @@ export interface PlumbingSpec {
 /** One undo step, serialisable so the next start can replay it after a crash. */
 type UndoEntry = { kind: "ip"; args: string[] } | { kind: "sysctl"; key: string; value: string };
 
-interface StateFile {
-  pid: number;
-  tun: string;
+interface StateFile extends OwnerRecord {
   undo: UndoEntry[];
 }
 
@@ -111,13 +68,14 @@ interface StateFile {
 const GONE =
   /No such file or directory|Cannot find device|No such process|does not exist|No such device|Cannot assign requested address/i;
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
+/**
+ * Undo entries of state files written before the guard existed that remove what is now the
+ * guard's (rules, throw routes): replaying them at a restart would open a gap.
+ */
+function guardOwned(u: UndoEntry): boolean {
+  return (
+    u.kind === "ip" && (u.args[0] === "rule" || (u.args[0] === "route" && u.args[2] === "throw"))
+  );
 }
 
 interface LinkInfo {
@@ -126,11 +84,20 @@ interface LinkInfo {
   flags?: string[];
 }
 
+interface RouteInfo {
+  type?: string;
+  dst?: string;
+  dev?: string;
+}
+
 export class Plumbing {
   private readonly journal: UndoEntry[] = [];
   private readonly done: string[] = [];
   private readonly runner: Runner;
   private readonly log: Logger | undefined;
+  readonly guard: Guard;
+  /** This instance wrote the state file (only then may it remove it). */
+  private wroteState = false;
 
   constructor(
     readonly spec: PlumbingSpec,
@@ -138,6 +105,20 @@ export class Plumbing {
   ) {
     this.runner = opts.runner ?? hostRunner();
     this.log = opts.log;
+    this.guard = new Guard(
+      {
+        tun: spec.tun,
+        insideInterface: spec.insideInterface,
+        outsideInterface: spec.outsideInterface,
+        inside: spec.inside,
+        natAddresses: spec.natAddresses,
+        table: spec.table,
+        priority: spec.priority,
+      },
+      this.runner,
+      spec.guardStateFile ?? null,
+      opts.log,
+    );
   }
 
   /** Commands applied so far, in order (for logs and tests). */
@@ -145,9 +126,45 @@ export class Plumbing {
     return this.done;
   }
 
+  /**
+   * Every reason to refuse the start, checked before anything is changed, so that a refused start
+   * touches nothing of another daemon: nft missing, the state file owned by a live tunnat, the
+   * route table or a NAT address in use by a running TUN, an interface missing, a NAT address the
+   * host owns.
+   */
+  async check(): Promise<void> {
+    const s = this.spec;
+    const r = this.runner;
+    try {
+      await r.nft(["--version"]);
+    } catch (e) {
+      throw new TunnatError(
+        ErrorCode.Prereq,
+        `nft (nftables) is not usable${r.where}: ${e instanceof CommandError ? e.stderr.trim() : String(e)}. tunnat's guard (docs/security.md) needs it: install nftables ("apt-get install nftables"), or run with --no-manage-routes`,
+        { cause: e },
+      );
+    }
+    this.refuseLiveOwner();
+    await this.refuseTableInUse(s.tun);
+    for (const nat of s.natAddresses) {
+      const a = formatIpv4(nat);
+      const routes = JSON.parse(await r.ip(["-j", "route", "show", `${a}/32`])) as RouteInfo[];
+      const other = routes.find((x) => x.dev !== s.tun);
+      if (other)
+        throw new TunnatError(
+          ErrorCode.Prereq,
+          `NAT address ${a} is already routed${other.dev ? ` to ${other.dev}` : ""}${r.where} (another tunnat running with it?); stop that daemon or remove the route first`,
+        );
+    }
+    await this.link(s.outsideInterface, "--outside-interface");
+    await this.link(s.insideInterface, "--inside-interface");
+    await this.refuseLocalNatAddresses();
+  }
+
   async apply(): Promise<void> {
     const s = this.spec;
     const r = this.runner;
+    await this.check();
     await this.removeStale();
     try {
       // ip_forward: without it the kernel drops what arrives on the inside interface.
@@ -163,7 +180,6 @@ export class Plumbing {
       const out = await this.link(s.outsideInterface, "--outside-interface");
       await this.link(s.insideInterface, "--inside-interface");
       await this.link(s.tun, "--tun");
-      await this.refuseLocalNatAddresses();
 
       if (s.tunAddress) {
         const a = formatCidr(s.tunAddress);
@@ -179,27 +195,18 @@ export class Plumbing {
       const rpKey = `net/ipv4/conf/${s.tun}/rp_filter`;
       await this.sysctl(rpKey, "2", await r.readSysctl(rpKey));
 
-      for (const nat of s.natAddresses) {
-        const dst = `${formatIpv4(nat)}/32`;
-        await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
-      }
       const table = String(s.table);
       await this.step(
         ["route", "add", "default", "dev", s.tun, "table", table],
         ["route", "del", "default", "dev", s.tun, "table", table],
       );
-      for (const p of s.inside) {
-        const c = formatCidr(p);
-        await this.step(
-          ["route", "add", "throw", c, "table", table],
-          ["route", "del", "throw", c, "table", table],
-        );
-      }
-      const prio = String(s.priority);
-      for (const p of s.inside) {
-        const c = formatCidr(p);
-        const rule = ["iif", s.insideInterface, "from", c, "lookup", table, "priority", prio];
-        await this.step(["rule", "add", ...rule], ["rule", "del", ...rule]);
+      // The guard (rules, throw and prohibit routes, nft table) is not in the journal: it stays
+      // when the daemon stops and is removed by `tunnat down` only. It goes in before anything
+      // routes to the NAT addresses, so whoever sees those routes also sees the rules.
+      this.done.push(...(await this.guard.install()));
+      for (const nat of s.natAddresses) {
+        const dst = `${formatIpv4(nat)}/32`;
+        await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
       }
       for (const nat of s.natAddresses) {
         const a = formatIpv4(nat);
@@ -209,7 +216,7 @@ export class Plumbing {
         );
       }
     } catch (e) {
-      const warnings = await this.remove();
+      const warnings = await this.abort();
       if (e instanceof TunnatError) throw e;
       if (e instanceof CommandError)
         throw new TunnatError(
@@ -223,7 +230,10 @@ export class Plumbing {
     }
   }
 
-  /** Undo everything in reverse order; items already gone are fine. Returns other failures. */
+  /**
+   * Stop: undo the journal in reverse order (proxy ARP, routes via the TUN, sysctls, the TUN's
+   * address); items already gone are fine. The guard stays. Returns other failures.
+   */
   async remove(): Promise<string[]> {
     const warnings = await this.replay(this.journal.splice(0).reverse());
     this.done.length = 0;
@@ -231,51 +241,79 @@ export class Plumbing {
     return warnings;
   }
 
-  /**
-   * Leftovers of a crashed run: our rule priority + table (nobody else should use that pair) and
-   * whatever the dead run's state file lists. A state file of a live process is refused.
-   */
-  async removeStale(): Promise<string[]> {
-    const s = this.spec;
-    const warnings: string[] = [];
-    if (s.stateFile) {
-      let state: StateFile | null = null;
-      try {
-        state = JSON.parse(readFileSync(s.stateFile, "utf8")) as StateFile;
-      } catch {
-        state = null;
-      }
-      if (state && state.pid !== process.pid && pidAlive(state.pid))
-        throw new TunnatError(
-          ErrorCode.Prereq,
-          `another tunnat (pid ${state.pid}) owns the plumbing recorded in ${s.stateFile}; stop it first or choose another --tun/--control-socket`,
-        );
-      if (state && Array.isArray(state.undo)) {
-        this.log?.warn(
-          { stateFile: s.stateFile, pid: state.pid },
-          "removing a crashed run's plumbing",
-        );
-        warnings.push(...(await this.replay([...state.undo].reverse())));
-      }
-    }
-    const table = String(s.table);
-    const prio = String(s.priority);
-    const rules = await this.runner.ip(["-j", "rule", "show"]).catch(() => "[]");
-    let ours = 0;
-    try {
-      for (const rule of JSON.parse(rules) as { priority?: number; table?: string }[])
-        if (rule.priority === s.priority && String(rule.table) === table) ours++;
-    } catch {
-      ours = 0;
-    }
-    for (let i = 0; i < ours; i++)
-      await this.runner
-        .ip(["rule", "del", "priority", prio, "table", table])
-        .catch((e: unknown) => warnings.push(String(e)));
-    if (ours > 0) this.log?.warn({ rules: ours, table: s.table }, "removed stale rules");
-    await this.runner.ip(["route", "flush", "table", table]).catch(() => undefined);
-    if (s.stateFile) rmSync(s.stateFile, { force: true });
+  /** A start that failed: undo the journal and put back the guard that was there before. */
+  async abort(): Promise<string[]> {
+    const warnings = await this.remove();
+    warnings.push(...(await this.guard.restore()));
     return warnings;
+  }
+
+  /**
+   * `tunnat down`: refuse while a daemon of this configuration runs; else remove a stopped or
+   * crashed run's plumbing (its state file) and the guard. Idempotent.
+   */
+  async down(): Promise<GuardChange> {
+    this.refuseLiveOwner();
+    await this.refuseTableInUse(null);
+    const done: string[] = [];
+    const stale = await this.removeStale();
+    if (stale.removed > 0)
+      done.push(`the plumbing of a stopped run (pid ${stale.pid}): ${stale.removed} items`);
+    const g = await this.guard.removeAll();
+    done.push(...g.done);
+    return { done, warnings: [...stale.warnings, ...g.warnings] };
+  }
+
+  /** The state file's owner is a live tunnat (not this process): refuse. */
+  private refuseLiveOwner(): void {
+    const file = this.spec.stateFile;
+    if (!file) return;
+    const state = readState(file);
+    if (state && state.pid !== process.pid && ownerAlive(state))
+      throw new TunnatError(
+        ErrorCode.Prereq,
+        `another tunnat (pid ${state.pid}${state.tun ? `, --tun ${state.tun}` : ""}) owns the plumbing recorded in ${file}; stop it first or choose another --control-socket`,
+      );
+  }
+
+  /**
+   * A running daemon's TUN carries the default route of its table (it vanishes with the TUN): any
+   * route of table T through a device other than `ours` means another daemon uses the table.
+   */
+  private async refuseTableInUse(ours: string | null): Promise<void> {
+    const s = this.spec;
+    const out = await this.runner
+      .ip(["-j", "route", "show", "table", String(s.table)])
+      .catch(() => "[]");
+    const busy = (JSON.parse(out) as RouteInfo[]).find(
+      (x) => (x.type === undefined || x.type === "unicast") && x.dev && x.dev !== ours,
+    );
+    if (busy)
+      throw new TunnatError(
+        ErrorCode.Prereq,
+        `route table ${s.table} is in use${this.runner.where}: "${busy.dst ?? "?"} dev ${busy.dev}" (another tunnat running with --route-table ${s.table}?); stop it first or choose another --route-table`,
+      );
+  }
+
+  /**
+   * Leftovers of a run that is gone (SIGKILL, crash): replay the undo journal its state file
+   * lists, then remove the file. The guard is not touched here (install() takes it over).
+   */
+  async removeStale(): Promise<{ warnings: string[]; removed: number; pid: number }> {
+    const file = this.spec.stateFile;
+    const none = { warnings: [], removed: 0, pid: 0 };
+    if (!file) return none;
+    const state = readState(file);
+    if (!state) {
+      rmSync(file, { force: true });
+      return none;
+    }
+    if (state.pid !== process.pid && ownerAlive(state)) return none;
+    const undo = Array.isArray(state.undo) ? state.undo.filter((u) => !guardOwned(u)) : [];
+    this.log?.warn({ stateFile: file, pid: state.pid }, "removing a stopped run's plumbing");
+    const warnings = await this.replay([...undo].reverse());
+    rmSync(file, { force: true });
+    return { warnings, removed: undo.length, pid: state.pid };
   }
 
   private async replay(entries: UndoEntry[]): Promise<string[]> {
@@ -358,13 +396,28 @@ export class Plumbing {
     const file = this.spec.stateFile;
     if (!file) return;
     if (this.journal.length === 0) {
-      rmSync(file, { force: true });
+      // Only our own file: a refused or failed start must not remove another daemon's.
+      if (this.wroteState) rmSync(file, { force: true });
+      this.wroteState = false;
       return;
     }
-    const state: StateFile = { pid: process.pid, tun: this.spec.tun, undo: this.journal };
+    const state: StateFile = {
+      ...selfRecord(this.spec.tun, this.spec.controlSocket),
+      undo: this.journal,
+    };
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     const tmp = `${file}.${process.pid}.tmp`;
     writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
     renameSync(tmp, file);
+    this.wroteState = true;
+  }
+}
+
+function readState(file: string): StateFile | null {
+  try {
+    const s = JSON.parse(readFileSync(file, "utf8")) as StateFile;
+    return s && typeof s === "object" && typeof s.pid === "number" ? s : null;
+  } catch {
+    return null;
   }
 }

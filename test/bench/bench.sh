@@ -161,6 +161,13 @@ tunnat_off() {
   fi
   wait "$DAEMON_PID" 2>/dev/null || true
   DAEMON_PID=""
+  # The guard outlives the daemon (fail closed); the kernel's round needs the gateway open.
+  # shellcheck disable=SC2086
+  ip netns exec "$NS_NAT" "$NODE" "$ROOT/bin/tunnat.js" down \
+    --inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR" \
+    --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" \
+    --control-socket "$TMP/ctl.sock" $DAEMON_ARGS >>"$TMP/daemon.log" 2>&1 ||
+    die "tunnat down failed (see $TMP/daemon.log)"
 }
 
 # One iperf3 run; prints the receiver's bits/s.

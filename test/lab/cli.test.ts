@@ -80,7 +80,7 @@ else {
   });
 
   t.test(
-    "the daemon forwards, SIGHUP reloads, and SIGTERM exits 0 within 2 s leaving nothing",
+    "the daemon forwards, SIGHUP reloads, SIGTERM exits 0 within 2 s leaving the guard only, tunnat down removes it",
     async (t) => {
       const d = startDaemon();
       t.ok(await healthy(), "healthz turns 200");
@@ -113,7 +113,11 @@ else {
       const code = await d.exited;
       t.equal(code, 0);
       t.ok(Date.now() - t0 < 2000, `stopped in ${Date.now() - t0} ms`);
-      t.same(leftovers(), [], "no TUN, rule, route or proxy entry is left");
+      t.same(leftovers(), ["rule"], "no TUN, route or proxy entry is left; the guard's rule stays");
+      t.match(inNat("nft", "list", "tables"), /tunnat_4242/, "so does the guard's nft table");
+      t.match(inNat(process.execPath, BIN, "down", ...daemonArgs(lab, ctl)), /removed/);
+      t.same(leftovers(), [], "tunnat down removes the guard");
+      t.notMatch(inNat("nft", "list", "tables"), /tunnat/, "its nft table too");
     },
   );
 

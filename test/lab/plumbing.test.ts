@@ -14,9 +14,15 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import t from "tap";
+import t, { type Test } from "tap";
 import { ErrorCode, TunnatError } from "../../src/control/errors.js";
-import { netnsRunner, Plumbing, type PlumbingSpec } from "../../src/control/plumbing.js";
+import {
+  CommandError,
+  netnsRunner,
+  Plumbing,
+  type PlumbingSpec,
+  type Runner,
+} from "../../src/control/plumbing.js";
 import { parseCidr, parseIpv4 } from "../../src/wire/addr.js";
 
 const GW = `tn-${process.pid}-gw`;
@@ -97,6 +103,14 @@ if (reason) {
     ...over,
   });
   const runner = netnsRunner(GW);
+  /** The real runner, except that `neigh add proxy 203.0.113.3`, the last step, fails. */
+  const failingLast: Runner = {
+    ...runner,
+    ip: (args) =>
+      args.join(" ").startsWith("neigh add proxy 203.0.113.3")
+        ? Promise.reject(new CommandError(["ip", ...args], "RTNETLINK answers: File exists", 2))
+        : runner.ip(args),
+  };
 
   /** Everything tunnat could have left behind, as text. */
   function snapshot() {
@@ -118,7 +132,23 @@ if (reason) {
       proxy: gw("neigh", "show", "proxy").trim(),
       tunAddr: gw("-4", "addr", "show", "dev", "tunnat0").includes("169.254.77.1"),
       rp: sysctl("net.ipv4.conf.tunnat0.rp_filter"),
+      nft: sh("ip", "netns", "exec", GW, "nft", "list", "tables").trim(),
     };
+  }
+  /** Stop (the guard stays), then `tunnat down`'s removal: nothing is left. */
+  async function stopAndDown(t: Test, p: Plumbing) {
+    t.same(await p.remove(), [], "remove reports no problem");
+    const s = snapshot();
+    t.match(s.table, /prohibit default metric 4294967295/, "the guard's prohibit route stays");
+    t.match(s.nft, /table ip tunnat_4242/, "the guard's nft table stays");
+    t.ok(s.rules.length > 0, "the guard's rules stay");
+    t.same(s.proxy, "", "the proxy entry is gone");
+    t.same(s.main, [], "no route via the TUN is left");
+    const down = await p.down();
+    t.same(down.warnings, []);
+    t.ok(down.done.length > 0, "down says what it removed");
+    t.same(snapshot(), clean, "after down nothing is left behind");
+    t.same((await p.down()).done, [], "a second down has nothing to remove");
   }
   const clean = snapshot();
 
@@ -141,33 +171,54 @@ if (reason) {
       t.equal(s.rp, "2", "rp_filter on the TUN is loose");
       t.match(gw("link", "show", "dev", "tunnat0"), /mtu 1400/, "the TUN copies the outside MTU");
       t.match(gw("link", "show", "dev", "tunnat0"), /<[^>]*UP[^>]*>/, "the TUN is up");
-      const warnings = await p.remove();
-      t.same(warnings, []);
-      t.same(snapshot(), clean, "nothing is left behind");
+      t.match(s.nft, /table ip tunnat_4242/, "the guard's nft table is installed");
+      t.match(s.table, /prohibit default metric 4294967295/, "with a prohibit default");
+      await stopAndDown(t, p);
       gw("link", "set", "dev", "tunnat0", "down");
     },
   );
 
   t.test(
-    "a step that fails half-way is undone and named in a TUNNAT_ERR_PLUMBING error",
+    "a step that fails half-way is undone, the guard too, and named in a TUNNAT_ERR_PLUMBING error",
     async (t) => {
-      // A route the kernel already has makes the second NAT route fail with "File exists" after
-      // the TUN address, rp_filter and the first route were applied.
-      gw("route", "add", "203.0.113.3/32", "dev", "lo");
-      try {
-        const p = new Plumbing(spec(), { runner });
-        const err = await p.apply().then(
-          () => null,
-          (e: unknown) => e,
-        );
-        t.ok(err instanceof TunnatError);
-        t.equal((err as TunnatError).code, ErrorCode.Plumbing);
-        t.match((err as Error).message, /ip -n \S+ route add 203\.0\.113\.3\/32 dev tunnat0/);
-        t.match((err as Error).message, /File exists/);
-        t.same(snapshot(), clean, "everything applied before the failure was removed");
-      } finally {
-        gw("route", "del", "203.0.113.3/32", "dev", "lo");
-      }
+      // The second proxy ARP step, the last one, fails after everything else, the guard
+      // included, was applied.
+      const p = new Plumbing(spec(), { runner: failingLast });
+      const err = await p.apply().then(
+        () => null,
+        (e: unknown) => e,
+      );
+      t.ok(err instanceof TunnatError);
+      t.equal((err as TunnatError).code, ErrorCode.Plumbing);
+      t.match((err as Error).message, /ip neigh add proxy 203\.0\.113\.3 dev out0/);
+      t.match((err as Error).message, /File exists/);
+      t.same(snapshot(), clean, "everything applied before the failure was removed");
+    },
+  );
+
+  t.test(
+    "a start that fails leaves the guard of an earlier run as it was (here: another config)",
+    async (t) => {
+      const first = new Plumbing(spec(), { runner });
+      await first.apply();
+      await first.remove();
+      const guarded = snapshot();
+      const nftBefore = sh("ip", "netns", "exec", GW, "nft", "list", "table", "ip", "tunnat_4242");
+      t.equal(guarded.rules.length, 2, "the earlier run's guard is there");
+      const second = new Plumbing(spec({ inside: [cidr("10.0.1.0/24")] }), {
+        runner: failingLast,
+      });
+      await t.rejects(second.apply(), { code: ErrorCode.Plumbing, message: /File exists/ });
+      const after = snapshot();
+      t.same(after.rules, guarded.rules, "both rules of the earlier guard are back");
+      t.same(after.table, guarded.table, "its routes too");
+      t.equal(
+        sh("ip", "netns", "exec", GW, "nft", "list", "table", "ip", "tunnat_4242"),
+        nftBefore,
+        "and its nft table",
+      );
+      await first.down();
+      t.same(snapshot(), clean);
     },
   );
 
@@ -193,6 +244,7 @@ if (reason) {
       t.equal(sysctl("net.ipv4.ip_forward"), "1");
       await p.remove();
       t.equal(sysctl("net.ipv4.ip_forward"), "0", "restored");
+      await p.down();
       t.same(snapshot(), clean);
     } finally {
       setSysctl("net.ipv4.ip_forward", "1");
@@ -215,8 +267,13 @@ if (reason) {
     t.match(s.table, /throw 172\.31\.0\.0\/16/);
     t.match(s.proxy, /172\.31\.0\.20 dev eni0/);
     t.match(s.main.join("\n"), /172\.31\.0\.20 dev tunnat0/);
-    await p.remove();
-    t.same(snapshot(), clean);
+    const rules = sh("ip", "netns", "exec", GW, "nft", "list", "table", "ip", "tunnat_4242");
+    t.match(
+      rules,
+      /iifname "eni0" ip saddr != @inside ip daddr != @inside oifname != "tunnat0"/,
+      "single ENI: a foreign source is spoofed only when it does not go to the TUN",
+    );
+    await stopAndDown(t, p);
   });
 
   t.test("a crashed run's leftovers are removed at start, and only tunnat's own", async (t) => {
@@ -232,6 +289,7 @@ if (reason) {
       t.equal(s.rules.filter((l) => l.startsWith("4242:")).length, 2, "no duplicate rules");
       t.match(gw("rule", "show"), /100:\s+from 10\.9\.0\.0\/16 lookup 4242/, "foreign rule kept");
       await second.remove();
+      await second.down();
     } finally {
       gw("rule", "del", "from", "10.9.0.0/16", "lookup", "4242", "priority", "100");
     }

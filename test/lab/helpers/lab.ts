@@ -164,7 +164,12 @@ export class Lab {
       }
       syncOk(["ip", "netns", "del", n]);
     }
-    for (const f of [this.stateFile, this.controlSocket, `${this.controlSocket}.plumbing.json`])
+    for (const f of [
+      this.stateFile,
+      this.controlSocket,
+      `${this.controlSocket}.plumbing.json`,
+      `${this.controlSocket}.guard.json`,
+    ])
       rmSync(f, { force: true });
     rmSync(this.tmp, { recursive: true, force: true });
   };

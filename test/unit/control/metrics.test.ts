@@ -4,10 +4,10 @@ import t from "tap";
 import { parse as parseYaml } from "yaml";
 import { ManualClock } from "../../../src/conntrack/clock.js";
 import type { FlowHooks } from "../../../src/conntrack/table.js";
-import type { Daemon } from "../../../src/control/daemon.js";
 import { startHttpServer } from "../../../src/control/http.js";
-import { createMetrics, datapathReadiness } from "../../../src/control/metrics.js";
+import { createMetrics } from "../../../src/control/metrics.js";
 import { PeakRate } from "../../../src/control/peak.js";
+import { readinessCheck } from "../../../src/control/readiness.js";
 import { TopHosts } from "../../../src/control/top-hosts.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
@@ -308,7 +308,7 @@ t.test(
       loop: { isRunning: true, loopStats },
       device: { closed: false },
     };
-    h.setReadinessCheck(datapathReadiness(fake as unknown as Daemon, 200));
+    h.setReadinessCheck(readinessCheck(fake, null, 200));
     const url = `http://127.0.0.1:${h.address.port}`;
     t.equal((await fetch(`${url}/readyz`)).status, 503, "not ready before setReady");
     h.setReady(true);

@@ -1,0 +1,42 @@
+/**
+ * `tunnat down`: open a gateway on purpose. Removes what outlives the daemon (the guard of
+ * control/guard.ts: policy rules, the throw and prohibit routes of its table, the nft table) and a
+ * stopped or crashed run's leftover plumbing, found from the same settings as `tunnat run`
+ * (config file, environment, flags). Refuses while a daemon of this configuration runs.
+ * Idempotent: a second run says there is nothing to remove and exits 0.
+ */
+import type { LoadInput } from "../control/config.js";
+import { loadConfig } from "../control/config.js";
+import { plumbingSpec } from "../control/daemon.js";
+import { ErrorCode, TunnatError } from "../control/errors.js";
+import { socketAnswers } from "../control/owner.js";
+import { Plumbing } from "../control/plumbing.js";
+import { hostRunner, type Runner } from "../control/runner.js";
+
+export async function downCommand(
+  input: LoadInput,
+  out: (s: string) => void = (s) => process.stdout.write(s),
+  runner: Runner = hostRunner(),
+): Promise<number> {
+  const cfg = loadConfig(input);
+  if (!cfg.control.manageRoutes) {
+    out("tunnat down: with --no-manage-routes tunnat installs nothing; nothing to remove\n");
+    return 0;
+  }
+  if (await socketAnswers(cfg.control.controlSocket))
+    throw new TunnatError(
+      ErrorCode.Prereq,
+      `a tunnat daemon answers on ${cfg.control.controlSocket}: stop it first (systemctl stop tunnat), then run tunnat down`,
+    );
+  const p = new Plumbing(plumbingSpec(cfg), { runner });
+  const r = await p.down();
+  if (r.done.length === 0) out("tunnat down: nothing to remove\n");
+  else out(`tunnat down: removed\n${r.done.map((d) => `  ${d}\n`).join("")}`);
+  if (r.warnings.length > 0) {
+    process.stderr.write(
+      `tunnat down: some items could not be removed:\n  ${r.warnings.join("\n  ")}\n`,
+    );
+    return 1;
+  }
+  return 0;
+}
