@@ -45,6 +45,9 @@ import { DropReason, type NatStats } from "./stats.js";
 export const Verdict = { Forward: 0, Drop: 1, Reply: 2 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
+/** The TCP flags that decide whether a segment may open or pick up a flow. */
+const TCP_OPEN_MASK = tcp.SYN | tcp.ACK | tcp.FIN | tcp.RST;
+
 /** Live flows from which a batch's lookups are prefetched (about where the table leaves L2). */
 export const PREFETCH_MIN_FLOWS = 65536;
 
@@ -295,18 +298,9 @@ export class Translator {
       const t = this.table;
       let f = t.lookupInside(proto, src, sport, dst, dport, this.now);
       if (f < 0) {
-        if (proto === ipv4.PROTO_TCP) {
-          if (tflags & tcp.RST) return this.drop(DropReason.TcpNoFlow);
-          if (!(tflags & tcp.SYN) || tflags & tcp.ACK) {
-            // A segment of a connection we do not know. The aws preset answers it with an RST, as
-            // the AWS NAT Gateway does once a connection has timed out. Otherwise pick it up (as
-            // Linux does with nf_conntrack_tcp_loose), so flows survive a daemon restart.
-            if (this.rstOnExpired) {
-              this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
-              this.clearVnet(buf, p);
-              return Verdict.Reply;
-            }
-          }
+        if (proto === ipv4.PROTO_TCP && (tflags & TCP_OPEN_MASK) !== tcp.SYN) {
+          const v = this.tcpWithoutFlow(buf, p, hl, tl, tflags);
+          if (v >= 0) return v as Verdict;
         }
         f = t.createOutbound(proto, src, sport, dst, dport, this.now);
         if (f < 0) return this.refuse(buf, p, tl, -f - 1);
@@ -327,6 +321,43 @@ export class Translator {
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
     return this.drop(DropReason.UnsupportedProtocol);
+  }
+
+  /**
+   * An outbound TCP segment that matches no flow and is not a plain SYN. Mid-stream pick-up: only
+   * a bare ACK (ACK set; SYN, FIN and RST clear; with or without data) may create a flow, so a
+   * connection the table lost (a daemon restart) goes on. That is exactly what Linux picks up
+   * with nf_conntrack_tcp_loose (the sNO column of tcp_conntracks: only the ACK row leads to
+   * sES). Everything else is refused, counted, and never creates a mapping:
+   *  - SYN-ACK: it answers a SYN that did not come through the NAT, so the inside host was reached
+   *    by a route around it. Taking it as a new flow would let an outsider complete a handshake
+   *    with a private service through the NAT address (issue 8): a one-way gateway opens nothing
+   *    for an inbound connection;
+   *  - RST: it closes what we do not know, and answering it could loop;
+   *  - FIN: a closing connection gains nothing from a new mapping;
+   *  - neither SYN nor ACK (null, FIN-only or PSH-only probes): no connection sends it.
+   * The aws preset answers every refused segment but an RST, and the bare ACK too, with an RST as
+   * the AWS NAT Gateway does for a connection it does not know; the inside host then stops at once
+   * instead of retransmitting into nothing. Returns a Verdict, or -1 to create the flow.
+   */
+  private tcpWithoutFlow(
+    buf: Uint8Array,
+    p: number,
+    hl: number,
+    tl: number,
+    tflags: number,
+  ): number {
+    const open = tflags & TCP_OPEN_MASK;
+    const pickUp = open === tcp.ACK;
+    if (pickUp && !this.rstOnExpired) return -1;
+    const reason = open === (tcp.SYN | tcp.ACK) ? DropReason.TcpSynAckNoFlow : DropReason.TcpNoFlow;
+    if (!this.rstOnExpired || (tflags & tcp.RST) !== 0) return this.drop(reason);
+    // aws: a bare ACK is answered like the rest (AWS resets what it does not know).
+    this.stats.drops[reason]!++;
+    this.lastDrop = reason;
+    this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
+    this.clearVnet(buf, p);
+    return Verdict.Reply;
   }
 
   private icmpOutbound(buf: Uint8Array, p: number, hl: number, tl: number, ff: number): Verdict {

@@ -13,9 +13,9 @@
  */
 import { createConnection, type Socket } from "node:net";
 import t from "tap";
-import { BIN, Lab, missing, scapyPython, sleep } from "./helpers/lab.js";
+import { BIN, HELPERS, Lab, missing, scapyPython, sleep } from "./helpers/lab.js";
 
-const reason = missing(["curl"]);
+const reason = missing(["curl", "socat", "nft"]);
 if (reason) t.plan(0, reason);
 else {
   const lab = await Lab.up("tnfault");
@@ -94,6 +94,71 @@ else {
     t.equal(ping.code, 0, "and it still forwards");
     await lab.stopDaemon();
   });
-}
 
-void scapyPython;
+  t.test(
+    "an outsider routing around the NAT cannot complete a handshake through it",
+    { skip: scapyPython() ? false : "needs python3-scapy" },
+    async (t) => {
+      // inet routes the inside prefix via the NAT host, whose kernel forwards it to p1 (no
+      // filter here: this tests the translator alone). p1's SYN-ACK can only leave through tunnat.
+      const py = scapyPython() ?? "python3";
+      const d = await lab.startDaemon();
+      const natIf = lab.lab.outside.natInterfaceAddress;
+      await lab.sh("inet", ["ip", "route", "add", lab.lab.inside.prefix, "via", natIf]);
+      // The attacker suppresses its own kernel's RSTs to the unexpected SYN-ACK.
+      await lab.sh("inet", ["nft", "add", "table", "ip", "tnfault"]);
+      await lab.sh("inet", [
+        "nft",
+        "add chain ip tnfault out { type filter hook output priority 0 ; }",
+      ]);
+      await lab.sh("inet", ["nft", "add rule ip tnfault out tcp flags rst drop"]);
+      t.teardown(async () => {
+        await lab.exec("inet", ["ip", "route", "del", lab.lab.inside.prefix]);
+        await lab.exec("inet", ["nft", "delete", "table", "ip", "tnfault"]);
+      });
+      const svc = lab.spawn("p1", [
+        "socat",
+        "TCP-LISTEN:2222,reuseaddr,fork",
+        "SYSTEM:echo tunnat-banner",
+      ]);
+      t.teardown(() => svc.stop(500));
+      await sleep(300);
+      const r = await lab.exec(
+        "inet",
+        [
+          py,
+          `${HELPERS}/routed-around.py`,
+          "--iface",
+          "eth0",
+          "--src",
+          lab.inet[0] ?? "",
+          "--dst",
+          lab.p1,
+          "--dport",
+          "2222",
+        ],
+        { timeoutMs: 20_000 },
+      );
+      t.equal(r.code, 0, `the probe ran ${r.stderr}`);
+      const res = JSON.parse(r.stdout || "{}") as { synack_from?: string; banner?: string };
+      t.equal(res.synack_from, null, "no SYN-ACK came back through the NAT");
+      t.equal(res.banner, null, "and no banner was read");
+      const flows = await lab.exec("nat", [
+        process.execPath,
+        BIN,
+        "flows",
+        "--json",
+        "--host",
+        lab.p1,
+        "--socket",
+        lab.controlSocket,
+      ]);
+      t.equal(flows.code, 0, flows.stderr);
+      t.equal(flows.stdout.trim(), "", "tunnat flows shows no flow for p1");
+      const drops = await lab.drops();
+      t.ok((drops?.tcp_syn_ack_no_flow ?? 0) >= 1, "the refused SYN-ACK is counted");
+      t.equal(d.child.exitCode, null);
+      await lab.stopDaemon();
+    },
+  );
+}
