@@ -423,6 +423,7 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
       sweeps: ls.sweeps,
     };
   if (d.mappingLog) out.mappingLog = { lines: d.mappingLog.lines, dropped: d.mappingLog.dropped };
+  if (d.lastReload) out.lastReload = d.lastReload;
   out.ready = d.readiness ? d.readiness() === null : true;
   return out;
 }
