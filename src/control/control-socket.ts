@@ -35,6 +35,7 @@ import type { Daemon } from "./daemon.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./metrics.js";
+import { readTunCounters } from "./tun-stats.js";
 
 /** Slots scanned between two turns of the event loop. */
 export const SCAN_CHUNK = 16384;
@@ -419,10 +420,26 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
       batches: ls.batches,
       packets: ls.packets,
       written: ls.written,
+      writeDrops: ls.writeDrops,
       batchSeconds: ls.batchSeconds,
       sweeps: ls.sweeps,
     };
   if (d.mappingLog) out.mappingLog = { lines: d.mappingLog.lines, dropped: d.mappingLog.dropped };
+  const tun = d.device ? readTunCounters(d.device.name) : null;
+  if (tun)
+    // The TUN's own kernel counters: to_daemon drops are packets lost before tunnat could read them.
+    out.tun = {
+      name: d.device?.name,
+      txQueueLen: tun.txQueueLen,
+      packetsToDaemon: tun.toDaemon.packets,
+      droppedToDaemon: tun.toDaemon.dropped,
+      errorsToDaemon: tun.toDaemon.errors,
+      fifoErrorsToDaemon: tun.toDaemon.fifoErrors,
+      packetsFromDaemon: tun.fromDaemon.packets,
+      droppedFromDaemon: tun.fromDaemon.dropped,
+      errorsFromDaemon: tun.fromDaemon.errors,
+      fifoErrorsFromDaemon: tun.fromDaemon.fifoErrors,
+    };
   if (d.lastReload) out.lastReload = d.lastReload;
   out.ready = d.readiness ? d.readiness() === null : true;
   return out;

@@ -95,6 +95,108 @@ else {
     await lab.stopDaemon();
   });
 
+  /** The TUN's kernel counters in the nat namespace (ip -s -j link), as the kernel keeps them. */
+  const kernelTun = async (): Promise<{
+    txDropped: number;
+    txPackets: number;
+    rxPackets: number;
+  }> => {
+    const j = JSON.parse(
+      await lab.sh("nat", ["ip", "-j", "-s", "link", "show", lab.lab.daemon.tun]),
+    ) as { stats64: { tx: { dropped: number; packets: number }; rx: { packets: number } } }[];
+    const st = j[0]?.stats64;
+    return {
+      txDropped: st?.tx.dropped ?? -1,
+      txPackets: st?.tx.packets ?? -1,
+      rxPackets: st?.rx.packets ?? -1,
+    };
+  };
+  const metric = (text: string, re: RegExp): number => Number(re.exec(text)?.[1] ?? Number.NaN);
+  const TUN_DROPS = /^tunnat_tun_packets_dropped_total\{direction="to_daemon"\} (\S+)$/m;
+
+  /** p1 sends `n` UDP datagrams to inet, from source port `base` + i (or one port when fixed). */
+  const udpBurst = (n: number, base: number, fixed: boolean) =>
+    lab.exec(
+      "p1",
+      [
+        "python3",
+        "-c",
+        [
+          "import socket,sys",
+          `n,base,fixed,dst=${n},${base},${fixed ? 1 : 0},${JSON.stringify(lab.inet[0] ?? "")}`,
+          "one=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)",
+          "one.bind(('',base))",
+          "for i in range(n):",
+          "  s=one if fixed else socket.socket(socket.AF_INET,socket.SOCK_DGRAM)",
+          "  if not fixed: s.bind(('',base+1+i))",
+          "  s.sendto(b'x'*64,(dst,9))",
+          "  if not fixed: s.close()",
+          "print(n)",
+        ].join("\n"),
+      ],
+      { timeoutMs: 60_000 },
+    );
+
+  t.test("packets the TUN drops while the daemon cannot read are counted", async (t) => {
+    const d = await lab.startDaemon();
+    const pid = d.child.pid ?? 0;
+    const before = await kernelTun();
+    t.equal(before.txDropped, 0, "a fresh TUN has dropped nothing");
+    // Stop the daemon for the length of a bounded burst: the TUN queue (txqueuelen) fills and the
+    // kernel drops the rest before tunnat could ever see them.
+    process.kill(pid, "SIGSTOP");
+    let burst: Awaited<ReturnType<typeof udpBurst>>;
+    try {
+      burst = await udpBurst(3000, 30000, true);
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    t.equal(burst.code, 0, burst.stderr);
+    await sleep(500);
+    const k = await kernelTun();
+    t.ok(k.txDropped > 0, `the kernel dropped ${k.txDropped} packets at the TUN`);
+    const text = await lab.metricsText();
+    t.equal(metric(text, TUN_DROPS), k.txDropped, "tunnat_tun_packets_dropped_total equals it");
+    t.ok(metric(text, /^tunnat_tun_tx_queue_length (\S+)$/m) > 0, "the queue length is exported");
+    const st = await stats();
+    t.equal(st?.tun?.droppedToDaemon, k.txDropped, "and tunnat stats shows it");
+    // Every datagram is accounted for: read by tunnat, or dropped at the TUN.
+    const read = metric(text, /^tunnat_packets_in_from_source_total (\S+)$/m);
+    t.ok(read + k.txDropped >= 3000, `read ${read} + dropped ${k.txDropped} >= 3000 sent`);
+    await lab.stopDaemon();
+  });
+
+  t.test("every attempt of a port-exhaustion run is in some counter", async (t) => {
+    // Ten UDP ports for everyone: the first ten flows get one, the rest are refused with 3/13.
+    await lab.startDaemon(["--ports", "20000-20009"]);
+    const n = 2000;
+    const burst = await udpBurst(n, 40000, false);
+    t.equal(burst.code, 0, burst.stderr);
+    await sleep(500);
+    const text = await lab.metricsText();
+    const k = await kernelTun();
+    const inFromSource = metric(text, /^tunnat_packets_in_from_source_total (\S+)$/m);
+    const out = metric(text, /^tunnat_packets_out_to_destination_total (\S+)$/m);
+    const exhausted = metric(
+      text,
+      /^tunnat_packets_dropped_total\{reason="port_exhausted"\} (\S+)$/m,
+    );
+    const replies = metric(text, /^tunnat_replies_generated_total (\S+)$/m);
+    const tunDrops = metric(text, TUN_DROPS);
+    t.comment(
+      `sent ${n}: read ${inFromSource} (forwarded ${out}, port_exhausted ${exhausted}, 3/13 sent ${replies}), dropped at the TUN ${tunDrops}; kernel tx ${k.txPackets}`,
+    );
+    t.equal(out, 10, "ten flows got the ten ports");
+    t.equal(exhausted, inFromSource - out, "every other datagram read was refused and counted");
+    t.equal(replies, exhausted, "each refusal was answered with 3/13");
+    const read = metric(text, /^tunnat_datapath_packets_read_total (\S+)$/m);
+    t.equal(read, k.txPackets, "the daemon read what the kernel handed the TUN's reader");
+    t.equal(tunDrops, k.txDropped, "and the TUN drops are the kernel's");
+    // Before tunnat exported the TUN's counters, these were the attempts missing from every one.
+    t.ok(inFromSource + tunDrops >= n, `all ${n} attempts are counted`);
+    await lab.stopDaemon();
+  });
+
   t.test(
     "an outsider routing around the NAT cannot complete a handshake through it",
     { skip: scapyPython() ? false : "needs python3-scapy" },

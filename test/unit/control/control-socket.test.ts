@@ -252,7 +252,8 @@ t.test("clients that never finish a request or never read are dropped when idle"
   for (let i = 0; i < 30000; i++)
     r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 1024 + i, dport: 53 });
   const path = join(tmp(t), "idle.sock");
-  const srv = await startControlSocket(path, r.src, undefined, 1500);
+  // Long enough for all of them to connect and the busy answer to come on a loaded machine.
+  const srv = await startControlSocket(path, r.src, undefined, 4000);
   t.teardown(() => srv.close());
   // Fill every slot: half with half a request, half with a listing of 30,000 flows they never read.
   const socks = await Promise.all(Array.from({ length: MAX_CLIENTS }, () => connect(path)));
