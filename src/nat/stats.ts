@@ -43,7 +43,10 @@ export const DropReason = {
    * ACK and without SYN (see Translator.outbound: only a SYN opens, only a bare ACK is picked up).
    */
   TcpNoFlow: 15,
-  /** Source is a NAT address or a martian that must never be translated outward. */
+  /**
+   * Source is a NAT address (towards a NAT address), or the network or broadcast address of an
+   * inside prefix: never translated, never given a flow or a per-host series.
+   */
   Spoofed: 16,
   /** An out-of-order fragment could not be held: the fragment stash's bounds were reached. */
   FragmentStashFull: 17,

@@ -65,6 +65,11 @@ export class Translator {
   /** The NAT addresses, scanned directly when there are few (the usual case). */
   private readonly natAddrs: Uint32Array;
   private readonly insideMask: Uint32Array;
+  /**
+   * Per inside prefix, its last address when that and the network address are not host addresses
+   * (length up to 30; RFC 3021 /31 and /32 have none), else 0 with the network check off.
+   */
+  private readonly insideBcast: Uint32Array;
   private readonly vnetHdr: boolean;
   private readonly restoreTtl: boolean;
   private readonly rstOnExpired: boolean;
@@ -97,10 +102,12 @@ export class Translator {
     this.table = new FlowTable(cfg, stats, hooks);
     this.insideAddr = new Uint32Array(cfg.inside.length);
     this.insideMask = new Uint32Array(cfg.inside.length);
+    this.insideBcast = new Uint32Array(cfg.inside.length);
     cfg.inside.forEach((pfx, i) => {
       const mask = pfx.len === 0 ? 0 : (0xffffffff << (32 - pfx.len)) >>> 0;
       this.insideMask[i] = mask;
       this.insideAddr[i] = (pfx.addr & mask) >>> 0;
+      this.insideBcast[i] = pfx.len <= 30 ? (this.insideAddr[i]! | ~mask) >>> 0 : 0;
     });
     this.natAddrs = Uint32Array.from(cfg.natAddresses);
     this.vnetHdr = cfg.vnetHdr;
@@ -117,6 +124,21 @@ export class Translator {
     const n = this.insideAddr.length;
     for (let i = 0; i < n; i++) {
       if ((addr & this.insideMask[i]!) >>> 0 === this.insideAddr[i]) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Whether `addr`, inside an inside prefix, cannot be a host there: the prefix's network or
+   * broadcast address (RFC 1812 §5.3.7: not a valid source). Such a source is spoofed; giving it
+   * a flow would also give it a per-host series. The kernel drops it only under rp_filter.
+   */
+  private notAHost(addr: number): boolean {
+    const n = this.insideAddr.length;
+    for (let i = 0; i < n; i++) {
+      if ((addr & this.insideMask[i]!) >>> 0 !== this.insideAddr[i]) continue;
+      const b = this.insideBcast[i]!;
+      return b !== 0 && (addr === this.insideAddr[i] || addr === b);
     }
     return false;
   }
@@ -243,6 +265,7 @@ export class Translator {
 
     let v: Verdict;
     if (this.isInside(src)) {
+      if (this.notAHost(src)) return this.drop(DropReason.Spoofed);
       this.stats.packetsInFromSource += this.segs;
       this.stats.bytesInFromSource += this.wireBytes;
       v = this.outbound(buf, p, hl, tl);
