@@ -143,6 +143,32 @@ export class Translator {
     return false;
   }
 
+  /**
+   * A packet from an inside source to a NAT address (hairpinning) is translated out and then back
+   * in; the way back needs a mapping on the destination port. Without one it would be dropped as
+   * unsolicited anyway, so it is dropped before it makes an outbound flow. That matters because
+   * such a packet can also come from outside, with a forged inside source, by the NAT address's
+   * own route to the TUN: it must not get a flow, a port, quota or a per-host series for the
+   * forged address. (To a port that has a mapping it is indistinguishable from real hairpinning
+   * here; the kernel's source checks on the outside interface have to keep it out.) Fragments
+   * after the first, ICMP errors and malformed headers go on to be handled as before.
+   */
+  private hairpinMayEnter(
+    buf: Uint8Array,
+    p: number,
+    hl: number,
+    tl: number,
+    dst: number,
+  ): boolean {
+    if ((ipv4.flagsFrag(buf, p) & ipv4.FRAG_OFFSET_MASK) !== 0 || tl - hl < 8) return true;
+    const proto = ipv4.protocol(buf, p);
+    if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
+      return this.table.hasMapping(proto, dst, udp.dstPort(buf, p + hl));
+    }
+    // Echo requests to a NAT address are never answered (RFC 5508 REQ-11; README: no echo hairpin).
+    return proto !== ipv4.PROTO_ICMP || icmp.type(buf, p + hl) !== icmp.ECHO_REQUEST;
+  }
+
   /** Whether `addr` is one of the NAT addresses. */
   isNat(addr: number): boolean {
     const a = this.natAddrs;
@@ -266,6 +292,9 @@ export class Translator {
     let v: Verdict;
     if (this.isInside(src)) {
       if (this.notAHost(src)) return this.drop(DropReason.Spoofed);
+      if (this.isNat(dst) && !this.hairpinMayEnter(buf, p, hl, tl, dst)) {
+        return this.drop(DropReason.Unsolicited);
+      }
       this.stats.packetsInFromSource += this.segs;
       this.stats.bytesInFromSource += this.wireBytes;
       v = this.outbound(buf, p, hl, tl);

@@ -166,6 +166,48 @@ else {
     await lab.stopDaemon();
   });
 
+  t.test(
+    "an outsider forging an inside source towards the NAT address gets no flow and no host series",
+    { skip: scapyPython() ? false : "needs python3-scapy" },
+    async (t) => {
+      // The NAT address's route sends every packet for it into the TUN, whatever its source; with
+      // rp_filter off (the lab's default) nothing in the kernel stops a forged inside source.
+      await lab.startDaemon();
+      const py = scapyPython() ?? "python3";
+      const forged = "10.0.1.77";
+      const r = await lab.exec("inet", [
+        py,
+        "-c",
+        [
+          "from scapy.all import IP, UDP, TCP, ICMP, conf, send",
+          "conf.verb = 0",
+          `for p in range(6000, 6050): send(IP(src="${forged}", dst="${lab.natAddress}")/UDP(sport=5555, dport=p)/b"x")`,
+          `send(IP(src="${forged}", dst="${lab.natAddress}")/TCP(sport=5555, dport=7000, flags="S"))`,
+          `send(IP(src="${forged}", dst="${lab.natAddress}")/ICMP(id=9))`,
+        ].join("\n"),
+      ]);
+      t.equal(r.code, 0, r.stderr);
+      await sleep(300);
+      const flows = await lab.exec("nat", [
+        process.execPath,
+        BIN,
+        "flows",
+        "--json",
+        "--host",
+        forged,
+        "--socket",
+        lab.controlSocket,
+      ]);
+      t.equal(flows.stdout.trim(), "", "no flow for the forged source");
+      const text = await lab.metricsText();
+      t.notMatch(text, new RegExp(`host="${forged.replaceAll(".", "\\.")}"`), "and no series");
+      t.match(text, /^tunnat_host_bytes_total\{host="other"/m, "the per-host metric is there");
+      const unsolicited = (await lab.drops())?.unsolicited ?? 0;
+      t.ok(unsolicited >= 52, `the packets are counted as unsolicited (${unsolicited})`);
+      await lab.stopDaemon();
+    },
+  );
+
   t.test("every attempt of a port-exhaustion run is in some counter", async (t) => {
     // Ten UDP ports for everyone: the first ten flows get one, the rest are refused with 3/13.
     await lab.startDaemon(["--ports", "20000-20009"]);

@@ -74,6 +74,21 @@ t.test("spoofed or unchecked sources create no per-host series", async (t) => {
       DropReason.IcmpErrorNoFlow,
     ],
     [
+      "a forged inside source to a NAT address port without a mapping (from outside, via the NAT address's route)",
+      { src: "10.0.1.77", dst: NAT, proto: "udp", sport: 5555, dport: 6666 },
+      DropReason.Unsolicited,
+    ],
+    [
+      "a forged inside source's TCP SYN to a NAT address port without a mapping",
+      { src: "10.0.1.77", dst: NAT, sport: 5555, dport: 6666, flags: SYN },
+      DropReason.Unsolicited,
+    ],
+    [
+      "a forged inside source's echo request to a NAT address",
+      { src: "10.0.1.77", dst: NAT, proto: "icmp", icmpType: 8, icmpId: 9 },
+      DropReason.Unsolicited,
+    ],
+    [
       "an unsolicited inbound packet",
       { src: SRV, dst: NAT, proto: "udp", sport: 53, dport: 4000 },
       DropReason.Unsolicited,
