@@ -387,7 +387,8 @@ export class Translator {
    *    for an inbound connection;
    *  - RST: it closes what we do not know, and answering it could loop;
    *  - FIN: a closing connection gains nothing from a new mapping;
-   *  - neither SYN nor ACK (null, FIN-only or PSH-only probes): no connection sends it.
+   *  - neither SYN nor ACK (null, FIN-only or PSH-only probes), or a SYN with FIN or RST: no
+   *    connection sends it (Linux treats SYN|FIN as a SYN; here it opens nothing).
    * The aws preset answers every refused segment but an RST, and the bare ACK too, with an RST as
    * the AWS NAT Gateway does for a connection it does not know; the inside host then stops at once
    * instead of retransmitting into nothing. Returns a Verdict, or -1 to create the flow.
