@@ -79,7 +79,9 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
   const shutdown = installSignalHandlers({
     log,
     stop: () => daemon.stop(),
-    reload: () => daemon.reload(loadConfig(input)),
+    reload: () => {
+      daemon.reload(loadConfig(input));
+    },
   });
   // A TUN that disappears, or a bug, still ends with the plumbing removed, and exits 1.
   daemon.onFatal = (err) => {

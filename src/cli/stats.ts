@@ -4,6 +4,21 @@
  */
 import { request } from "../control/control-socket.js";
 
+/** A value in a group: a list of setting changes reads "field old -> new", anything else as JSON. */
+function show(x: unknown): string {
+  if (Array.isArray(x)) {
+    if (x.length === 0) return "none";
+    return x
+      .map((c: Record<string, unknown>) =>
+        "field" in c
+          ? `${String(c.field)} ${String(c.old)} -> ${String(c.new)}`
+          : JSON.stringify(c),
+      )
+      .join(", ");
+  }
+  return x !== null && typeof x === "object" ? JSON.stringify(x) : String(x);
+}
+
 /** Render the snapshot: one "name value" line per counter, a heading per group. */
 export function formatStats(stats: Record<string, unknown>): string {
   const lines: string[] = [];
@@ -20,7 +35,7 @@ export function formatStats(stats: Record<string, unknown>): string {
       lines.push(`${group}:`);
       const entries = Object.entries(v as Record<string, unknown>);
       const w = Math.max(...entries.map(([k]) => k.length), 1);
-      for (const [k, x] of entries) lines.push(`  ${k.padEnd(w)}  ${String(x)}`);
+      for (const [k, x] of entries) lines.push(`  ${k.padEnd(w)}  ${show(x)}`);
     } else lines.push(`${group}: ${String(v)}`);
   }
   return `${lines.join("\n")}\n`;

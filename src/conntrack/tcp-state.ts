@@ -15,7 +15,7 @@
  */
 
 export const TcpState = {
-  /** Created, no SYN seen yet (a flow picked up mid-stream). */
+  /** Created, no SYN seen yet: a flow picked up mid-stream from a bare ACK (Translator.outbound). */
   NONE: 0,
   /** Inside sent a SYN. */
   SYN_SENT: 1,

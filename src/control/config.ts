@@ -799,6 +799,73 @@ export function loadConfig(input: LoadInput): TunnatConfig {
   return { nat, control };
 }
 
+/** One setting a reload saw change: its config-file key and the old and new values as shown. */
+export interface SettingChange {
+  field: string;
+  old: string;
+  new: string;
+}
+
+function mappingLogText(m: MappingLog): string {
+  return m.kind === "file" ? m.path : m.kind;
+}
+
+/**
+ * Every setting a user can give, by its config-file key, as the text a reload report shows.
+ * `live` ones take effect on SIGHUP; the others need a restart. A test checks that every field of
+ * NatConfig and ControlSettings is either listed here or deliberately not a setting.
+ */
+export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) => string][] = [
+  ["logLevel", true, (c) => c.control.logLevel],
+  ["timeouts.tcpEstablished", true, (c) => String(c.nat.timeouts.tcpEstablished)],
+  ["timeouts.tcpTransitory", true, (c) => String(c.nat.timeouts.tcpTransitory)],
+  ["timeouts.udp", true, (c) => String(c.nat.timeouts.udp)],
+  ["timeouts.icmp", true, (c) => String(c.nat.timeouts.icmp)],
+  ["inside", false, (c) => c.nat.inside.map(formatCidr).join(",")],
+  ["natAddress", false, (c) => c.nat.natAddresses.map(formatIpv4).join(",")],
+  ["ports", false, (c) => `${c.nat.portLo}-${c.nat.portHi}`],
+  ["mapping", false, (c) => c.nat.mapping],
+  ["filtering", false, (c) => c.nat.filtering],
+  ["preset", false, (c) => c.control.preset],
+  ["maxFlows", false, (c) => String(c.nat.maxFlows)],
+  ["perHostQuota", false, (c) => String(c.nat.perHostQuota)],
+  ["vnetHdr", false, (c) => String(c.nat.vnetHdr)],
+  ["offloads", false, (c) => String(c.control.offloads)],
+  ["restoreTtl", false, (c) => String(c.nat.restoreTtl)],
+  ["icmpProhibited", false, (c) => String(c.nat.icmpAdminProhibited)],
+  ["insideInterface", false, (c) => c.control.insideInterface ?? ""],
+  ["outsideInterface", false, (c) => c.control.outsideInterface ?? ""],
+  ["tun", false, (c) => c.control.tun],
+  ["tunAddress", false, (c) => (c.control.tunAddress ? formatCidr(c.control.tunAddress) : "none")],
+  ["metrics", false, (c) => `${c.control.metrics.host}:${c.control.metrics.port}`],
+  ["controlSocket", false, (c) => c.control.controlSocket],
+  ["manageRoutes", false, (c) => String(c.control.manageRoutes)],
+  ["routeTable", false, (c) => String(c.control.routeTable)],
+  ["rulePriority", false, (c) => String(c.control.rulePriority)],
+  ["setIpForward", false, (c) => String(c.control.setIpForward)],
+  ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
+  ["logDestinations", false, (c) => String(c.control.logDestinations)],
+  ["topHosts", false, (c) => String(c.control.topHosts)],
+];
+
+/**
+ * What a reload from `cur` to `next` changes: the settings applied live and, each with its old
+ * and new value, the ones that keep their old value until a restart.
+ */
+export function reloadChanges(
+  cur: TunnatConfig,
+  next: TunnatConfig,
+): { applied: SettingChange[]; needRestart: SettingChange[] } {
+  const applied: SettingChange[] = [];
+  const needRestart: SettingChange[] = [];
+  for (const [field, live, read] of RELOADABLE_SETTINGS) {
+    const a = read(cur);
+    const b = read(next);
+    if (a !== b) (live ? applied : needRestart).push({ field, old: a, new: b });
+  }
+  return { applied, needRestart };
+}
+
 /** A JSON-friendly view of the effective settings (for `tunnat check --json` and the start log). */
 export function describeConfig(c: TunnatConfig): Record<string, unknown> {
   return {

@@ -13,6 +13,15 @@
  * chunks of 16 k slots with setImmediate between them, so batches from the TUN are handled in
  * between, and the answer is streamed as it is found, pausing while the client's socket is
  * backed up. A listing is therefore a walk, not an atomic snapshot, like `conntrack -L`.
+ *
+ * No client can stop the daemon or hold it hostage. Every accepted socket gets its error handler
+ * before anything else is done with it (a reset from a client that hangs up is an "error" event,
+ * and one without a listener is an uncaught exception that ends the process); the request buffer
+ * is bounded (a longer line is answered with an error and the connection closed, its further bytes
+ * discarded); a connection reads no further request while one is being answered, so a client that
+ * pipelines requests and never reads queues nothing; and a connection idle for IDLE_TIMEOUT_MS (a
+ * partial request never finished, or an answer the client never reads) is destroyed, which frees
+ * its slot and ends a listing that waits for it to drain.
  */
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
@@ -26,13 +35,21 @@ import type { Daemon } from "./daemon.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./metrics.js";
+import { readTunCounters } from "./tun-stats.js";
 
 /** Slots scanned between two turns of the event loop. */
 export const SCAN_CHUNK = 16384;
 /** Longest request line accepted. */
 const MAX_REQUEST = 64 * 1024;
 /** Connections served at once; more are refused (a listing costs a table walk). */
-const MAX_CLIENTS = 16;
+export const MAX_CLIENTS = 16;
+/**
+ * A connection with no traffic either way for this long is destroyed: a request not finished, or
+ * an answer not read. Generous, since `tunnat flows | less` may sit on a backed-up listing a while.
+ */
+export const IDLE_TIMEOUT_MS = 30_000;
+/** How long a refused ("busy") connection may take to read its one error line. */
+const BUSY_LINGER_MS = 1000;
 
 export interface FlowFilter {
   /** Inside host (dotted quad). */
@@ -208,6 +225,7 @@ export async function startControlSocket(
   path: string,
   src: ControlSource,
   log?: Logger,
+  idleTimeoutMs = IDLE_TIMEOUT_MS,
 ): Promise<ControlServer> {
   const dir = dirname(path);
   try {
@@ -233,16 +251,29 @@ export async function startControlSocket(
     unlinkSync(path); // stale, from a daemon that died
   }
   const clients = new Set<Socket>();
+  const refused = new Set<Socket>();
   const server = createServer((sock) => {
+    // First of all: a client that resets (ECONNRESET, EPIPE) must not become an uncaught error.
+    sock.on("error", () => sock.destroy());
     if (clients.size >= MAX_CLIENTS) {
-      sock.end(`${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "busy" })}\n`);
+      // Tell it why, read nothing, and do not wait long for it to take the line.
+      refused.add(sock);
+      sock.on("close", () => refused.delete(sock));
+      sock.pause();
+      sock.setTimeout(BUSY_LINGER_MS, () => sock.destroy());
+      sock.end(
+        `${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "busy" })}\n`,
+        () => sock.destroy(),
+      );
       return;
     }
     clients.add(sock);
     sock.on("close", () => clients.delete(sock));
-    sock.on("error", () => undefined);
+    sock.setTimeout(idleTimeoutMs, () => sock.destroy());
     serve(sock, src, log);
   });
+  // A failed accept (EMFILE) is reported on the server; it must not end the process either.
+  server.on("error", (e) => log?.warn({ err: errorMessage(e) }, "control socket error"));
   // The socket is created with the process umask; narrow it so no other user can ever connect,
   // not even in the moment before chmod.
   const old = process.umask(0o177);
@@ -269,6 +300,7 @@ export async function startControlSocket(
     close() {
       return new Promise<void>((resolve) => {
         for (const c of clients) c.destroy();
+        for (const c of refused) c.destroy();
         server.close(() => {
           try {
             unlinkSync(path);
@@ -284,29 +316,49 @@ export async function startControlSocket(
 
 function serve(sock: Socket, src: ControlSource, log?: Logger): void {
   let buf = "";
-  let busy = Promise.resolve();
+  let answering = false;
+  let closed = false;
   sock.setEncoding("utf8");
-  sock.on("data", (d: string) => {
-    buf += d;
-    if (buf.length > MAX_REQUEST) {
-      sock.end(
-        `${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "request too long" })}\n`,
-      );
-      return;
-    }
-    let nl = buf.indexOf("\n");
-    while (nl >= 0) {
+  const tooLong = (): void => {
+    closed = true;
+    buf = "";
+    // Destroy once the line is out: a client that keeps sending must not keep the slot.
+    sock.end(
+      `${JSON.stringify({ type: "error", code: ErrorCode.Control, error: "request too long" })}\n`,
+      () => sock.destroy(),
+    );
+  };
+  // Answer the complete lines in buf one after the other; reading is paused meanwhile, so buf
+  // holds at most one read beyond the request being answered.
+  const next = (): void => {
+    while (!closed && !sock.destroyed) {
+      const nl = buf.indexOf("\n");
+      if (nl < 0 ? buf.length > MAX_REQUEST : nl > MAX_REQUEST) {
+        tooLong();
+        return;
+      }
+      if (nl < 0) return;
       const line = buf.slice(0, nl).trim();
       buf = buf.slice(nl + 1);
-      nl = buf.indexOf("\n");
       if (line === "") continue;
-      // One request at a time per connection, answered in order.
-      busy = busy
-        .then(() => answer(sock, src, line))
+      answering = true;
+      sock.pause();
+      answer(sock, src, line)
         .catch((e: unknown) => {
           log?.warn({ err: errorMessage(e) }, "control request failed");
+        })
+        .finally(() => {
+          answering = false;
+          if (!sock.destroyed) sock.resume();
+          next();
         });
+      return;
     }
+  };
+  sock.on("data", (d: string) => {
+    if (closed) return; // after "request too long": discard whatever else comes
+    buf += d;
+    if (!answering) next();
   });
 }
 
@@ -368,6 +420,7 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
       batches: ls.batches,
       packets: ls.packets,
       written: ls.written,
+      writeDrops: ls.writeDrops,
       batchSeconds: ls.batchSeconds,
       sweeps: ls.sweeps,
     };
@@ -375,6 +428,22 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
   const guard = d.kernel?.guardCounters;
   if (guard)
     out.guardDrops = Object.fromEntries(Object.entries(guard).map(([k, v]) => [k, v.packets]));
+  const tun = d.device ? readTunCounters(d.device.name) : null;
+  if (tun)
+    // The TUN's own kernel counters: to_daemon drops are packets lost before tunnat could read them.
+    out.tun = {
+      name: d.device?.name,
+      txQueueLen: tun.txQueueLen,
+      packetsToDaemon: tun.toDaemon.packets,
+      droppedToDaemon: tun.toDaemon.dropped,
+      errorsToDaemon: tun.toDaemon.errors,
+      fifoErrorsToDaemon: tun.toDaemon.fifoErrors,
+      packetsFromDaemon: tun.fromDaemon.packets,
+      droppedFromDaemon: tun.fromDaemon.dropped,
+      errorsFromDaemon: tun.fromDaemon.errors,
+      fifoErrorsFromDaemon: tun.fromDaemon.fifoErrors,
+    };
+  if (d.lastReload) out.lastReload = d.lastReload;
   out.ready = d.readiness ? d.readiness() === null : true;
   return out;
 }

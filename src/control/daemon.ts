@@ -23,7 +23,7 @@ import { Translator } from "../nat/translate.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { hasCapNetAdmin } from "./checks.js";
 import { BatchClock } from "./clock.js";
-import type { TunnatConfig } from "./config.js";
+import { reloadChanges, type SettingChange, type TunnatConfig } from "./config.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
@@ -105,6 +105,16 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
   };
 }
 
+/** The outcome of a SIGHUP reload. */
+export interface ReloadResult {
+  /** When (ISO 8601). */
+  at: string;
+  /** Settings that changed and took effect. */
+  applied: SettingChange[];
+  /** Settings that changed but keep their old value until a restart. */
+  needRestart: SettingChange[];
+}
+
 export class Daemon {
   readonly stats = new NatStats();
   readonly clock = new BatchClock();
@@ -123,6 +133,8 @@ export class Daemon {
   kernel: KernelMonitor | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
+  /** What the last SIGHUP did, if there was one. */
+  lastReload: ReloadResult | undefined;
   private readonly disposers: (() => void | Promise<void>)[] = [];
   private stopped: Promise<void> | null = null;
 
@@ -260,25 +272,33 @@ export class Daemon {
     await this.http?.close();
   }
 
-  /** SIGHUP: apply the parts of a new config that can change live (log level, timeouts). */
-  reload(next: TunnatConfig): void {
+  /**
+   * SIGHUP: apply the parts of a new config that can change live (log level, timeouts) and name,
+   * with old and new values, every changed setting that keeps its old value until a restart. The
+   * result is logged and kept in `lastReload` (shown by `tunnat stats`).
+   */
+  reload(next: TunnatConfig): ReloadResult {
+    const { applied, needRestart } = reloadChanges(this.config, next);
     this.log.level = next.control.logLevel;
+    this.config.control.logLevel = next.control.logLevel;
     const t = this.config.nat.timeouts;
     Object.assign(t, next.nat.timeouts);
     this.translator?.table.setTimeouts(t);
-    const ignored: string[] = [];
-    const a = JSON.stringify({ ...this.config.nat, timeouts: null });
-    const b = JSON.stringify({ ...next.nat, timeouts: null });
-    if (a !== b) ignored.push("translation settings other than timeouts");
-    if (
-      JSON.stringify({ ...this.config.control, logLevel: null }) !==
-      JSON.stringify({ ...next.control, logLevel: null })
-    )
-      ignored.push("control settings other than logLevel");
+    const result: ReloadResult = {
+      at: new Date(this.clock.refresh()).toISOString(),
+      applied,
+      needRestart,
+    };
+    this.lastReload = result;
     this.log.info(
-      { logLevel: next.control.logLevel, timeouts: t, needRestart: ignored },
-      "reloaded configuration",
+      { logLevel: next.control.logLevel, timeouts: t, applied, needRestart },
+      needRestart.length === 0
+        ? "reloaded configuration"
+        : `reloaded configuration; needs a restart to take effect: ${needRestart
+            .map((c) => `${c.field} ${JSON.stringify(c.old)} -> ${JSON.stringify(c.new)}`)
+            .join(", ")}`,
     );
+    return result;
   }
 }
 

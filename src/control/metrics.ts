@@ -27,6 +27,7 @@ import { GUARD_REASONS } from "./guard.js";
 import { setMetricsProvider } from "./http.js";
 import { PeakRate } from "./peak.js";
 import { DEFAULT_TOP_HOSTS, TopHosts } from "./top-hosts.js";
+import { readTunCounters, type TunCounters, type TunDirection } from "./tun-stats.js";
 
 /** What the metrics read. A Daemon provides it through observe(). */
 export interface Observed {
@@ -38,6 +39,8 @@ export interface Observed {
   mappingLog?: { readonly lines: number; readonly dropped: number } | undefined;
   /** The guard's drop counters by reason (readiness.ts KernelMonitor, cached nft read). */
   guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
+  /** The TUN's own kernel counters (tun-stats.ts), null when unreadable; read at scrape time. */
+  tunCounters?: () => TunCounters | null;
 }
 
 export interface MetricsOptions {
@@ -137,7 +140,7 @@ function rawMetric(
   reg: Registry,
   name: string,
   help: string,
-  type: "histogram" | "summary",
+  type: "histogram" | "summary" | "gauge",
   read: () => Sample[],
 ): void {
   const m = {
@@ -487,6 +490,66 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     () => lagP99,
   );
 
+  // --- the TUN device's own kernel counters: what was lost before the daemon could see it
+  if (o.tunCounters) {
+    const readTun = o.tunCounters;
+    // One sysfs read serves all the TUN metrics of a scrape (they are collected one after another).
+    let tunAt = -1;
+    let tun: TunCounters | null = null;
+    const tunNow = (): TunCounters | null => {
+      const now = performance.now();
+      if (now - tunAt > 100) {
+        tun = readTun();
+        tunAt = now;
+      }
+      return tun;
+    };
+    const byDirection = (k: keyof TunDirection) => (): [Labels, number][] => {
+      const c = tunNow();
+      return c
+        ? [
+            [{ direction: "to_daemon" }, c.toDaemon[k]],
+            [{ direction: "from_daemon" }, c.fromDaemon[k]],
+          ]
+        : [];
+    };
+    const tunMetrics: [string, string, keyof TunDirection][] = [
+      [
+        "tunnat_tun_packets_total",
+        "Packets the kernel queued on the TUN for the daemon (to_daemon, its tx) or took from the daemon (from_daemon, its rx).",
+        "packets",
+      ],
+      [
+        "tunnat_tun_packets_dropped_total",
+        "Packets the TUN device dropped: to_daemon = its queue was full because the daemon did not read in time (never seen by tunnat); from_daemon = the kernel refused what the daemon wrote.",
+        "dropped",
+      ],
+      [
+        "tunnat_tun_errors_total",
+        "Errors the kernel counted on the TUN device, by direction.",
+        "errors",
+      ],
+      [
+        "tunnat_tun_fifo_errors_total",
+        "FIFO errors the kernel counted on the TUN device, by direction.",
+        "fifoErrors",
+      ],
+    ];
+    for (const [name, help, k] of tunMetrics)
+      labelledCounter(reg, name, help, ["direction"], byDirection(k));
+    // Raw, so that no sample (rather than a 0) is exported while the TUN cannot be read.
+    rawMetric(
+      reg,
+      "tunnat_tun_tx_queue_length",
+      "Packets the TUN queues for the daemon before it drops (the device's txqueuelen).",
+      "gauge",
+      () => {
+        const c = tunNow();
+        return c ? [{ labels: {}, value: c.txQueueLen }] : [];
+      },
+    );
+  }
+
   // --- the daemon itself
   gauge(reg, "tunnat_ready", "1 while the data path is forwarding (as /readyz).", () =>
     o.readiness ? (o.readiness() === null ? 1 : 0) : 1,
@@ -562,6 +625,7 @@ export function observe(d: Daemon): Observed {
     readiness: d.readiness,
     guardDrops:
       d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
+    tunCounters: () => (d.device ? readTunCounters(d.device.name) : null),
     get mappingLog() {
       return d.mappingLog;
     },

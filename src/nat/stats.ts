@@ -38,12 +38,24 @@ export const DropReason = {
    * its first fragment did not come in time, or it could not be translated when it did.
    */
   FragmentNoState: 14,
-  /** A TCP segment that cannot open a flow (not a SYN) and matches none. */
+  /**
+   * A TCP segment that matches no flow and may not open one: an RST, a FIN, or a segment without
+   * ACK and without SYN (see Translator.outbound: only a SYN opens, only a bare ACK is picked up).
+   */
   TcpNoFlow: 15,
-  /** Source is a NAT address or a martian that must never be translated outward. */
+  /**
+   * Source is a NAT address (towards a NAT address), or the network or broadcast address of an
+   * inside prefix: never translated, never given a flow or a per-host series.
+   */
   Spoofed: 16,
   /** An out-of-order fragment could not be held: the fragment stash's bounds were reached. */
   FragmentStashFull: 17,
+  /**
+   * An inside host's SYN-ACK that matches no flow. It answers a SYN that did not come through the
+   * NAT (a route around it, or a flow the table lost), so it never creates a mapping: a rising
+   * count means something reaches inside hosts by another way.
+   */
+  TcpSynAckNoFlow: 18,
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 
@@ -67,6 +79,7 @@ export const DROP_REASON_NAMES: readonly string[] = [
   "tcp_no_flow",
   "spoofed",
   "fragment_stash_full",
+  "tcp_syn_ack_no_flow",
 ];
 
 /** Protocol slots used by the per-protocol counters below. */

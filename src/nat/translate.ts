@@ -45,6 +45,9 @@ import { DropReason, type NatStats } from "./stats.js";
 export const Verdict = { Forward: 0, Drop: 1, Reply: 2 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
+/** The TCP flags that decide whether a segment may open or pick up a flow. */
+const TCP_OPEN_MASK = tcp.SYN | tcp.ACK | tcp.FIN | tcp.RST;
+
 /** Live flows from which a batch's lookups are prefetched (about where the table leaves L2). */
 export const PREFETCH_MIN_FLOWS = 65536;
 
@@ -62,6 +65,11 @@ export class Translator {
   /** The NAT addresses, scanned directly when there are few (the usual case). */
   private readonly natAddrs: Uint32Array;
   private readonly insideMask: Uint32Array;
+  /**
+   * Per inside prefix, its last address when that and the network address are not host addresses
+   * (length up to 30; RFC 3021 /31 and /32 have none), else 0 with the network check off.
+   */
+  private readonly insideBcast: Uint32Array;
   private readonly vnetHdr: boolean;
   private readonly restoreTtl: boolean;
   private readonly rstOnExpired: boolean;
@@ -94,10 +102,12 @@ export class Translator {
     this.table = new FlowTable(cfg, stats, hooks);
     this.insideAddr = new Uint32Array(cfg.inside.length);
     this.insideMask = new Uint32Array(cfg.inside.length);
+    this.insideBcast = new Uint32Array(cfg.inside.length);
     cfg.inside.forEach((pfx, i) => {
       const mask = pfx.len === 0 ? 0 : (0xffffffff << (32 - pfx.len)) >>> 0;
       this.insideMask[i] = mask;
       this.insideAddr[i] = (pfx.addr & mask) >>> 0;
+      this.insideBcast[i] = pfx.len <= 30 ? (this.insideAddr[i]! | ~mask) >>> 0 : 0;
     });
     this.natAddrs = Uint32Array.from(cfg.natAddresses);
     this.vnetHdr = cfg.vnetHdr;
@@ -116,6 +126,47 @@ export class Translator {
       if ((addr & this.insideMask[i]!) >>> 0 === this.insideAddr[i]) return true;
     }
     return false;
+  }
+
+  /**
+   * Whether `addr`, inside an inside prefix, cannot be a host there: the prefix's network or
+   * broadcast address (RFC 1812 §5.3.7: not a valid source). Such a source is spoofed; giving it
+   * a flow would also give it a per-host series. The kernel drops it only under rp_filter.
+   */
+  private notAHost(addr: number): boolean {
+    const n = this.insideAddr.length;
+    for (let i = 0; i < n; i++) {
+      if ((addr & this.insideMask[i]!) >>> 0 !== this.insideAddr[i]) continue;
+      const b = this.insideBcast[i]!;
+      return b !== 0 && (addr === this.insideAddr[i] || addr === b);
+    }
+    return false;
+  }
+
+  /**
+   * A packet from an inside source to a NAT address (hairpinning) is translated out and then back
+   * in; the way back needs a mapping on the destination port. Without one it would be dropped as
+   * unsolicited anyway, so it is dropped before it makes an outbound flow. That matters because
+   * such a packet can also come from outside, with a forged inside source, by the NAT address's
+   * own route to the TUN: it must not get a flow, a port, quota or a per-host series for the
+   * forged address. (To a port that has a mapping it is indistinguishable from real hairpinning
+   * here; the kernel's source checks on the outside interface have to keep it out.) Fragments
+   * after the first, ICMP errors and malformed headers go on to be handled as before.
+   */
+  private hairpinMayEnter(
+    buf: Uint8Array,
+    p: number,
+    hl: number,
+    tl: number,
+    dst: number,
+  ): boolean {
+    if ((ipv4.flagsFrag(buf, p) & ipv4.FRAG_OFFSET_MASK) !== 0 || tl - hl < 8) return true;
+    const proto = ipv4.protocol(buf, p);
+    if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
+      return this.table.hasMapping(proto, dst, udp.dstPort(buf, p + hl));
+    }
+    // Echo requests to a NAT address are never answered (RFC 5508 REQ-11; README: no echo hairpin).
+    return proto !== ipv4.PROTO_ICMP || icmp.type(buf, p + hl) !== icmp.ECHO_REQUEST;
   }
 
   /** Whether `addr` is one of the NAT addresses. */
@@ -240,6 +291,10 @@ export class Translator {
 
     let v: Verdict;
     if (this.isInside(src)) {
+      if (this.notAHost(src)) return this.drop(DropReason.Spoofed);
+      if (this.isNat(dst) && !this.hairpinMayEnter(buf, p, hl, tl, dst)) {
+        return this.drop(DropReason.Unsolicited);
+      }
       this.stats.packetsInFromSource += this.segs;
       this.stats.bytesInFromSource += this.wireBytes;
       v = this.outbound(buf, p, hl, tl);
@@ -295,18 +350,9 @@ export class Translator {
       const t = this.table;
       let f = t.lookupInside(proto, src, sport, dst, dport, this.now);
       if (f < 0) {
-        if (proto === ipv4.PROTO_TCP) {
-          if (tflags & tcp.RST) return this.drop(DropReason.TcpNoFlow);
-          if (!(tflags & tcp.SYN) || tflags & tcp.ACK) {
-            // A segment of a connection we do not know. The aws preset answers it with an RST, as
-            // the AWS NAT Gateway does once a connection has timed out. Otherwise pick it up (as
-            // Linux does with nf_conntrack_tcp_loose), so flows survive a daemon restart.
-            if (this.rstOnExpired) {
-              this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
-              this.clearVnet(buf, p);
-              return Verdict.Reply;
-            }
-          }
+        if (proto === ipv4.PROTO_TCP && (tflags & TCP_OPEN_MASK) !== tcp.SYN) {
+          const v = this.tcpWithoutFlow(buf, p, hl, tl, tflags);
+          if (v >= 0) return v as Verdict;
         }
         f = t.createOutbound(proto, src, sport, dst, dport, this.now);
         if (f < 0) return this.refuse(buf, p, tl, -f - 1);
@@ -327,6 +373,44 @@ export class Translator {
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
     return this.drop(DropReason.UnsupportedProtocol);
+  }
+
+  /**
+   * An outbound TCP segment that matches no flow and is not a plain SYN. Mid-stream pick-up: only
+   * a bare ACK (ACK set; SYN, FIN and RST clear; with or without data) may create a flow, so a
+   * connection the table lost (a daemon restart) goes on. That is exactly what Linux picks up
+   * with nf_conntrack_tcp_loose (the sNO column of tcp_conntracks: only the ACK row leads to
+   * sES). Everything else is refused, counted, and never creates a mapping:
+   *  - SYN-ACK: it answers a SYN that did not come through the NAT, so the inside host was reached
+   *    by a route around it. Taking it as a new flow would let an outsider complete a handshake
+   *    with a private service through the NAT address (issue 8): a one-way gateway opens nothing
+   *    for an inbound connection;
+   *  - RST: it closes what we do not know, and answering it could loop;
+   *  - FIN: a closing connection gains nothing from a new mapping;
+   *  - neither SYN nor ACK (null, FIN-only or PSH-only probes), or a SYN with FIN or RST: no
+   *    connection sends it (Linux treats SYN|FIN as a SYN; here it opens nothing).
+   * The aws preset answers every refused segment but an RST, and the bare ACK too, with an RST as
+   * the AWS NAT Gateway does for a connection it does not know; the inside host then stops at once
+   * instead of retransmitting into nothing. Returns a Verdict, or -1 to create the flow.
+   */
+  private tcpWithoutFlow(
+    buf: Uint8Array,
+    p: number,
+    hl: number,
+    tl: number,
+    tflags: number,
+  ): number {
+    const open = tflags & TCP_OPEN_MASK;
+    const pickUp = open === tcp.ACK;
+    if (pickUp && !this.rstOnExpired) return -1;
+    const reason = open === (tcp.SYN | tcp.ACK) ? DropReason.TcpSynAckNoFlow : DropReason.TcpNoFlow;
+    if (!this.rstOnExpired || (tflags & tcp.RST) !== 0) return this.drop(reason);
+    // aws: a bare ACK is answered like the rest (AWS resets what it does not know).
+    this.stats.drops[reason]!++;
+    this.lastDrop = reason;
+    this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
+    this.clearVnet(buf, p);
+    return Verdict.Reply;
   }
 
   private icmpOutbound(buf: Uint8Array, p: number, hl: number, tl: number, ff: number): Verdict {

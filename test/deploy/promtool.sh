@@ -19,6 +19,7 @@ trap 'rm -rf "$tmp"' EXIT
 node --input-type=module - >"$tmp/metrics.txt" <<'JS'
 import { ManualClock } from "./dist/src/conntrack/clock.js";
 import { createMetrics } from "./dist/src/control/metrics.js";
+import { readTunCounters } from "./dist/src/control/tun-stats.js";
 import { LoopStats } from "./dist/src/datapath/loop.js";
 import { defaultNatConfig } from "./dist/src/nat/config.js";
 import { NatStats } from "./dist/src/nat/stats.js";
@@ -52,7 +53,11 @@ ls.batches = 3;
 ls.packets = 115;
 ls.batchSizeCounts[0] = 1;
 ls.batchSizeCounts[7] = 2;
-const m = createMetrics({ stats, table: tr.table, loopStats: ls }, { topHosts: 5 });
+// The loopback device's real kernel counters stand in for the TUN's (same sysfs files).
+const m = createMetrics(
+  { stats, table: tr.table, loopStats: ls, tunCounters: () => readTunCounters("lo") },
+  { topHosts: 5 },
+);
 process.stdout.write(await m.registry.metrics());
 m.stop();
 JS

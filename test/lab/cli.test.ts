@@ -4,6 +4,8 @@
  * namespaces named tnlabtest-<pid>-*, always removed in teardown.
  */
 import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
 import { daemonArgs, labDown, labUp } from "../../src/cli/lab.js";
@@ -82,7 +84,11 @@ else {
   t.test(
     "the daemon forwards, SIGHUP reloads, SIGTERM exits 0 within 2 s leaving the guard only, tunnat down removes it",
     async (t) => {
-      const d = startDaemon();
+      const dir = mkdtempSync(join(tmpdir(), "tunnat-hup-"));
+      t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+      const cfg = join(dir, "tunnat.json");
+      writeFileSync(cfg, JSON.stringify({ timeouts: { udp: 300 } }));
+      const d = startDaemon(["--config", cfg]);
       t.ok(await healthy(), "healthz turns 200");
       // The log line is written just after readiness; give stdout a moment to deliver it.
       for (let i = 0; i < 50 && !/"msg":"forwarding"/.test(d.log()); i++) await sleep(100);
@@ -105,9 +111,43 @@ else {
         ["proxy", "route", "rule", "tun"],
         "plumbing is in place while running",
       );
+      // A live setting and two that need a restart: the reload names each with both values.
+      writeFileSync(
+        cfg,
+        JSON.stringify({ timeouts: { udp: 600 }, mapping: "per-destination", maxFlows: 4096 }),
+      );
       d.child.kill("SIGHUP");
       for (let i = 0; i < 50 && !/reloaded configuration/.test(d.log()); i++) await sleep(100);
       t.match(d.log(), /reloaded configuration/);
+      const line = d
+        .log()
+        .split("\n")
+        .find((l) => l.includes("reloaded configuration"));
+      const rec = JSON.parse(line ?? "{}") as {
+        msg?: string;
+        applied?: unknown[];
+        needRestart?: unknown[];
+      };
+      t.same(
+        rec.needRestart,
+        [
+          { field: "mapping", old: "endpoint-independent", new: "per-destination" },
+          { field: "maxFlows", old: "262144", new: "4096" },
+        ],
+        "the log names each setting that needs a restart, with old and new value",
+      );
+      t.same(rec.applied, [{ field: "timeouts.udp", old: "300", new: "600" }]);
+      t.match(rec.msg, /mapping "endpoint-independent" -> "per-destination"/);
+      const st = JSON.parse(inNat(process.execPath, BIN, "stats", "--json", "--socket", ctl)) as {
+        lastReload?: { needRestart?: { field: string }[] };
+      };
+      t.same(
+        st.lastReload?.needRestart?.map((c) => c.field),
+        ["mapping", "maxFlows"],
+        "tunnat stats reports the last reload",
+      );
+      const human = inNat(process.execPath, BIN, "stats", "--socket", ctl);
+      t.match(human, /needRestart\s+mapping endpoint-independent -> per-destination, maxFlows/);
       const t0 = Date.now();
       d.child.kill("SIGTERM");
       const code = await d.exited;

@@ -337,7 +337,7 @@ else {
 
       // What may cross: well-formed packets the NAT translates without verifying L4 checksums
       // (RFC 5508 REQ-3c spirit; the server drops them), unusual but valid IP and TCP options,
-      // and a stray ACK (picked up like nf_conntrack_tcp_loose). Everything else must not.
+      // and a stray bare ACK (picked up like nf_conntrack_tcp_loose). Everything else must not.
       const mayCross = new Set([
         "icmp_bad_checksum",
         "tcp_bad_checksum",

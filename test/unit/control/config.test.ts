@@ -1,5 +1,11 @@
 import t from "tap";
-import { FIELDS, type LoadInput, loadConfig } from "../../../src/control/config.js";
+import {
+  FIELDS,
+  type LoadInput,
+  loadConfig,
+  RELOADABLE_SETTINGS,
+  reloadChanges,
+} from "../../../src/control/config.js";
 import { ErrorCode, TunnatError } from "../../../src/control/errors.js";
 import { parseIpv4 } from "../../../src/wire/addr.js";
 
@@ -274,4 +280,40 @@ t.test("ports, metrics and mapping log values are parsed into their shapes", asy
   t.same(c.control.mappingLog, { kind: "file", path: "/var/log/tunnat/map.jsonl" });
   t.same(load({ "mapping-log": "stdout" }).control.mappingLog, { kind: "stdout" });
   t.equal(load({ "tun-address": "none" }).control.tunAddress, null);
+});
+
+t.test("a reload names each changed setting with its old and new value", async (t) => {
+  const cur = load({});
+  const next = load({
+    mapping: "per-destination",
+    "max-flows": "4096",
+    "udp-timeout": "600",
+    "log-level": "debug",
+    "top-hosts": "5",
+  });
+  const { applied, needRestart } = reloadChanges(cur, next);
+  t.same(needRestart, [
+    { field: "mapping", old: "endpoint-independent", new: "per-destination" },
+    { field: "maxFlows", old: "262144", new: "4096" },
+    { field: "topHosts", old: "20", new: "5" },
+  ]);
+  t.same(applied, [
+    { field: "logLevel", old: "info", new: "debug" },
+    { field: "timeouts.udp", old: "300", new: "600" },
+  ]);
+  t.same(reloadChanges(cur, load({})), { applied: [], needRestart: [] }, "nothing changed");
+  const aws = reloadChanges(cur, load({ preset: "aws" }));
+  t.same(
+    aws.needRestart.map((c) => c.field),
+    ["preset"],
+    "a preset change is named once (its RST behaviour needs a restart)",
+  );
+});
+
+t.test("every setting a user can give is covered by the reload report", async (t) => {
+  const covered = new Set(RELOADABLE_SETTINGS.map(([field]) => field));
+  // --config names the file itself; it is what SIGHUP re-reads, not a setting in it.
+  const notSettings = new Set(["config"]);
+  for (const f of Object.values(FIELDS))
+    if (!notSettings.has(f.key)) t.ok(covered.has(f.key), `${f.key} is reported on reload`);
 });

@@ -1,5 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -8,6 +9,7 @@ import { formatStats } from "../../../src/cli/stats.js";
 import { ManualClock } from "../../../src/conntrack/clock.js";
 import {
   type ControlSource,
+  MAX_CLIENTS,
   request,
   startControlSocket,
 } from "../../../src/control/control-socket.js";
@@ -216,4 +218,131 @@ t.test("listing a big table yields to the event loop between chunks", async (t) 
     turns >= 4,
     `the loop turned ${turns} times during the listing (65536 slots / 16384 a chunk)`,
   );
+});
+
+/** Connect and resolve once connected. */
+function connect(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(path);
+    s.on("error", () => undefined);
+    s.once("connect", () => resolve(s));
+    s.once("close", () => reject(new Error("closed before connect")));
+  });
+}
+
+const closed = (s: Socket) =>
+  new Promise<void>((resolve) => (s.destroyed ? resolve() : s.once("close", () => resolve())));
+
+/** Connections the server holds now. */
+const connections = (srv: { server: import("node:net").Server }) =>
+  new Promise<number>((resolve) => srv.server.getConnections((_e, n) => resolve(n)));
+
+/** Poll until the server holds at most `n` connections (bounded: 100 polls of 100 ms). */
+async function until(srv: { server: import("node:net").Server }, n: number): Promise<number> {
+  let c = await connections(srv);
+  for (let i = 0; i < 100 && c > n; i++) {
+    await new Promise((res) => setTimeout(res, 100));
+    c = await connections(srv);
+  }
+  return c;
+}
+
+t.test("clients that never finish a request or never read are dropped when idle", async (t) => {
+  const r = rig(65536);
+  for (let i = 0; i < 30000; i++)
+    r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 1024 + i, dport: 53 });
+  const path = join(tmp(t), "idle.sock");
+  // Long enough for all of them to connect and the busy answer to come on a loaded machine.
+  const srv = await startControlSocket(path, r.src, undefined, 4000);
+  t.teardown(() => srv.close());
+  // Fill every slot: half with half a request, half with a listing of 30,000 flows they never read.
+  const socks = await Promise.all(Array.from({ length: MAX_CLIENTS }, () => connect(path)));
+  socks.forEach((s, i) => {
+    if (i % 2 === 0) s.write('{"cmd":"fl');
+    else {
+      s.pause();
+      s.write('{"cmd":"flows"}\n');
+    }
+  });
+  t.teardown(() => {
+    for (const s of socks) s.destroy();
+  });
+  await t.rejects(
+    request(path, { cmd: "stats" }, () => undefined),
+    /busy/,
+    "while they hold every slot a new client is told busy",
+  );
+  t.equal(await until(srv, 0), 0, "the server lets every idle client go");
+  let got: Record<string, unknown> | undefined;
+  await request(path, { cmd: "stats" }, (o) => {
+    got = o;
+  });
+  t.equal(got?.type, "stats", "and then answers a normal request");
+});
+
+t.test("a client pipelining requests it never reads queues nothing without bound", async (t) => {
+  const r = rig();
+  const path = join(tmp(t), "pipe.sock");
+  const srv = await startControlSocket(path, r.src, undefined, 500);
+  t.teardown(() => srv.close());
+  const s = await connect(path);
+  t.teardown(() => s.destroy());
+  s.pause();
+  const line = '{"cmd":"stats"}\n'.repeat(4096);
+  // The server answers one request at a time and reads no further meanwhile, so once our reads
+  // stop its answers back up and so do our writes. Bounded by count and time.
+  let backedUp = false;
+  for (let i = 0; i < 200 && !backedUp; i++) {
+    backedUp = !s.write(line);
+    await new Promise((res) => setImmediate(res));
+  }
+  t.ok(backedUp, "the server stopped reading a client that does not read");
+  t.equal(await until(srv, 0), 0, "and dropped it when it idled");
+  let got: Record<string, unknown> | undefined;
+  await request(path, { cmd: "stats" }, (o) => {
+    got = o;
+  });
+  t.equal(got?.type, "stats");
+});
+
+t.test("a request over the limit is answered with an error and the rest discarded", async (t) => {
+  const r = rig();
+  const path = join(tmp(t), "long.sock");
+  const srv = await startControlSocket(path, r.src);
+  t.teardown(() => srv.close());
+  const s = await connect(path);
+  let answer = "";
+  s.setEncoding("utf8");
+  s.on("data", (d: string) => {
+    answer += d;
+  });
+  s.write(`{"cmd":"stats","pad":"${"x".repeat(100 * 1024)}"}\n`);
+  await closed(s);
+  t.match(answer, /request too long/);
+  t.notMatch(answer, /"type":"stats"/, "the over-long request is not answered");
+});
+
+t.test("64 clients that hang up with half a request leave the server answering", async (t) => {
+  const r = rig();
+  const path = join(tmp(t), "storm.sock");
+  const srv = await startControlSocket(path, r.src);
+  t.teardown(() => srv.close());
+  let uncaught: unknown;
+  const onUncaught = (e: unknown) => {
+    uncaught = e;
+  };
+  process.on("uncaughtException", onUncaught);
+  t.teardown(() => process.off("uncaughtException", onUncaught));
+  const socks = await Promise.all(Array.from({ length: 64 }, () => connect(path)));
+  for (const s of socks) s.write('{"cmd":"st');
+  await new Promise((res) => setTimeout(res, 50));
+  for (const s of socks) s.destroy();
+  await Promise.all(socks.map(closed));
+  await new Promise((res) => setTimeout(res, 100));
+  t.equal(uncaught, undefined, "no uncaught error (ECONNRESET) in the server's process");
+  let got: Record<string, unknown> | undefined;
+  await request(path, { cmd: "stats" }, (o) => {
+    got = o;
+  });
+  t.equal(got?.type, "stats");
 });

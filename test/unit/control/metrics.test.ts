@@ -9,6 +9,7 @@ import { createMetrics } from "../../../src/control/metrics.js";
 import { PeakRate } from "../../../src/control/peak.js";
 import { readinessCheck } from "../../../src/control/readiness.js";
 import { TopHosts } from "../../../src/control/top-hosts.js";
+import { readTunCounters } from "../../../src/control/tun-stats.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { DropReason, NatStats } from "../../../src/nat/stats.js";
@@ -262,7 +263,13 @@ t.test("peak rate is the highest 10-second average over the last minute", async 
 
 t.test("every metric the Grafana dashboard and the alert rules use is exported", async (t) => {
   const r = rig();
-  const m = createMetrics({ stats: r.stats, table: r.table, loopStats: r.loopStats });
+  const m = createMetrics({
+    stats: r.stats,
+    table: r.table,
+    loopStats: r.loopStats,
+    // A real device's kernel counters stand where the TUN's are read (the loopback is always there).
+    tunCounters: () => readTunCounters("lo"),
+  });
   t.teardown(() => m.stop());
   r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 4000, dport: 53 });
   const text = await m.registry.metrics();

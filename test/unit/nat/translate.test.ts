@@ -549,6 +549,80 @@ t.test("without the aws preset a mid-stream segment is picked up rather than res
   expectPacket(t, r.out, { src: NAT });
 });
 
+t.test("an inside host's SYN-ACK without a flow creates no mapping and is counted", async (t) => {
+  // An outsider reached P1 by a route around the NAT and sent it a SYN; P1 answers through us.
+  const h = new NatHarness();
+  const r = h.send({
+    src: P1,
+    dst: SRV,
+    sport: 22,
+    dport: 40000,
+    flags: SYN | ACK,
+    seq: 9,
+    ack: 2,
+  });
+  t.equal(r.verdict, Verdict.Drop, "dropped silently");
+  t.equal(r.out.length, 0, "nothing goes out");
+  t.equal(h.stats.drops[DropReason.TcpSynAckNoFlow], 1, "counted as tcp_syn_ack_no_flow");
+  t.equal(h.nat.table.active, 0, "no flow");
+  t.equal(h.nat.table.mappings, 0, "no mapping");
+  t.equal(h.nat.table.hosts.count, 0, "no per-host entry");
+  t.equal(h.stats.flowsCreated, 0);
+  // The outsider's ACK that would complete the handshake finds nothing to enter by.
+  const ack = h.send({ src: SRV, dst: NAT, sport: 40000, dport: 22, flags: ACK, seq: 2, ack: 10 });
+  t.equal(ack.verdict, Verdict.Drop);
+  t.equal(h.stats.drops[DropReason.Unsolicited], 1);
+});
+
+t.test("mid-stream pick-up creates a flow from a bare ACK only", async (t) => {
+  const refused: [string, number][] = [
+    ["RST", RST],
+    ["RST|ACK", RST | ACK],
+    ["FIN", FIN],
+    ["FIN|ACK", FIN | ACK],
+    ["no flags", 0],
+    ["PSH", 0x08],
+    ["URG|PSH", 0x28],
+    ["SYN|FIN", SYN | FIN],
+    ["SYN|RST", SYN | RST],
+  ];
+  for (const [name, flags] of refused) {
+    const h = new NatHarness();
+    const r = h.send({ src: P1, dst: SRV, sport: 9400, dport: 80, flags, payload: "x" });
+    t.equal(r.verdict, Verdict.Drop, `${name}: dropped`);
+    t.equal(h.stats.drops[DropReason.TcpNoFlow], 1, `${name}: counted as tcp_no_flow`);
+    t.equal(h.nat.table.active, 0, `${name}: no flow`);
+  }
+  for (const [name, flags] of [
+    ["ACK", ACK],
+    ["PSH|ACK", 0x08 | ACK],
+  ] as [string, number][]) {
+    const h = new NatHarness();
+    const r = h.send({ src: P1, dst: SRV, sport: 9400, dport: 80, flags, payload: "x" });
+    t.equal(r.verdict, Verdict.Forward, `${name}: picked up`);
+    t.equal(h.nat.table.active, 1, `${name}: one flow`);
+    t.equal(h.stats.dropTotal(), 0, `${name}: nothing dropped`);
+  }
+});
+
+t.test(
+  "the aws preset answers a SYN-ACK or FIN without a flow with an RST, not a flow",
+  async (t) => {
+    for (const flags of [SYN | ACK, FIN | ACK, ACK]) {
+      const h = new NatHarness({ rstOnExpired: true });
+      const r = h.send({ src: P1, dst: SRV, sport: 22, dport: 40000, flags, seq: 9, ack: 2 });
+      t.equal(r.verdict, Verdict.Reply, `flags ${flags}: answered`);
+      expectPacket(t, r.out, { src: SRV, dst: P1, sport: 40000, dport: 22, flags: RST, seq: 2 });
+      t.equal(h.nat.table.active, 0, `flags ${flags}: no flow`);
+      const why = flags === (SYN | ACK) ? DropReason.TcpSynAckNoFlow : DropReason.TcpNoFlow;
+      t.equal(h.stats.drops[why], 1, `flags ${flags}: counted by reason`);
+    }
+    const h = new NatHarness({ rstOnExpired: true });
+    const r = h.send({ src: P1, dst: SRV, sport: 22, dport: 40000, flags: RST | ACK });
+    t.equal(r.verdict, Verdict.Drop, "an RST is never answered");
+  },
+);
+
 t.test("a host over its quota gets ICMP 3/13 and keeps its existing mappings", async (t) => {
   const h = new NatHarness({ perHostQuota: 2 });
   h.send({ src: P1, dst: SRV, proto: "udp", sport: 1000 + 1024, dport: 1 });
