@@ -103,6 +103,8 @@ interface NativeTun {
 interface NativeAddon {
   Tun: new (name: string, vnetHdr: boolean, multiQueue: boolean) => NativeTun;
   errnoName(errno: number): string;
+  /** sd_notify: one datagram to NOTIFY_SOCKET (native/notify.cc); 0 or the errno. */
+  notify(socketPath: string, message: string): number;
   constants: {
     TUN_F_CSUM: number;
     TUN_F_TSO4: number;
