@@ -10,6 +10,7 @@ import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
 import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
+import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { packageRoot } from "./lab.js";
 
 export function version(): string {
@@ -65,7 +66,10 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
   const { registerExtension } = await import("../control/daemon.js");
   registerExtension((await import("../control/metrics.js")).metricsExtension);
   registerExtension((await import("../control/control-socket.js")).controlSocketExtension);
+  const { SystemdNotifier } = await import("../control/systemd.js");
   const log = createLogger({ level: cfg.control.logLevel });
+  const notifier = new SystemdNotifier({ log });
+  notifier.status("starting");
   let daemon: Awaited<ReturnType<typeof Daemon.start>>;
   try {
     daemon = await Daemon.start(cfg, log);
@@ -74,12 +78,28 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
       { code: isTunnatError(e) ? e.code : undefined, err: errorMessage(e) },
       "start failed",
     );
+    notifier.status(`start failed: ${errorMessage(e)}`);
     return fail(e);
   }
   const shutdown = installSignalHandlers({
     log,
-    stop: () => daemon.stop(),
-    reload: () => daemon.reload(loadConfig(input)),
+    stop: () => {
+      notifier.stopping();
+      return daemon.stop();
+    },
+    reload: () => {
+      notifier.reloading();
+      try {
+        daemon.reload(loadConfig(input));
+        notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+      } catch (e) {
+        // The old settings stay: say so, and leave the reloading state either way.
+        notifier.ready(
+          `${forwardingStatus(daemon.config, daemon.device?.name)}; reload failed: ${errorMessage(e)}`,
+        );
+        throw e;
+      }
+    },
   });
   // A TUN that disappears, or a bug, still ends with the plumbing removed, and exits 1.
   daemon.onFatal = (err) => {
@@ -93,8 +113,20 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
     log.fatal({ err: errorMessage(err) }, "uncaught exception");
     void shutdown.trigger("uncaught exception", 1);
   });
+  // systemd (Type=notify): ready once forwarding is set up; the watchdog pings only while the
+  // data path is healthy (the same check as /readyz).
+  notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+  const readiness = daemon.readiness;
+  notifier.startWatchdog(() => (readiness ? readiness() : "data path not running"));
   // Keep running: signals end the process (shutdown.ts calls process.exit).
   return new Promise<number>(() => undefined);
+}
+
+/** STATUS= text for systemctl status: what is being translated to what. */
+function forwardingStatus(cfg: ReturnType<typeof loadConfig>, tun?: string): string {
+  const inside = cfg.nat.inside.map(formatCidr).join(" ");
+  const nat = cfg.nat.natAddresses.map(formatIpv4).join(" ");
+  return `forwarding ${inside} via ${tun ?? cfg.control.tun} as ${nat}`;
 }
 
 async function checkCommand(argv: Record<string, unknown>): Promise<number> {
