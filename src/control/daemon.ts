@@ -65,11 +65,6 @@ export function registerExtension(ext: DaemonExtension): void {
   extensions.push(ext);
 }
 
-/** The state file of the plumbing journal sits next to the control socket, unique per instance. */
-export function plumbingStateFile(controlSocket: string): string {
-  return `${controlSocket}.plumbing.json`;
-}
-
 export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
   const c = cfg.control;
   if (c.insideInterface === undefined || c.outsideInterface === undefined)
@@ -87,7 +82,7 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
     table: c.routeTable,
     priority: c.rulePriority,
     setIpForward: c.setIpForward,
-    stateFile: plumbingStateFile(c.controlSocket),
+    stateFile: c.stateFile,
   };
 }
 

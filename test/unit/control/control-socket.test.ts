@@ -1,5 +1,5 @@
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -153,6 +153,44 @@ t.test("the socket is 0600 in a 0700 directory it created, and is removed on clo
   t.ok(statSync(path).isSocket());
   await srv.close();
   t.throws(() => statSync(path), { code: "ENOENT" });
+});
+
+t.test("with a group the socket is 0660 and that group's members may connect", async (t) => {
+  const dir = tmp(t);
+  chmodSync(dir, 0o755);
+  const path = join(dir, "ctl.sock");
+  const gid = 4; // "adm" on Debian; any group the test process may chown to (root: any)
+  const srv = await startControlSocket(path, rig().src, undefined, gid);
+  t.teardown(() => srv.close());
+  t.equal(statSync(path).mode & 0o777, 0o660);
+  t.equal(statSync(path).gid, gid);
+  if (process.getuid?.() !== 0) return;
+  // A real non-root client: nobody with the group may connect, nobody without it may not.
+  const connect = (groups: string) =>
+    spawnSync(
+      "setpriv",
+      [
+        "--reuid=65534",
+        `--regid=${groups === "" ? "65534" : groups}`,
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        `import socket; socket.socket(socket.AF_UNIX).connect(${JSON.stringify(path)})`,
+      ],
+      { encoding: "utf8" },
+    );
+  const member = connect(String(gid));
+  t.equal(member.status, 0, `a member connects (${member.stderr.trim()})`);
+  const other = connect("");
+  t.not(other.status, 0, "a non-member is refused");
+  t.match(other.stderr, /PermissionError/, "by the socket's mode");
+});
+
+t.test("without a group the socket is the owner's alone", async (t) => {
+  const path = join(tmp(t), "ctl.sock");
+  const srv = await startControlSocket(path, rig().src);
+  t.teardown(() => srv.close());
+  t.equal(statSync(path).mode & 0o777, 0o600);
 });
 
 t.test("a stale socket is replaced; a live one is refused", async (t) => {
