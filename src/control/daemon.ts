@@ -12,6 +12,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
+import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
@@ -240,14 +241,25 @@ export class Daemon {
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */
 export function preflight(): void {
+  let st: ReturnType<typeof statSync>;
   try {
-    const st = statSync("/dev/net/tun");
+    st = statSync("/dev/net/tun");
     if (!st.isCharacterDevice()) throw new Error("not a character device");
-    accessSync("/dev/net/tun", fsConstants.R_OK | fsConstants.W_OK);
   } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
     throw new TunnatError(
       ErrorCode.NoTun,
-      `/dev/net/tun is not usable (${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}): load the tun module ("modprobe tun"), or in a container pass --device /dev/net/tun`,
+      `/dev/net/tun is not usable (${code ?? errorMessage(e)}): ${devTunHint(code ?? "ENOENT", "open")}`,
+    );
+  }
+  try {
+    accessSync("/dev/net/tun", fsConstants.R_OK | fsConstants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "EACCES";
+    const mode = (st.mode & 0o7777).toString(8).padStart(4, "0");
+    throw new TunnatError(
+      ErrorCode.NoTun,
+      `/dev/net/tun (mode ${mode}, uid ${st.uid}, gid ${st.gid}) cannot be opened by uid ${process.getuid?.()} gid ${process.getgid?.()} (${code}): ${devTunHint(code, "open")}`,
     );
   }
   if (!hasCapNetAdmin())
