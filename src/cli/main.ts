@@ -4,7 +4,7 @@
  * with the error's code; success exits 0. Commands load the heavy modules (daemon, addon) lazily
  * so --help and --version work on any machine.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
@@ -143,8 +143,17 @@ async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknow
   const socket = String(
     argv.socket ?? process.env.TUNNAT_CONTROL_SOCKET ?? "/run/tunnat/tunnat.sock",
   );
-  if (!existsSync(socket)) {
-    process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
+  try {
+    statSync(socket);
+  } catch (e) {
+    // existsSync() would also say "no" for a socket this user may not reach (EACCES).
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EPERM")
+      process.stderr.write(
+        `tunnat: permission denied on ${socket}: use root, or a member of the daemon's --control-socket-group (the unit's: tunnat) (TUNNAT_ERR_CONTROL)\n`,
+      );
+    else
+      process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
     return 1;
   }
   if (cmd === "flows") return (await import("./flows.js")).flowsCommand({ ...argv, socket });
