@@ -71,10 +71,15 @@ root="$work/root"
 nspawn_pid=""
 server_pid=""
 leader=""
+timer_pid=""
 
 cleanup() {
   local rc=$?
   set +e
+  if [ -n "$timer_pid" ]; then
+    # shellcheck disable=SC2046 # the timer's sleep, by its parent's pid
+    kill $(pgrep -P "$timer_pid") "$timer_pid" 2>/dev/null
+  fi
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; fi
   if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
     if [ "$rc" != 0 ] && [ -n "$leader" ]; then
@@ -101,7 +106,13 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "systemd-boot: interrupted (or over the time limit)" >&2; exit 130' INT TERM
+# The whole run is bounded (every wait below is bounded too): TUNNAT_BOOT_TIMEOUT seconds.
+(
+  sleep "${TUNNAT_BOOT_TIMEOUT:-900}"
+  kill -TERM $$
+) >/dev/null 2>&1 &
+timer_pid=$!
 
 # --- 1. the Debian 12 root file system (cached) ----------------------------------------------
 cache="${TUNNAT_TEST_CACHE:-/var/cache/tunnat-test}"
