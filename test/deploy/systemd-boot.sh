@@ -84,7 +84,7 @@ cleanup() {
   if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
     if [ "$rc" != 0 ] && [ -n "$leader" ]; then
       echo "--- journalctl -u tunnat (last 60 lines)" >&2
-      in_machine journalctl -u tunnat --no-pager -o short-monotonic -n 60 >&2
+      in_machine journalctl -u tunnat --no-pager -n 60 >&2
     fi
     in_machine systemctl poweroff >/dev/null 2>&1
     for _ in $(seq 1 30); do
