@@ -265,9 +265,10 @@ traffic() { # ping and TCP from p1 to the internet host; the server must see the
     fail "TCP $P1 -> $INET:$PORT failed: $seen ($1)"
   [ "$seen" = "$NAT_ADDR" ] || fail "the server saw '$seen', expected the NAT address $NAT_ADDR ($1)"
 }
+# (Read whole, then grep: `journalctl | grep -q` fails under pipefail when grep quits early.)
 journal() { in_machine journalctl -u tunnat --no-pager -o cat "$@"; }
-journal_has() { journal | grep -q "$1"; }
-reloaded_with_udp() { journal | grep '"msg":"reloaded configuration"' | grep -q "\"udp\":$1"; }
+journal_has() { grep -q -- "$1" <<<"$(journal "${@:2}")"; }
+reloaded_with_udp() { [[ "$(grep '"msg":"reloaded configuration"' <<<"$(journal)")" == *"\"udp\":$1"* ]]; }
 plumbing_left() {
   local entry what cmd out left=0
   for entry in "${PLUMBING_CHECKS[@]}"; do
@@ -331,7 +332,7 @@ warnings="$(journal -p warning)"
 grep -q '"msg":"reload failed; keeping the old settings"' <<<"$warnings" ||
   fail "the error is not under journalctl -p warning: $warnings"
 if grep -q '"msg":"forwarding"' <<<"$warnings"; then fail "an info line shows under -p warning"; fi
-journal -p info | grep -q '"msg":"forwarding"' || fail "the info line is not under -p info"
+journal_has '"msg":"forwarding"' -p info || fail "the info line is not under -p info"
 prio="$(in_machine journalctl -u tunnat --no-pager -o export | sed -n 's/^PRIORITY=//p' | sort -u | tr '\n' ' ')"
 say "journal: error under -p warning, info only under -p info (priorities seen: $prio)"
 [ "$(prop SubState)" = running ] || fail "a failed reload stopped the service"
@@ -353,7 +354,7 @@ pid="$(main_pid)"
 in_machine systemctl kill -s KILL tunnat
 wait_for 30 "tunnat was not restarted after SIGKILL" active_with_new_pid "$pid"
 traffic "after the SIGKILL restart"
-journal -p warning | grep -q "removing a crashed run's plumbing" ||
+journal_has "removing a crashed run's plumbing" -p warning ||
   fail "the restarted daemon did not remove the dead run's plumbing from /var/lib/tunnat"
 say "SIGKILL: restarted as pid $(main_pid) (NRestarts=$(prop NRestarts)), leftovers removed, traffic crosses"
 
@@ -362,7 +363,7 @@ pid="$(main_pid)"
 t0=$SECONDS
 in_machine kill -STOP "$pid"
 wait_for 60 "a stopped (SIGSTOP) daemon was not restarted by the watchdog" active_with_new_pid "$pid"
-in_machine journalctl --no-pager -o cat -u tunnat | grep -qi 'watchdog timeout' ||
+journal_has 'Watchdog timeout' ||
   fail "systemd did not log a watchdog timeout"
 traffic "after the watchdog restart"
 say "watchdog: SIGSTOP'd daemon killed and restarted after $((SECONDS - t0))s, traffic crosses"
@@ -374,7 +375,7 @@ plumbing_left || fail "systemctl stop left plumbing behind"
 if ip netns exec "$NS_P1" ping -c 1 -W 1 -q "$INET" >/dev/null 2>&1; then
   fail "traffic still crosses after stop"
 fi
-journal | grep -q '"msg":"stopped","code":0\|"code":0,"msg":"stopped"' ||
+journal_has '"code":0,"msg":"stopped"' ||
   fail "the daemon did not stop cleanly: $(journal | grep '"msg":"stop' | tail -3)"
 stop_ms="$(journal | node -e '
   let a = 0, b = 0;
