@@ -57,7 +57,7 @@ if grep -q '^ProcSubset=pid' "$unit"; then
   echo "systemd-security: ProcSubset=pid hides /proc/sys, which the daemon reads" >&2
   exit 1
 fi
-for want in Type=notify NotifyAccess=main 'WatchdogSec=[1-9]' StartLimitIntervalSec=0; do
+for want in Type=notify NotifyAccess=main 'WatchdogSec=[1-9]' StartLimitIntervalSec=0 KillMode=mixed; do
   grep -q "^$want" "$unit" || {
     echo "systemd-security: the unit lacks $want" >&2
     exit 1

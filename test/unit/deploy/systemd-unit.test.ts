@@ -37,6 +37,7 @@ t.test("the unit is Type=notify with a watchdog, restarts forever, and keeps sta
   t.same(directive("NotifyAccess"), ["main"]);
   t.match(directive("WatchdogSec")[0], /^[1-9]\d*s$/);
   t.same(directive("Restart"), ["on-failure"]);
+  t.same(directive("KillMode"), ["mixed"], "SIGTERM to the daemon, not to its `ip` commands");
   t.same(directive("StartLimitIntervalSec"), ["0"], "no start limit: never gives up");
   t.same(directive("StateDirectory"), ["tunnat"], "$STATE_DIRECTORY: the plumbing journal");
   t.same(directive("LogsDirectory"), ["tunnat"], "/var/log/tunnat for the mapping log");
