@@ -8,12 +8,12 @@
   "targets": [
     {
       "target_name": "tunnat_tun",
-      "sources": ["native/tun.cc"],
+      "sources": ["native/tun.cc", "native/notify.cc"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "cflags": ["-Wall", "-Wextra"],
       "defines": ["NAPI_VERSION=8"],
       "conditions": [
-        ["OS!='linux'", {"type": "none", "sources!": ["native/tun.cc"]}],
+        ["OS!='linux'", {"type": "none", "sources!": ["native/tun.cc", "native/notify.cc"]}],
         ["tunnat_werror=='true'", {"cflags": ["-Werror"], "cflags_cc": ["-Werror"]}]
       ]
     }

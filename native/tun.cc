@@ -36,6 +36,10 @@
 #define TUN_F_USO6 0x40
 #endif
 
+namespace tunnat {
+Napi::Value Notify(const Napi::CallbackInfo& info);  // native/notify.cc
+}  // namespace tunnat
+
 namespace {
 
 // Indexes into the status Int32Array that write() fills (mirrored in src/io/tun.ts).
@@ -413,6 +417,7 @@ Napi::Value ErrnoNameJs(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tun", Tun::Define(env));
   exports.Set("errnoName", Napi::Function::New<ErrnoNameJs>(env, "errnoName"));
+  exports.Set("notify", Napi::Function::New<tunnat::Notify>(env, "notify"));
   Napi::Object c = Napi::Object::New(env);
   c.Set("TUN_F_CSUM", Napi::Number::New(env, TUN_F_CSUM));
   c.Set("TUN_F_TSO4", Napi::Number::New(env, TUN_F_TSO4));

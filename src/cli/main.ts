@@ -4,12 +4,13 @@
  * with the error's code; success exits 0. Commands load the heavy modules (daemon, addon) lazily
  * so --help and --version work on any machine.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
 import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
+import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { packageRoot } from "./lab.js";
 
 export function version(): string {
@@ -65,7 +66,10 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
   const { registerExtension } = await import("../control/daemon.js");
   registerExtension((await import("../control/metrics.js")).metricsExtension);
   registerExtension((await import("../control/control-socket.js")).controlSocketExtension);
+  const { SystemdNotifier } = await import("../control/systemd.js");
   const log = createLogger({ level: cfg.control.logLevel });
+  const notifier = new SystemdNotifier({ log });
+  notifier.status("starting");
   let daemon: Awaited<ReturnType<typeof Daemon.start>>;
   try {
     daemon = await Daemon.start(cfg, log);
@@ -74,13 +78,27 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
       { code: isTunnatError(e) ? e.code : undefined, err: errorMessage(e) },
       "start failed",
     );
+    notifier.status(`start failed: ${errorMessage(e)}`);
     return fail(e);
   }
   const shutdown = installSignalHandlers({
     log,
-    stop: () => daemon.stop(),
+    stop: () => {
+      notifier.stopping();
+      return daemon.stop();
+    },
     reload: () => {
-      daemon.reload(loadConfig(input));
+      notifier.reloading();
+      try {
+        daemon.reload(loadConfig(input));
+        notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+      } catch (e) {
+        // The old settings stay: say so, and leave the reloading state either way.
+        notifier.ready(
+          `${forwardingStatus(daemon.config, daemon.device?.name)}; reload failed: ${errorMessage(e)}`,
+        );
+        throw e;
+      }
     },
   });
   // A TUN that disappears, or a bug, still ends with the plumbing removed, and exits 1.
@@ -95,8 +113,20 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
     log.fatal({ err: errorMessage(err) }, "uncaught exception");
     void shutdown.trigger("uncaught exception", 1);
   });
+  // systemd (Type=notify): ready once forwarding is set up; the watchdog pings only while the
+  // data path is healthy (the same check as /readyz).
+  notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+  const readiness = daemon.readiness;
+  notifier.startWatchdog(() => (readiness ? readiness() : "data path not running"));
   // Keep running: signals end the process (shutdown.ts calls process.exit).
   return new Promise<number>(() => undefined);
+}
+
+/** STATUS= text for systemctl status: what is being translated to what. */
+function forwardingStatus(cfg: ReturnType<typeof loadConfig>, tun?: string): string {
+  const inside = cfg.nat.inside.map(formatCidr).join(" ");
+  const nat = cfg.nat.natAddresses.map(formatIpv4).join(" ");
+  return `forwarding ${inside} via ${tun ?? cfg.control.tun} as ${nat}`;
 }
 
 async function checkCommand(argv: Record<string, unknown>): Promise<number> {
@@ -113,8 +143,17 @@ async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknow
   const socket = String(
     argv.socket ?? process.env.TUNNAT_CONTROL_SOCKET ?? "/run/tunnat/tunnat.sock",
   );
-  if (!existsSync(socket)) {
-    process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
+  try {
+    statSync(socket);
+  } catch (e) {
+    // existsSync() would also say "no" for a socket this user may not reach (EACCES).
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EPERM")
+      process.stderr.write(
+        `tunnat: permission denied on ${socket}: use root, or a member of the daemon's --control-socket-group (the unit's: tunnat) (TUNNAT_ERR_CONTROL)\n`,
+      );
+    else
+      process.stderr.write(`tunnat: daemon not reachable at ${socket} (TUNNAT_ERR_NOT_RUNNING)\n`);
     return 1;
   }
   if (cmd === "flows") return (await import("./flows.js")).flowsCommand({ ...argv, socket });

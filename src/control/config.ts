@@ -45,6 +45,10 @@ export interface ControlSettings {
   tunAddress: Cidr | null;
   metrics: HostPort;
   controlSocket: string;
+  /** Group (gid) allowed to use the control socket (mode 0660); undefined = owner only (0600). */
+  controlSocketGroup: number | undefined;
+  /** The plumbing's undo journal: survives a crash so the next start removes the leftovers. */
+  stateFile: string;
   logLevel: LogLevel;
   preset: Preset;
   manageRoutes: boolean;
@@ -191,6 +195,28 @@ function parsePorts(text: string): Parsed<[number, number]> {
 
 function parseAbsPath(text: string): Parsed<string> {
   return text.startsWith("/") && !text.includes("\0") ? text : new Bad("expected an absolute path");
+}
+
+function parseGroup(text: string): Parsed<string> {
+  return /^(\d+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/.test(text)
+    ? text
+    : new Bad("expected a group name or number");
+}
+
+/** A group name or number as a gid, from /etc/group (Node has no getgrnam). */
+function resolveGroup(name: string, readFile: (p: string) => string): number | undefined {
+  if (/^\d+$/.test(name)) return Number(name);
+  let text = "";
+  try {
+    text = readFile("/etc/group");
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split("\n")) {
+    const [n, , gid] = line.split(":");
+    if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  return undefined;
 }
 
 function parseMappingLog(text: string): Parsed<MappingLog> {
@@ -462,6 +488,24 @@ export const FIELDS = {
     def: "/run/tunnat/tunnat.sock",
     expect: "an absolute path",
     describe: "unix socket for tunnat flows / tunnat stats",
+    parse: parseAbsPath,
+  }),
+  controlSocketGroup: field<string>({
+    key: "controlSocketGroup",
+    flag: "control-socket-group",
+    env: "TUNNAT_CONTROL_SOCKET_GROUP",
+    expect: "a group name or number",
+    describe:
+      "group that may use the control socket (mode 0660, e.g. tunnat); default: its owner only (0600)",
+    parse: parseGroup,
+  }),
+  stateFile: field<string>({
+    key: "stateFile",
+    flag: "state-file",
+    env: "TUNNAT_STATE_FILE",
+    expect: "an absolute path",
+    describe:
+      "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
     parse: parseAbsPath,
   }),
   mappingLog: field<MappingLog>({
@@ -762,6 +806,29 @@ export function loadConfig(input: LoadInput): TunnatConfig {
       ? ([...AWS_PORTS] as [number, number])
       : (v.ports as [number, number]);
 
+  const groupName = v.controlSocketGroup as string | undefined;
+  let controlSocketGroup: number | undefined;
+  if (groupName !== undefined) {
+    controlSocketGroup = resolveGroup(
+      groupName,
+      input.readFile ?? ((p: string) => readFileSync(p, "utf8")),
+    );
+    if (controlSocketGroup === undefined)
+      throw configError(
+        origin.controlSocketGroup?.where ?? "--control-socket-group",
+        groupName,
+        "no such group in /etc/group; create it (systemd-sysusers) or give its number",
+      );
+  }
+  // systemd's StateDirectory= survives restarts (RuntimeDirectory= is emptied when the service
+  // stops, crashes included, which would lose the journal exactly when it is needed).
+  const stateDirectory = (input.env?.STATE_DIRECTORY ?? "").split(":")[0];
+  const stateFile =
+    (v.stateFile as string | undefined) ??
+    (stateDirectory?.startsWith("/")
+      ? `${stateDirectory}/plumbing.json`
+      : `${v.controlSocket as string}.plumbing.json`);
+
   const nat = defaultNatConfig({
     natAddresses,
     inside,
@@ -785,6 +852,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     tunAddress: v.tunAddress as Cidr | null,
     metrics: v.metrics as HostPort,
     controlSocket: v.controlSocket as string,
+    controlSocketGroup,
+    stateFile,
     logLevel: v.logLevel as LogLevel,
     preset,
     manageRoutes,

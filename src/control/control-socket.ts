@@ -1,7 +1,8 @@
 /**
- * The control socket behind `tunnat flows` and `tunnat stats`: a unix stream socket, root only
- * (its directory is created 0700 when missing, the socket itself is 0600), speaking
- * newline-delimited JSON. A request is one line:
+ * The control socket behind `tunnat flows` and `tunnat stats`: a unix stream socket for its owner
+ * only (0600; its directory is created 0700 when missing) or, with --control-socket-group, for
+ * that group too (0660, group set with chown; the unit's RuntimeDirectory /run/tunnat is 0750
+ * with the daemon's group), speaking newline-delimited JSON. A request is one line:
  *
  *   {"cmd":"flows","host":"10.0.0.5","proto":"tcp","state":"ESTABLISHED","limit":100}
  *   {"cmd":"stats"}
@@ -23,7 +24,7 @@
  * partial request never finished, or an answer the client never reads) is destroyed, which frees
  * its slot and ends a listing that waits for it to drain.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
@@ -225,8 +226,10 @@ export async function startControlSocket(
   path: string,
   src: ControlSource,
   log?: Logger,
-  idleTimeoutMs = IDLE_TIMEOUT_MS,
+  opts: { idleTimeoutMs?: number; group?: number | undefined } = {},
 ): Promise<ControlServer> {
+  const idleTimeoutMs = opts.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+  const group = opts.group;
   const dir = dirname(path);
   try {
     // Only a directory we create gets 0700; an existing one (/run) is left alone.
@@ -293,7 +296,17 @@ export async function startControlSocket(
   } finally {
     process.umask(old);
   }
-  chmodSync(path, 0o600);
+  try {
+    // Group first, then widen: the socket is never 0660 with a group it was not meant for.
+    if (group !== undefined) chownSync(path, -1, group);
+    chmodSync(path, group === undefined ? 0o600 : 0o660);
+  } catch (e) {
+    server.close();
+    throw new TunnatError(
+      ErrorCode.Control,
+      `cannot give the control socket ${path} to group ${group}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)} (the daemon must be a member of it, or root)`,
+    );
+  }
   return {
     path,
     server,
@@ -460,6 +473,7 @@ export async function controlSocketExtension(d: Daemon): Promise<() => Promise<v
       stats: () => statsSnapshot(d),
     },
     d.log,
+    { group: d.config.control.controlSocketGroup },
   );
   return () => srv.close();
 }
@@ -504,7 +518,7 @@ export function request(
         finish(
           new TunnatError(
             ErrorCode.Control,
-            `permission denied on ${path}: the control socket is root only`,
+            `permission denied on ${path}: use root, or a member of the daemon's --control-socket-group (the unit's: tunnat)`,
           ),
         );
       else finish(new TunnatError(ErrorCode.Control, `control socket ${path}: ${e.message}`));

@@ -17,6 +17,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
+import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
@@ -72,14 +73,11 @@ export function registerExtension(ext: DaemonExtension): void {
   extensions.push(ext);
 }
 
-/** The state file of the plumbing journal sits next to the control socket, unique per instance. */
-export function plumbingStateFile(controlSocket: string): string {
-  return `${controlSocket}.plumbing.json`;
-}
-
-/** The guard's state file (guard.ts), next to the plumbing's. */
-export function guardStateFile(controlSocket: string): string {
-  return `${controlSocket}.guard.json`;
+/** The guard's state file (guard.ts), beside the plumbing's: `plumbing.json` -> `guard.json`. */
+export function guardStateFile(plumbingStateFile: string): string {
+  if (plumbingStateFile.endsWith("plumbing.json"))
+    return `${plumbingStateFile.slice(0, -"plumbing.json".length)}guard.json`;
+  return `${plumbingStateFile.replace(/\.json$/, "")}.guard.json`;
 }
 
 export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
@@ -99,8 +97,8 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
     table: c.routeTable,
     priority: c.rulePriority,
     setIpForward: c.setIpForward,
-    stateFile: plumbingStateFile(c.controlSocket),
-    guardStateFile: guardStateFile(c.controlSocket),
+    stateFile: c.stateFile,
+    guardStateFile: guardStateFile(c.stateFile),
     controlSocket: c.controlSocket,
   };
 }
@@ -304,14 +302,25 @@ export class Daemon {
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */
 export function preflight(): void {
+  let st: ReturnType<typeof statSync>;
   try {
-    const st = statSync("/dev/net/tun");
+    st = statSync("/dev/net/tun");
     if (!st.isCharacterDevice()) throw new Error("not a character device");
-    accessSync("/dev/net/tun", fsConstants.R_OK | fsConstants.W_OK);
   } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
     throw new TunnatError(
       ErrorCode.NoTun,
-      `/dev/net/tun is not usable (${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}): load the tun module ("modprobe tun"), or in a container pass --device /dev/net/tun`,
+      `/dev/net/tun is not usable (${code ?? errorMessage(e)}): ${devTunHint(code ?? "ENOENT", "open")}`,
+    );
+  }
+  try {
+    accessSync("/dev/net/tun", fsConstants.R_OK | fsConstants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "EACCES";
+    const mode = (st.mode & 0o7777).toString(8).padStart(4, "0");
+    throw new TunnatError(
+      ErrorCode.NoTun,
+      `/dev/net/tun (mode ${mode}, uid ${st.uid}, gid ${st.gid}) cannot be opened by uid ${process.getuid?.()} gid ${process.getgid?.()} (${code}): ${devTunHint(code, "open")}`,
     );
   }
   if (!hasCapNetAdmin())

@@ -44,7 +44,10 @@ export function execCommand(
       (err, stdout, stderr) => {
         if (err) {
           const code = typeof err.code === "number" ? err.code : null;
-          reject(new CommandError([file, ...args], stderr || err.message, code));
+          // A command killed by a signal has no stderr: say which signal (e.g. a service manager
+          // that signals the whole group).
+          const why = err.signal ? `killed by ${err.signal}` : err.message;
+          reject(new CommandError([file, ...args], stderr || why, code));
         } else resolve(stdout);
       },
     );

@@ -62,3 +62,26 @@ export function isErrnoError(e: unknown): e is ErrnoError {
     typeof (e as Partial<ErrnoError>).errno === "number"
   );
 }
+
+/**
+ * What to do when /dev/net/tun cannot be had, by errno and the call that failed: the file's mode
+ * (open EACCES: this user may not read and write it), a device cgroup or LSM (open EPERM), the
+ * kernel (ENOENT/ENODEV/ENXIO: no tun module, or a container without the device), or the
+ * capability (TUNSETIFF EPERM: creating an interface needs CAP_NET_ADMIN).
+ */
+export function devTunHint(code: string, syscall: string | undefined): string {
+  switch (code) {
+    case "ENOENT":
+    case "ENODEV":
+    case "ENXIO":
+      return "the kernel has no TUN support: load the tun module (modprobe tun) or, in a container, pass --device /dev/net/tun";
+    case "EACCES":
+      return "this user may not open /dev/net/tun (its mode, often 0600 root on minimal hosts): make it 0666 as udev's default rule does, or give the daemon's group rw (chgrp tunnat /dev/net/tun; chmod 0660 /dev/net/tun); tunnat.service does the latter in its ExecStartPre";
+    case "EPERM":
+      return syscall === "open"
+        ? "opening /dev/net/tun was refused by a device policy: systemd DevicePolicy= needs DeviceAllow=/dev/net/tun rw, docker needs --device /dev/net/tun, or an LSM denies it"
+        : "creating a TUN needs CAP_NET_ADMIN: run as root or grant it (systemd AmbientCapabilities=CAP_NET_ADMIN, docker --cap-add NET_ADMIN)";
+    default:
+      return "see native-notes/README.md for what the kernel needs";
+  }
+}

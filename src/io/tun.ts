@@ -22,6 +22,7 @@ import type { Device } from "./device.js";
 import { VNET_HDR_LEN } from "./device.js";
 import {
   classifyErrno,
+  devTunHint,
   EINTR,
   EINVAL,
   EIO,
@@ -103,6 +104,8 @@ interface NativeTun {
 interface NativeAddon {
   Tun: new (name: string, vnetHdr: boolean, multiQueue: boolean) => NativeTun;
   errnoName(errno: number): string;
+  /** sd_notify: one datagram to NOTIFY_SOCKET (native/notify.cc); 0 or the errno. */
+  notify(socketPath: string, message: string): number;
   constants: {
     TUN_F_CSUM: number;
     TUN_F_TSO4: number;
@@ -157,21 +160,14 @@ export function loadAddon(): NativeAddon {
 
 // --- opening ---------------------------------------------------------------------------------
 
-function openHint(code: string, name: string): string {
-  switch (code) {
-    case "ENOENT":
-    case "ENODEV":
-    case "ENXIO":
-      return "the kernel has no TUN support: load the tun module (modprobe tun) or, in a container, pass --device /dev/net/tun";
-    case "EACCES":
-    case "EPERM":
-      return "run as root or with CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)";
+function openHint(e: ErrnoError, name: string): string {
+  switch (e.code) {
     case "EBUSY":
       return `an interface named ${name} already exists and is in use (or is not a multi-queue TUN): pick another --tun name or remove it`;
     case "EINVAL":
       return `an interface named ${name} exists with other flags (TAP, vnet header or multi-queue differ): remove it or pick another name`;
     default:
-      return "see native-notes/README.md for what the kernel needs";
+      return devTunHint(e.code, e.syscall);
   }
 }
 
@@ -199,7 +195,7 @@ export function openTun(opts: TunOptions): TunDevice {
     if (!isErrnoError(e)) throw e;
     throw new TunnatError(
       ErrorCode.NoTun,
-      `cannot open TUN ${opts.name}: ${e.message} — ${openHint(e.code, opts.name)}`,
+      `cannot open TUN ${opts.name}: ${e.message} — ${openHint(e, opts.name)}`,
       { cause: e },
     );
   }

@@ -4,6 +4,9 @@
 #  - `systemd-analyze verify` finds an error in it (run offline against a scratch root, with
 #    stand-ins for the files the unit names: /usr/bin/tunnat and the sysctl file),
 #  - the unit grants a capability other than CAP_NET_ADMIN, or runs as root,
+#  - the unit sets an option the real run showed to break the daemon (ProcSubset=pid hides
+#    /proc/sys; test/deploy/systemd-boot.sh boots a real systemd with the unit), or drops
+#    Type=notify and its watchdog,
 #  - node does NOT abort under the kernel's W^X policy (PR_SET_MDWE, what MemoryDenyWriteExecute=
 #    enforces): that would make the unit's claim that it cannot be used stale. Skipped on kernels
 #    before 6.3.
@@ -49,6 +52,18 @@ if [ -z "$user" ] || [ "$user" = root ] || [ "$user" = 0 ]; then
   }
 fi
 
+# Options that broke the daemon under a real systemd, and the notify contract.
+if grep -q '^ProcSubset=pid' "$unit"; then
+  echo "systemd-security: ProcSubset=pid hides /proc/sys, which the daemon reads" >&2
+  exit 1
+fi
+for want in Type=notify NotifyAccess=main 'WatchdogSec=[1-9]' StartLimitIntervalSec=0 KillMode=mixed; do
+  grep -q "^$want" "$unit" || {
+    echo "systemd-security: the unit lacks $want" >&2
+    exit 1
+  }
+done
+
 # systemd-analyze verify, offline: a scratch root holding the unit and stand-ins for the paths
 # it names (verify checks that ExecStart= binaries exist and are executable).
 root="$(mktemp -d)"
@@ -58,7 +73,7 @@ mkdir -p "$root/etc/systemd/system" "$root/usr/bin" "$root/usr/lib/systemd" "$ro
 cp "$unit" "$root/etc/systemd/system/"
 # The targets the unit orders itself against (sysinit.target, network-online.target, ...).
 cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
-for f in usr/bin/tunnat usr/lib/systemd/systemd-sysctl bin/kill; do
+for f in usr/bin/tunnat usr/lib/systemd/systemd-sysctl bin/kill bin/sh; do
   printf '#!/bin/sh\n' >"$root/$f"
   chmod +x "$root/$f"
 done

@@ -141,6 +141,8 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["restore-ttl", "x", /true or false/],
     ["icmp-prohibited", "maybe", /true or false/],
     ["control-socket", "relative.sock", /absolute path/],
+    ["control-socket-group", "no such:group", /group name or number/],
+    ["state-file", "plumbing.json", /absolute path/],
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
@@ -153,6 +155,34 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.ok(e.message.startsWith(`invalid --${flag} ${JSON.stringify(value)}: `), e.message);
     t.match(e.message, why, flag);
   }
+});
+
+t.test(
+  "the plumbing state file: $STATE_DIRECTORY under systemd, else next to the socket",
+  async (t) => {
+    t.equal(load({}).control.stateFile, "/run/tunnat/tunnat.sock.plumbing.json");
+    const sd = loadConfig({ flags: BASE, env: { STATE_DIRECTORY: "/var/lib/tunnat:/var/lib/x" } });
+    t.equal(sd.control.stateFile, "/var/lib/tunnat/plumbing.json", "the first StateDirectory=");
+    const given = loadConfig({
+      flags: { ...BASE, "state-file": "/srv/p.json" },
+      env: { STATE_DIRECTORY: "/var/lib/tunnat" },
+    });
+    t.equal(given.control.stateFile, "/srv/p.json", "an explicit --state-file wins");
+  },
+);
+
+t.test("the control socket group is resolved to a gid, or the start is refused", async (t) => {
+  const group = "root:x:0:\ntunnat:x:997:\n";
+  const readFile = (p: string) => {
+    if (p === "/etc/group") return group;
+    throw new Error(`unexpected read ${p}`);
+  };
+  t.equal(load({}).control.controlSocketGroup, undefined, "owner only by default");
+  t.equal(load({ "control-socket-group": "tunnat" }, { readFile }).control.controlSocketGroup, 997);
+  t.equal(load({ "control-socket-group": "1234" }, { readFile }).control.controlSocketGroup, 1234);
+  const e = errorOf(() => load({ "control-socket-group": "nobody-here" }, { readFile }));
+  t.equal(e.code, ErrorCode.Config);
+  t.match(e.message, /^invalid --control-socket-group "nobody-here": no such group/);
 });
 
 t.test(

@@ -1,5 +1,5 @@
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -157,6 +157,44 @@ t.test("the socket is 0600 in a 0700 directory it created, and is removed on clo
   t.throws(() => statSync(path), { code: "ENOENT" });
 });
 
+t.test("with a group the socket is 0660 and that group's members may connect", async (t) => {
+  const dir = tmp(t);
+  chmodSync(dir, 0o755);
+  const path = join(dir, "ctl.sock");
+  const gid = 4; // "adm" on Debian; any group the test process may chown to (root: any)
+  const srv = await startControlSocket(path, rig().src, undefined, { group: gid });
+  t.teardown(() => srv.close());
+  t.equal(statSync(path).mode & 0o777, 0o660);
+  t.equal(statSync(path).gid, gid);
+  if (process.getuid?.() !== 0) return;
+  // A real non-root client: nobody with the group may connect, nobody without it may not.
+  const connect = (groups: string) =>
+    spawnSync(
+      "setpriv",
+      [
+        "--reuid=65534",
+        `--regid=${groups === "" ? "65534" : groups}`,
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        `import socket; socket.socket(socket.AF_UNIX).connect(${JSON.stringify(path)})`,
+      ],
+      { encoding: "utf8" },
+    );
+  const member = connect(String(gid));
+  t.equal(member.status, 0, `a member connects (${member.stderr.trim()})`);
+  const other = connect("");
+  t.not(other.status, 0, "a non-member is refused");
+  t.match(other.stderr, /PermissionError/, "by the socket's mode");
+});
+
+t.test("without a group the socket is the owner's alone", async (t) => {
+  const path = join(tmp(t), "ctl.sock");
+  const srv = await startControlSocket(path, rig().src);
+  t.teardown(() => srv.close());
+  t.equal(statSync(path).mode & 0o777, 0o600);
+});
+
 t.test("a stale socket is replaced; a live one is refused", async (t) => {
   const path = join(tmp(t), "ctl.sock");
   // A socket file nobody listens on, as a killed daemon leaves it: bound, never listening.
@@ -253,7 +291,7 @@ t.test("clients that never finish a request or never read are dropped when idle"
     r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 1024 + i, dport: 53 });
   const path = join(tmp(t), "idle.sock");
   // Long enough for all of them to connect and the busy answer to come on a loaded machine.
-  const srv = await startControlSocket(path, r.src, undefined, 4000);
+  const srv = await startControlSocket(path, r.src, undefined, { idleTimeoutMs: 4000 });
   t.teardown(() => srv.close());
   // Fill every slot: half with half a request, half with a listing of 30,000 flows they never read.
   const socks = await Promise.all(Array.from({ length: MAX_CLIENTS }, () => connect(path)));
@@ -283,7 +321,7 @@ t.test("clients that never finish a request or never read are dropped when idle"
 t.test("a client pipelining requests it never reads queues nothing without bound", async (t) => {
   const r = rig();
   const path = join(tmp(t), "pipe.sock");
-  const srv = await startControlSocket(path, r.src, undefined, 500);
+  const srv = await startControlSocket(path, r.src, undefined, { idleTimeoutMs: 500 });
   t.teardown(() => srv.close());
   const s = await connect(path);
   t.teardown(() => s.destroy());

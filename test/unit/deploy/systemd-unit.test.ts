@@ -29,12 +29,36 @@ t.test("the unit runs `tunnat run` on /etc/tunnat/tunnat.json as a non-root user
   t.same(directive("DeviceAllow"), ["/dev/net/tun rw"]);
   t.same(directive("RuntimeDirectory"), ["tunnat"], "/run/tunnat for the control socket");
   t.same(directive("MemoryDenyWriteExecute"), [], "not set: node's JIT needs W+X memory");
+  t.same(directive("ProcSubset"), [], "not set: a subset=pid /proc has no /proc/sys");
+});
+
+t.test("the unit is Type=notify with a watchdog, restarts forever, and keeps state", async (t) => {
+  t.same(directive("Type"), ["notify"]);
+  t.same(directive("NotifyAccess"), ["main"]);
+  t.match(directive("WatchdogSec")[0], /^[1-9]\d*s$/);
+  t.same(directive("Restart"), ["on-failure"]);
+  t.same(directive("KillMode"), ["mixed"], "SIGTERM to the daemon, not to its `ip` commands");
+  t.same(directive("StartLimitIntervalSec"), ["0"], "no start limit: never gives up");
+  t.same(directive("StateDirectory"), ["tunnat"], "$STATE_DIRECTORY: the plumbing journal");
+  t.same(directive("LogsDirectory"), ["tunnat"], "/var/log/tunnat for the mapping log");
+  t.same(directive("Environment"), ["TUNNAT_CONTROL_SOCKET_GROUP=tunnat"]);
+  const cfg = loadConfig({
+    flags: { config: join(ROOT, "systemd", "tunnat.json") },
+    env: { STATE_DIRECTORY: "/var/lib/tunnat" },
+  });
+  t.equal(cfg.control.stateFile, "/var/lib/tunnat/plumbing.json");
 });
 
 t.test("the unit's ExecStartPre applies the sysctl file the docs install", async (t) => {
-  t.same(directive("ExecStartPre"), [
+  t.same(
+    directive("ExecStartPre")[0],
     "+/usr/lib/systemd/systemd-sysctl /etc/sysctl.d/60-tunnat.conf",
-  ]);
+  );
+  t.match(
+    directive("ExecStartPre")[1],
+    /^\+\/bin\/sh -c .*chgrp tunnat \/dev\/net\/tun && chmod g\+rw \/dev\/net\/tun/,
+    "the second gives group tunnat rw on /dev/net/tun when the user cannot open it",
+  );
   const sysctl = read("systemd/tunnat.sysctl");
   t.match(sysctl, /^net\.ipv4\.ip_forward = 1$/m);
   // The daemon wants its TUN at rp_filter 2 and cannot write it under ProtectKernelTunables.
