@@ -200,7 +200,9 @@ tmp="$(mktemp "$config_file.XXXXXX")"
   printf '  "outsideInterface": "%s",\n' "$outside_if"
   printf '  "tun": "%s",\n' "$tun"
   printf '  "preset": "%s",\n' "$preset"
-  printf '  "metrics": "%s"\n' "$metrics"
+  printf '  "metrics": "%s",\n' "$metrics"
+  # The unit's StateDirectory: `tunnat down` and `tunnat check` from a shell find the same files.
+  printf '  "stateFile": "/var/lib/tunnat/plumbing.json"\n'
   printf '}\n'
 } >"$tmp"
 chmod 0644 "$tmp"

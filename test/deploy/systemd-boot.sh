@@ -35,17 +35,22 @@ for c in systemd-nspawn debootstrap ip socat nsenter npm node; do
   command -v "$c" >/dev/null || fail "$c missing (apt-get install systemd-container debootstrap iproute2 socat)"
 done
 
-# --- what `systemctl stop` must leave behind: nothing of these (one place, adjust here) -------
-# Each entry: a description and a command run in the machine; the check fails when the command
-# prints anything.
+# --- what `systemctl stop` removes, and what it keeps (one place, adjust here) -------------
+# Each entry: a description and a command run in the machine that prints something while the
+# item is present. `systemctl stop` removes PLUMBING_CHECKS; the guard (GUARD_CHECKS: the policy
+# rules steering the inside into table 4242, whose prohibit route and nft table keep the gateway
+# closed while no daemon runs) stays until `tunnat down`, which must leave none of either.
 PLUMBING_CHECKS=(
-  "tunnat's policy rules (priority 4242)|ip -4 rule show priority 4242"
-  "routes in tunnat's table 4242|ip -4 route show table 4242"
   "the TUN device|ip -o link show dev tunnat0 2>/dev/null"
   "the NAT address route in main|ip -4 route show 203.0.113.1/32"
   "the proxy ARP entry|ip neigh show proxy 203.0.113.1"
   "the plumbing state file|ls /var/lib/tunnat/plumbing.json 2>/dev/null"
   "the control socket|ls /run/tunnat/tunnat.sock 2>/dev/null"
+)
+GUARD_CHECKS=(
+  "tunnat's policy rules (priority 4242)|ip -4 rule show priority 4242"
+  "the prohibit route of table 4242|ip -4 route show table 4242 type prohibit"
+  "the guard's nft table|nft list table ip tunnat_4242 2>/dev/null"
 )
 
 # --- addresses (lab/lab.json) --------------------------------------------------------------
@@ -169,6 +174,7 @@ write_config() { # $1: UDP timeout in seconds
   "tun": "tunnat0",
   "metrics": "127.0.0.1:9469",
   "mappingLog": "/var/log/tunnat/mappings.log",
+  "stateFile": "/var/lib/tunnat/plumbing.json",
   "timeouts": { "udp": $1 },
   "logLevel": "info"
 }
@@ -269,9 +275,10 @@ traffic() { # ping and TCP from p1 to the internet host; the server must see the
 journal() { in_machine journalctl -u tunnat --no-pager -o cat "$@"; }
 journal_has() { grep -q -- "$1" <<<"$(journal "${@:2}")"; }
 reloaded_with_udp() { [[ "$(grep '"msg":"reloaded configuration"' <<<"$(journal)")" == *"\"udp\":$1"* ]]; }
-plumbing_left() {
+# any_left NAME...: report every listed item still present; fails if one is.
+any_left() {
   local entry what cmd out left=0
-  for entry in "${PLUMBING_CHECKS[@]}"; do
+  for entry in "$@"; do
     what="${entry%%|*}"
     cmd="${entry#*|}"
     out="$(in_machine sh -c "$cmd" || true)"
@@ -281,6 +288,17 @@ plumbing_left() {
     fi
   done
   return "$left"
+}
+plumbing_left() { any_left "${PLUMBING_CHECKS[@]}"; }
+# guard_present: every guard item is there.
+guard_present() {
+  local entry
+  for entry in "${GUARD_CHECKS[@]}"; do
+    [ -n "$(in_machine sh -c "${entry#*|}" || true)" ] || {
+      echo "  missing: ${entry%%|*}" >&2
+      return 1
+    }
+  done
 }
 
 # --- 5. start, with /dev/net/tun 0600 root ---------------------------------------------------
@@ -384,5 +402,14 @@ stop_ms="$(journal | node -e '
   }
   console.log(b - a);')"
 say "stop: took ${stop_ms} ms; ${#PLUMBING_CHECKS[@]} checks find nothing left; traffic no longer crosses"
+guard_present || fail "systemctl stop removed the guard: the gateway would fail open"
+say "stop: the guard (${#GUARD_CHECKS[@]} items) keeps the gateway closed"
+
+# --- tunnat down: the operator opens the gateway on purpose -----------------------------------
+down_out="$(in_machine tunnat down --config /etc/tunnat/tunnat.json)" || fail "tunnat down failed: $down_out"
+any_left "${PLUMBING_CHECKS[@]}" "${GUARD_CHECKS[@]}" || fail "tunnat down left something behind"
+again="$(in_machine tunnat down --config /etc/tunnat/tunnat.json)" || fail "a second tunnat down failed"
+[[ "$again" == *"nothing to remove"* ]] || fail "a second tunnat down did not say nothing to remove: $again"
+say "down: removed the guard; a second run has nothing to remove"
 
 say "PASS in $((SECONDS - started))s"

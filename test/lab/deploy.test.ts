@@ -316,6 +316,7 @@ t.test(
           tun: LAB.tun,
           preset: "aws",
           metrics: "127.0.0.1:9469",
+          stateFile: "/var/lib/tunnat/plumbing.json",
         });
         t.equal(sysctl(NAT, "net.ipv4.ip_forward"), "1", "ip_forward is on in the instance");
         t.equal(
