@@ -21,7 +21,10 @@ else {
     prefix: "tnfuzz",
   });
   t.comment(`live fuzz: ${JSON.stringify(opts)}`);
-  t.test("the live fuzz: the daemon stays healthy and accounts for every packet", async (t) => {
+  // Generating ~100k packets/s of CPU plus the replay at the given rate, with room for a busy machine.
+  const timeout = Math.ceil((opts.packets / (2 * opts.pps)) * 3000) + 1_200_000;
+  const name = "the live fuzz: the daemon stays healthy and accounts for every packet";
+  t.test(name, { timeout }, async (t) => {
     await liveFuzz(t, opts);
   });
 }

@@ -12,13 +12,17 @@ import { missing } from "./helpers/lab.js";
 const reason = missing(["tcpreplay", "tcpdump", "tshark", "socat", "python3"]);
 if (reason) t.plan(0, reason);
 else
-  t.test("a short live fuzz: the daemon stays healthy and accounts for every packet", async (t) => {
-    await liveFuzz(t, {
-      packets: 200_000,
-      pps: 50_000,
-      transferBytes: 20_000_000,
-      uniquePerSide: 50_000,
-      seed: 1,
-      prefix: "tnlfz",
-    });
-  });
+  t.test(
+    "a short live fuzz: the daemon stays healthy and accounts for every packet",
+    { timeout: 600_000 },
+    async (t) => {
+      await liveFuzz(t, {
+        packets: 200_000,
+        pps: 50_000,
+        transferBytes: 20_000_000,
+        uniquePerSide: 50_000,
+        seed: 1,
+        prefix: "tnlfz",
+      });
+    },
+  );

@@ -413,6 +413,7 @@ else {
             "4",
           ]);
           await sleep(1000);
+          const dropsBefore = totalDrops(await lab.drops());
           for (const src of [nat, "192.0.2.55"]) {
             const r = await lab.exec("p1", [
               py,
@@ -431,6 +432,9 @@ else {
             );
           }
           await p2.exited;
+          // Dropped and counted, by the daemon or the guard (any tunnat_*drop*{reason} series).
+          const counted = totalDrops(await lab.drops()) - dropsBefore;
+          t.ok(counted >= 10, `the 10 spoofed datagrams were counted as drops (${counted})`);
           const got = (json<{ got: [string, string, number][] }>(p2.out())?.got ?? []).map(
             (g) => g[0],
           );
