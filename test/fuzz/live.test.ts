@@ -23,6 +23,8 @@ else {
   t.comment(`live fuzz: ${JSON.stringify(opts)}`);
   // Generating ~100k packets/s of CPU plus the replay at the given rate, with room for a busy machine.
   const timeout = Math.ceil((opts.packets / (2 * opts.pps)) * 3000) + 1_200_000;
+  // Run directly (npm run fuzz:live) the root test has tap's 30 s default: lift it too.
+  t.setTimeout(timeout + 60_000);
   const name = "the live fuzz: the daemon stays healthy and accounts for every packet";
   t.test(name, { timeout }, async (t) => {
     await liveFuzz(t, opts);
