@@ -458,10 +458,8 @@ function metricMentioningTunDrops(text: string): number {
   let best = -1;
   for (const line of text.split("\n")) {
     const m = /^tunnat_(\w+)(\{[^}]*\})?\s+([0-9.e+]+)$/.exec(line);
-    if (!m) continue;
-    const name = m[1] ?? "";
-    if (/drop/.test(name) && (/tun/.test(name) || /="[^"]*tun[^"]*"/.test(m[2] ?? "")))
-      best = Math.max(best, Number(m[3]));
+    const name = m?.[1] ?? "";
+    if (m && /(^|_)tun_/.test(name) && /drop/.test(name)) best = Math.max(best, Number(m[3]));
   }
   return best;
 }
