@@ -195,6 +195,8 @@ export async function liveFuzz(t: Test, opts: LiveFuzzOptions): Promise<LiveFuzz
     `${lab.tmp}/emitted.pcap`,
     `ip and src host ${nat} and dst host ${valid}`,
   ]);
+  // Only what arrives from the gateway: the internet host's own fuzz (with random sources) leaves
+  // through the same interface.
   const raw = lab.spawn("inet", [
     "tcpdump",
     "--immediate-mode",
@@ -203,6 +205,8 @@ export async function liveFuzz(t: Test, opts: LiveFuzzOptions): Promise<LiveFuzz
     "-n",
     "-i",
     "eth0",
+    "-Q",
+    "in",
     "-s",
     "64",
     "-w",
