@@ -335,8 +335,8 @@ t.test("a reload names each changed setting with its old and new value", async (
   const aws = reloadChanges(cur, load({ preset: "aws" }));
   t.same(
     aws.needRestart.map((c) => c.field),
-    ["preset"],
-    "a preset change is named once (its RST behaviour needs a restart)",
+    ["ports", "preset"],
+    "a preset change is named once, with the port range it implies (both need a restart)",
   );
 });
 
