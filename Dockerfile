@@ -3,12 +3,12 @@
 # addon is compiled by node-gyp exactly as on a fresh machine.
 #   docker build -t tunnat .
 
+# The pack stage only compiles the TypeScript: no addon build (--ignore-scripts), so no toolchain.
 FROM node:24-bookworm-slim AS pack
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 make g++ \
-  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN npm ci --no-audit --no-fund && npm run build && npm pack --pack-destination /tmp && mv /tmp/tunnat-*.tgz /tmp/tunnat.tgz
+RUN npm ci --ignore-scripts --no-audit --no-fund && npm pack --pack-destination /tmp \
+  && mv /tmp/tunnat-*.tgz /tmp/tunnat.tgz
 
 FROM node:24-bookworm-slim
 # iproute2 for the plumbing, nftables for the kernel filter, ping/curl/iperf3/socat/tcpdump to

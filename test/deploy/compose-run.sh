@@ -44,6 +44,7 @@
 #   TUNNAT_COMPOSE        the compose command ("docker-compose" or "docker compose"; default:
 #                         v2 if present, else v1)
 #   TUNNAT_COMPOSE_FILE   default docker-compose.yml (to run the test on another topology)
+#   TUNNAT_TEST_LOGS      a directory to copy the run's logs to (dockerd, build, up, down)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
@@ -102,7 +103,7 @@ cleanup() {
       log "logs of the lab (failure):"
       dc logs --no-color --tail 40 nat >&2 2>&1
     fi
-    dc --profile monitoring down -v --remove-orphans >/dev/null 2>&1
+    dc --profile monitoring down -t 3 -v --remove-orphans >/dev/null 2>&1
     kill -TERM "$dockerd_pid"
     for _ in $(seq 1 60); do
       kill -0 "$dockerd_pid" 2>/dev/null || break
@@ -116,6 +117,9 @@ cleanup() {
   for d in /sys/fs/cgroup/*/"$cgparent" /sys/fs/cgroup/"$cgparent"; do
     [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
   done
+  if [ -n "${TUNNAT_TEST_LOGS:-}" ] && [ -n "$run" ]; then
+    mkdir -p "$TUNNAT_TEST_LOGS" && cp "$run"/*.log "$TUNNAT_TEST_LOGS/" 2>/dev/null
+  fi
   [ -n "$run" ] && rm -rf "$run"
   rm -f "$before" "$after"
   exit "$rc"
@@ -199,6 +203,38 @@ if [ ! -d "$npm_cache" ]; then
   rm -rf "$work"
 fi
 
+# The node:24-bookworm-slim stand-in as a root file system: the base, Node and npm under
+# /usr/local as in the real image, and the npm cache; imported with the image settings below.
+standin_key="$(printf '%s\n' "$base_key" "$(basename "$node_tgz")" "$(basename "$npm_tgz")" \
+  "$npm_key" | sha256sum | cut -c1-12)"
+standin_tar="$cache/node24-standin-$standin_key.tar"
+if [ ! -s "$standin_tar" ]; then
+  log "making the node:24-bookworm-slim stand-in"
+  work="$(mktemp -d "$cache/build.XXXXXX")"
+  fs="$work/rootfs"
+  mkdir -p "$fs"
+  tar -C "$fs" --numeric-owner -xpf "$base_tar"
+  mkdir -p "$fs/usr/local/lib/node_modules/npm"
+  tar -C "$fs/usr/local" --strip-components=1 --no-same-owner -xzf "$node_tgz" package/bin \
+    package/include package/share
+  tar -C "$fs/usr/local/lib/node_modules/npm" --strip-components=1 --no-same-owner -xzf "$npm_tgz"
+  ln -s ../lib/node_modules/npm/bin/npm-cli.js "$fs/usr/local/bin/npm"
+  ln -s ../lib/node_modules/npm/bin/npx-cli.js "$fs/usr/local/bin/npx"
+  cp -a "$npm_cache" "$fs/opt/tunnat-test-npm-cache"
+  tar -C "$fs" --numeric-owner -cf "$work/standin.tar" .
+  mv "$work/standin.tar" "$standin_tar"
+  rm -rf "$work"
+fi
+find "$cache" -maxdepth 1 -name 'node24-standin-*.tar' ! -name "$(basename "$standin_tar")" -delete
+standin_env=(
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  --change 'ENV npm_config_cache=/opt/tunnat-test-npm-cache'
+  --change 'ENV npm_config_offline=true'
+  --change 'ENV npm_config_nodedir=/usr/local'
+  --change 'ENV npm_config_update_notifier=false'
+  --change 'CMD ["node"]'
+)
+
 # --- 2b. dockerd in a network namespace of its own --------------------------------------------
 run="$(mktemp -d /var/tmp/tunnat-compose-run.XXXXXX)"
 ip netns add "$ns"
@@ -226,6 +262,10 @@ done <"$run/cgroups"
 # A private /run: containerd and runc keep their state (and shim sockets) under /run/containerd
 # and friends; nothing of it may show on, or clash with, the machine's /run.
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+# The data root (images, layers, containers) on a tmpfs of this mount namespace only: it goes
+# with dockerd, all at once, instead of a slow `rm -rf` of the layers.
+mkdir -p "$run/data"
+mount -t tmpfs -o mode=711,size=8g tmpfs "$run/data"
 exec dockerd --data-root "$run/data" --exec-root "$run/exec" --pidfile "$run/dockerd.pid" \
   -H "unix://$run/docker.sock" --config-file "$run/daemon.json" \
   --cgroup-parent "/$cgparent" --bip 198.18.0.1/24 \
@@ -254,40 +294,18 @@ docker version --format 'compose-run: Docker Engine {{.Server.Version}}' >&2 ||
   die "dockerd did not answer"
 
 # --- 3b. images -------------------------------------------------------------------------------
-log "importing the base image"
-docker import "$base_tar" tunnat-test/bookworm:base >/dev/null
-ctx="$run/standin"
-mkdir -p "$ctx/node" "$ctx/npm"
-tar -C "$ctx/node" --strip-components=1 -xzf "$node_tgz" package/bin package/include \
-  package/share
-tar -C "$ctx/npm" --strip-components=1 -xzf "$npm_tgz"
-cp -a "$npm_cache" "$ctx/npm-cache"
-cat >"$ctx/Dockerfile" <<'EOF'
-# Stand-in for node:24-bookworm-slim (test/deploy/compose-run.sh says why and how).
-FROM tunnat-test/bookworm:base
-COPY node/ /usr/local/
-COPY npm/ /usr/local/lib/node_modules/npm/
-COPY npm-cache/ /opt/tunnat-test-npm-cache/
-RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
-  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
-  && node --version && npm --version
-ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    npm_config_cache=/opt/tunnat-test-npm-cache npm_config_offline=true \
-    npm_config_nodedir=/usr/local npm_config_update_notifier=false
-CMD ["node"]
-EOF
-log "building the node:24-bookworm-slim stand-in"
-docker build -q -t node:24-bookworm-slim "$ctx" >/dev/null
-rm -rf "$ctx"
+log "importing the node:24-bookworm-slim stand-in"
+docker import "${standin_env[@]}" "$standin_tar" node:24-bookworm-slim >/dev/null
 # Prometheus: Debian's binary under the image name the compose file's monitoring profile pulls.
 prom_image="$(dc --profile monitoring config | awk '/image: .*prometheus/{print $2; exit}')"
-[ -n "$prom_image" ] || die "no prometheus image in the monitoring profile"
+[ -n "$prom_image" ] || prom_image=prom/prometheus:missing-in-the-compose-file
 pctx="$run/prom"
 mkdir -p "$pctx"
 cp /usr/bin/prometheus "$pctx/"
 cat >"$pctx/Dockerfile" <<'EOF'
-# Stand-in for the Prometheus image: Debian 12's prometheus binary (statically linked Go).
-FROM tunnat-test/bookworm:base
+# Stand-in for the Prometheus image: Debian 12's prometheus binary (a Go binary needing only
+# libc) on the Debian base of the node stand-in.
+FROM node:24-bookworm-slim
 COPY prometheus /bin/prometheus
 RUN mkdir -p /prometheus /etc/prometheus
 ENTRYPOINT ["/bin/prometheus"]
@@ -296,11 +314,12 @@ docker build -q -t "$prom_image" "$pctx" >/dev/null
 rm -rf "$pctx"
 
 # --- 3c. the lab ------------------------------------------------------------------------------
-log "docker compose up --build (the real Dockerfile)"
+log "docker compose build (the real Dockerfile)"
 dc build >"$run/build.log" 2>&1 || {
   tail -n 40 "$run/build.log" >&2
   die "the image build failed"
 }
+log "docker compose up"
 dc up -d >"$run/up.log" 2>&1 || {
   cat "$run/up.log" >&2
   die "compose up failed"
@@ -316,7 +335,7 @@ seen="$(ex p1 curl -fsS --max-time 10 http://203.0.113.10/ | tr -d '\r\n')"
 seen2="$(ex p2 curl -fsS --max-time 10 http://203.0.113.10/ | tr -d '\r\n')"
 [ "$seen2" = 203.0.113.1 ] || die "the http server saw p2 as '$seen2', not as the NAT address"
 log "http: the server saw p1 and p2 as 203.0.113.1"
-echo=$(ex p1 sh -c 'echo tunnat-udp-$$ | socat -T 5 - UDP4:203.0.113.11:3478' | tr -d '\r')
+echo=$(ex p1 sh -c 'echo tunnat-udp-$$ | socat -t 5 -T 8 - UDP4:203.0.113.11:3478' | tr -d '\r')
 [[ "$echo" == tunnat-udp-* ]] || die "no UDP echo from 203.0.113.11 (got '$echo')"
 log "udp: echo from 203.0.113.11:3478"
 iperf_json="$(ex p1 iperf3 -c 203.0.113.10 -t 3 -J)" || die "iperf3 failed"
@@ -382,16 +401,21 @@ fi
 log "isolation: with the nat stopped, p1 reaches nothing"
 
 # --- 6. down, and nothing left ----------------------------------------------------------------
-dc --profile monitoring down -v --remove-orphans >"$run/down.log" 2>&1 || {
+dc --profile monitoring down -t 3 -v --remove-orphans >"$run/down.log" 2>&1 || {
   cat "$run/down.log" >&2
   die "compose down failed"
 }
 left="$(docker ps -aq | wc -l) containers, $(docker network ls -q --filter type=custom | wc -l) networks"
 [ "$left" = "0 containers, 0 networks" ] || die "compose down left $left"
+log "stopping dockerd"
 kill -TERM "$dockerd_pid"
 wait "$dockerd_pid" 2>/dev/null || true
 dockerd_pid=""
+log "dockerd stopped"
 ip netns del "$ns"
+if [ -n "${TUNNAT_TEST_LOGS:-}" ]; then
+  mkdir -p "$TUNNAT_TEST_LOGS" && cp "$run"/*.log "$TUNNAT_TEST_LOGS/"
+fi
 rm -rf "$run"
 for d in /sys/fs/cgroup/*/"$cgparent" /sys/fs/cgroup/"$cgparent"; do
   [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
