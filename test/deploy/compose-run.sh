@@ -102,6 +102,8 @@ cleanup() {
     if [ "$rc" != 0 ] && [ -S "$run/docker.sock" ]; then
       log "logs of the lab (failure):"
       dc logs --no-color --tail 40 nat >&2 2>&1
+      log "the Docker host's isolation chain (failure):"
+      ip netns exec "$ns" iptables -vnL DOCKER-ISOLATION-STAGE-1 >&2 2>&1
     fi
     dc --profile monitoring down -t 3 -v --remove-orphans >/dev/null 2>&1
     kill -TERM "$dockerd_pid"
@@ -186,7 +188,8 @@ if [ -z "$npm_tgz" ]; then
   (cd "$cache" && npm pack --silent npm@11 >/dev/null)
   npm_tgz="$(find "$cache" -maxdepth 1 -name 'npm-11.*.tgz' | sort -V | tail -n 1)"
 fi
-npm_key="$(cat package.json package-lock.json | sha256sum | cut -c1-12)"
+# The lockfile names every package (the root package's dependency ranges included).
+npm_key="$(sha256sum package-lock.json | cut -c1-12)"
 npm_cache="$cache/npm-cache-$npm_key"
 if [ ! -d "$npm_cache" ]; then
   log "filling the npm cache for package-lock.json"
@@ -225,7 +228,11 @@ if [ ! -s "$standin_tar" ]; then
   mv "$work/standin.tar" "$standin_tar"
   rm -rf "$work"
 fi
-find "$cache" -maxdepth 1 -name 'node24-standin-*.tar' ! -name "$(basename "$standin_tar")" -delete
+# Older generations of the cached inputs go.
+find "$cache" -maxdepth 1 \( -name 'node24-standin-*.tar' ! -name "$(basename "$standin_tar")" \
+  -o -name 'bookworm-base-*.tar' ! -name "$(basename "$base_tar")" \) -delete
+find "$cache" -maxdepth 1 -name 'npm-cache-*' ! -name "$(basename "$npm_cache")" \
+  -exec rm -rf {} +
 standin_env=(
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
   --change 'ENV npm_config_cache=/opt/tunnat-test-npm-cache'
@@ -325,6 +332,8 @@ dc up -d >"$run/up.log" 2>&1 || {
   die "compose up failed"
 }
 log "lab up: $(docker ps --format '{{.Names}}' | sort | xargs)"
+log "Docker host: net.bridge.bridge-nf-call-iptables=$(ip netns exec "$ns" cat \
+  /proc/sys/net/bridge/bridge-nf-call-iptables)"
 
 # --- 4. traffic through tunnat ----------------------------------------------------------------
 ex() { dc exec -T "$@"; }
@@ -345,7 +354,7 @@ iperf_mbits="$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["en
 log "iperf3: $iperf_bytes bytes in 3 s ($iperf_mbits Mbit/s, not asserted)"
 
 metric() { # metric <name> <exposition>: sum of the samples of one metric family
-  awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%d\n", s}' <<<"$2"
+  awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%.0f\n", s}' <<<"$2"
 }
 metrics="$(ex nat curl -fsS --max-time 5 http://127.0.0.1:9469/metrics)"
 out_bytes="$(metric tunnat_bytes_out_to_destination_total "$metrics")"
