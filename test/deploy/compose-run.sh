@@ -88,9 +88,8 @@ snapshot() {
     cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null
   } >"$1"
 }
-before="$(mktemp /tmp/tunnat-compose-before.XXXXXX)"
-after="$(mktemp /tmp/tunnat-compose-after.XXXXXX)"
-snapshot "$before"
+before=""
+after=""
 
 # --- cleanup, also on failure -----------------------------------------------------------------
 compose=()
@@ -123,11 +122,14 @@ cleanup() {
     mkdir -p "$TUNNAT_TEST_LOGS" && cp "$run"/*.log "$TUNNAT_TEST_LOGS/" 2>/dev/null
   fi
   [ -n "$run" ] && rm -rf "$run"
-  rm -f "$before" "$after"
+  [ -n "$before" ] && rm -f "$before" "$after"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+before="$(mktemp /tmp/tunnat-compose-before.XXXXXX)"
+after="$(mktemp /tmp/tunnat-compose-after.XXXXXX)"
+snapshot "$before"
 
 # --- 2. the compose command -------------------------------------------------------------------
 if [ -n "${TUNNAT_COMPOSE:-}" ]; then
