@@ -339,6 +339,8 @@ log "Docker host: net.bridge.bridge-nf-call-iptables=$(ip netns exec "$ns" cat \
 
 # --- 4. traffic through tunnat ----------------------------------------------------------------
 ex() { dc exec -T "$@"; }
+ex nat node --version | grep -q '^v24\.' || die "the image does not run Node 24"
+ex nat nft --version >/dev/null || die "the image has no nft (nftables)"
 ex p1 ping -c 3 -W 2 203.0.113.10 >/dev/null || die "p1 cannot ping 203.0.113.10 through the nat"
 log "ping: p1 -> 203.0.113.10 answered"
 seen="$(ex p1 curl -fsS --max-time 10 http://203.0.113.10/ | tr -d '\r\n')"
