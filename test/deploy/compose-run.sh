@@ -7,9 +7,12 @@
 #     data root, exec root, pidfile, socket, cgroup parent and address pools, in a mount
 #     namespace where the cgroup hierarchies are mounted again (`ip netns exec` remounts /sys,
 #     which hides them) and /run is private;
-#  3. loads the images no registry can give here: a Debian 12 base made with
-#     `debootstrap --variant=minbase` + `docker import`, and a stand-in for node:24-bookworm-slim
-#     (see "Images" below); then `docker compose up --build` builds the real Dockerfile;
+#  3. loads the images no registry can give here: a stand-in for node:24-bookworm-slim, a
+#     Debian 12 root made with `debootstrap --variant=minbase` and given to `docker import`
+#     (see "Images" below), and one for the Prometheus image; then `docker-compose build`
+#     builds the real Dockerfile and `up -d` starts the lab;
+#     the private network's macvlan parent is an ifb device in the netns (TUNNAT_PRIVATE_PARENT):
+#     this kernel has no dummy driver, the parent Docker makes by default;
 #  4. from a private container through tunnat: ping, HTTP (the server must see the NAT
 #     address), UDP echo and an iperf3 run; reads the metrics (bytes counted, also on the
 #     published port); shows that the private side has no way out but the nat container (not
@@ -33,7 +36,8 @@
 #     `debootstrap --download-only --include=...`; the image's sources.list names only it;
 #   - an npm cache of the lockfile's packages, with npm_config_offline=true, and
 #     npm_config_nodedir=/usr/local so node-gyp uses the headers instead of downloading them.
-# The debootstrapped base, the .debs, Node and the npm cache are cached in $TUNNAT_TEST_CACHE
+# The debootstrapped base, the .debs, Node, the npm cache and the stand-in's root file system
+# are cached in $TUNNAT_TEST_CACHE
 # (default /var/cache/tunnat-test/compose); a cold run fetches them from the Debian and npm
 # registries (the only network this needs, and only before dockerd starts).
 #
