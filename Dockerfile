@@ -3,18 +3,19 @@
 # addon is compiled by node-gyp exactly as on a fresh machine.
 #   docker build -t tunnat .
 
-FROM node:20-bookworm-slim AS pack
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3 make g++ \
-  && rm -rf /var/lib/apt/lists/*
+# The pack stage only compiles the TypeScript: no addon build (--ignore-scripts), so no toolchain.
+FROM node:24-bookworm-slim AS pack
 WORKDIR /src
 COPY . .
-RUN npm ci --no-audit --no-fund && npm run build && npm pack --pack-destination /tmp && mv /tmp/tunnat-*.tgz /tmp/tunnat.tgz
+RUN npm ci --ignore-scripts --no-audit --no-fund && npm pack --pack-destination /tmp \
+  && mv /tmp/tunnat-*.tgz /tmp/tunnat.tgz
 
-FROM node:20-bookworm-slim
-# iproute2 for the plumbing, ping/curl/iperf3/socat/tcpdump to try the NAT, python3 + make + g++
-# for the addon's build during `npm install`.
+FROM node:24-bookworm-slim
+# iproute2 for the plumbing, nftables for the kernel filter, ping/curl/iperf3/socat/tcpdump to
+# try the NAT, python3 + make + g++ for the addon's build during `npm install`.
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
-    iproute2 nftables iputils-ping curl iperf3 socat tcpdump procps python3 make g++ ca-certificates \
+    iproute2 nftables iputils-ping curl iperf3 socat tcpdump procps python3 make g++ \
+    ca-certificates \
   && rm -rf /var/lib/apt/lists/*
 COPY --from=pack /tmp/tunnat.tgz /tmp/tunnat.tgz
 RUN npm install --global --no-audit --no-fund /tmp/tunnat.tgz && rm /tmp/tunnat.tgz \

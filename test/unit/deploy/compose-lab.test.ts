@@ -1,9 +1,11 @@
 /**
  * docker-compose.yml describes the namespace lab with containers: same prefixes, same addresses,
  * same NAT address (lab/lab.json is the lab's single source). Also checks what the nat container
- * needs to run tunnat at all. `docker-compose config` itself runs in test/deploy/compose.sh.
+ * needs to run tunnat at all, that the private network is no Docker bridge (whose isolation rule
+ * drops the NAT traffic, issue 9), and the monitoring profile. `docker-compose config` runs in
+ * test/deploy/compose.sh; test/deploy/compose-run.sh runs the lab on a real Docker Engine.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
@@ -12,6 +14,10 @@ import { parse } from "yaml";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..");
 
 interface Service {
+  image?: string;
+  profiles?: string[];
+  network_mode?: string;
+  volumes?: string[];
   cap_add?: string[];
   devices?: string[];
   sysctls?: Record<string, string>;
@@ -21,7 +27,15 @@ interface Service {
 }
 interface Compose {
   services: Record<string, Service>;
-  networks: Record<string, { ipam?: { config?: { subnet?: string; gateway?: string }[] } }>;
+  networks: Record<
+    string,
+    {
+      driver?: string;
+      internal?: boolean;
+      driver_opts?: Record<string, string>;
+      ipam?: { config?: { subnet?: string; gateway?: string }[] };
+    }
+  >;
 }
 interface LabJson {
   inside: { prefix: string; gateway: string; hosts: Record<string, string> };
@@ -88,4 +102,53 @@ t.test("the private hosts route their default via the nat's inside address", asy
     t.match(text, `default via ${lab.inside.gateway}`, `${name} routes via the nat`);
     t.ok(compose.services[name]?.cap_add?.includes("NET_ADMIN"), `${name} may set its route`);
   }
+});
+
+t.test("the private network is a macvlan switch with no way out but the nat", async (t) => {
+  const priv = compose.networks.private ?? {};
+  // An internal Docker *bridge* passes no NAT traffic where bridge-nf-call-iptables=1
+  // (DOCKER-ISOLATION-STAGE-1 drops "-i br-<private> ! -d <subnet>"); a non-internal one gives
+  // the private hosts Docker's gateway and masquerading as a second way out.
+  t.equal(priv.driver, "macvlan", "not a Docker bridge");
+  t.equal(priv.internal, true, "internal: Docker gives the private hosts no default route");
+  t.equal(
+    priv.driver_opts?.parent,
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: compose's interpolation, not JS's
+    "${TUNNAT_PRIVATE_PARENT:-}",
+    "no parent by default: Docker makes a dummy one, connected to nothing",
+  );
+  for (const [name, s] of Object.entries(compose.services)) {
+    if (name === "nat" || !s.networks?.private) continue;
+    t.same(Object.keys(s.networks), ["private"], `${name} is on the private network only`);
+  }
+});
+
+t.test("the monitoring profile: Prometheus on the nat, Grafana provisioned", async (t) => {
+  const prom = compose.services.prometheus ?? {};
+  const grafana = compose.services.grafana ?? {};
+  t.same(prom.profiles, ["monitoring"], "prometheus only with --profile monitoring");
+  t.same(grafana.profiles, ["monitoring"], "grafana only with --profile monitoring");
+  t.match(prom.image ?? "", /^prom\/prometheus:v\d/, "a pinned Prometheus image");
+  t.match(grafana.image ?? "", /^grafana\/grafana(-oss)?:\d/, "a pinned Grafana image");
+  // monitoring/prometheus.yml scrapes 127.0.0.1:9469: Prometheus shares the nat's netns.
+  t.equal(prom.network_mode, "service:nat");
+  const prometheusYml = readFileSync(join(ROOT, "monitoring", "prometheus.yml"), "utf8");
+  t.match(prometheusYml, "127.0.0.1:9469", "the example config scrapes tunnat on loopback");
+  const mounts = [...(prom.volumes ?? []), ...(grafana.volumes ?? [])];
+  for (const m of mounts) {
+    const src = m.split(":")[0] ?? "";
+    t.ok(existsSync(join(ROOT, src)), `${src} exists`);
+  }
+  t.ok(
+    mounts.some((m) => m.startsWith("./monitoring/prometheus.yml:")),
+    "uses monitoring/prometheus.yml",
+  );
+  t.ok(
+    mounts.some((m) => m.startsWith("./monitoring/grafana-dashboard.json:")),
+    "provisions monitoring/grafana-dashboard.json",
+  );
+  const ds = parse(readFileSync(join(ROOT, "monitoring", "grafana", "datasources.yml"), "utf8"));
+  t.equal(ds.datasources?.[0]?.url, "http://nat:9090", "Grafana reaches Prometheus in the nat");
+  const addr = grafana.networks?.internet?.ipv4_address;
+  t.ok(addr, "grafana has a fixed address (a dynamic one would be the NAT address)");
 });
