@@ -250,10 +250,18 @@ else {
     "an outsider routing around the NAT cannot complete a handshake through it",
     { skip: scapyPython() ? false : "needs python3-scapy" },
     async (t) => {
-      // inet routes the inside prefix via the NAT host, whose kernel forwards it to p1 (no
-      // filter here: this tests the translator alone). p1's SYN-ACK can only leave through tunnat.
+      // inet routes the inside prefix via the NAT host, whose kernel forwards it to p1. The
+      // guard's forward filter would drop the outsider's SYN before p1 sees it (guard.test.ts
+      // covers that layer): empty its chain so this tests the translator alone. p1's SYN-ACK can
+      // then only leave through tunnat.
       const py = scapyPython() ?? "python3";
       const d = await lab.startDaemon();
+      const guardTable = (await lab.sh("nat", ["nft", "list", "tables"]))
+        .split("\n")
+        .map((l) => l.trim().split(" ")[2])
+        .find((n) => n?.startsWith("tunnat_"));
+      t.ok(guardTable, "the daemon installed its guard table");
+      await lab.sh("nat", ["nft", "flush", "chain", "ip", guardTable ?? "", "forward"]);
       const natIf = lab.lab.outside.natInterfaceAddress;
       await lab.sh("inet", ["ip", "route", "add", lab.lab.inside.prefix, "via", natIf]);
       // The attacker suppresses its own kernel's RSTs to the unexpected SYN-ACK.
