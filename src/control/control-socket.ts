@@ -34,6 +34,7 @@ import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
+import { socketAnswers } from "./owner.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./metrics.js";
 import { readTunCounters } from "./tun-stats.js";
@@ -209,17 +210,6 @@ export interface ControlServer {
   close(): Promise<void>;
 }
 
-/** Connect to `path`: resolves true if something answers there. */
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = createConnection(path);
-    c.once("connect", () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once("error", () => resolve(false));
-  });
-}
 
 /** Listen on the control socket at `path`. */
 export async function startControlSocket(
@@ -246,7 +236,7 @@ export async function startControlSocket(
         ErrorCode.Control,
         `${path} exists and is not a socket; remove it or choose another --control-socket`,
       );
-    if (await listening(path))
+    if (await socketAnswers(path))
       throw new TunnatError(
         ErrorCode.Control,
         `another daemon answers on ${path}; stop it or choose another --control-socket`,

@@ -29,22 +29,16 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { ErrorCode, TunnatError } from "./errors.js";
-import { Guard, type GuardChange } from "./guard.js";
+import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
 
 export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
 
-export interface PlumbingSpec {
-  tun: string;
+/** The guard's part (interfaces, prefixes, NAT addresses, table and priority) and the rest. */
+export interface PlumbingSpec extends GuardSpec {
   /** Address for the TUN; null = none. */
   tunAddress: Cidr | null;
-  insideInterface: string;
-  outsideInterface: string;
-  inside: Cidr[];
-  natAddresses: number[];
-  table: number;
-  priority: number;
   /** Set ip_forward=1 when it is 0 (restored by remove) instead of refusing. */
   setIpForward: boolean;
   /** Persisted undo journal for crash recovery; null = none. */
