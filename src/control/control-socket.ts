@@ -34,9 +34,9 @@ import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
 import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
-import { socketAnswers } from "./owner.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./metrics.js";
+import { socketAnswers } from "./owner.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** Slots scanned between two turns of the event loop. */
@@ -209,7 +209,6 @@ export interface ControlServer {
   readonly server: Server;
   close(): Promise<void>;
 }
-
 
 /** Listen on the control socket at `path`. */
 export async function startControlSocket(
