@@ -372,7 +372,7 @@ pid="$(main_pid)"
 in_machine systemctl kill -s KILL tunnat
 wait_for 30 "tunnat was not restarted after SIGKILL" active_with_new_pid "$pid"
 traffic "after the SIGKILL restart"
-journal_has "removing a crashed run's plumbing" -p warning ||
+journal_has "removing a stopped run's plumbing" -p warning ||
   fail "the restarted daemon did not remove the dead run's plumbing from /var/lib/tunnat"
 say "SIGKILL: restarted as pid $(main_pid) (NRestarts=$(prop NRestarts)), leftovers removed, traffic crosses"
 
