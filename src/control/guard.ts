@@ -13,6 +13,9 @@
  * instead of letting the lookup fall through to the main table (fail closed). The forward chain:
  *
  *   iifname TUN accept                              translated by tunnat (also the hairpin path)
+ *   iifname OUT ip saddr @inside drop               spoofed_source (two interfaces): an inside
+ *   iifname OUT ip saddr @nat drop                  or NAT source from outside is forged; to the
+ *                                                   NAT address it would pass for hairpinning
  *   iifname IN ip saddr @nat drop                   spoofed_source: a NAT address from inside
  *   iifname IN ip saddr != @inside drop             spoofed_source (two interfaces)
  *   iifname IN ip saddr != @inside ip daddr != @inside oifname != TUN drop
@@ -49,7 +52,7 @@ export const GUARD_REASONS = [
   },
   {
     name: "spoofed_source",
-    help: "arrived on the inside interface with a NAT address or a source outside the inside prefixes",
+    help: "a source it cannot have: on the inside interface a NAT address or a source outside the inside prefixes; on the outside interface (two interfaces) an inside or NAT address",
   },
   {
     name: "no_tun",
@@ -108,6 +111,7 @@ export function guardScript(spec: GuardSpec): string {
   const name = guardTableName(spec.table);
   const tun = quoteIf(spec.tun);
   const inIf = quoteIf(spec.insideInterface);
+  const outIf = quoteIf(spec.outsideInterface);
   const single = spec.insideInterface === spec.outsideInterface;
   const inside = spec.inside.map(formatCidr).join(", ");
   const nat = spec.natAddresses.map(formatIpv4).join(", ");
@@ -128,6 +132,13 @@ export function guardScript(spec: GuardSpec): string {
     "  chain forward {",
     "    type filter hook forward priority filter; policy accept;",
     `    iifname ${tun} accept`,
+    // With one interface an inside source on it is a real inside host: nothing to tell apart.
+    ...(single
+      ? []
+      : [
+          `    iifname ${outIf} ip saddr @inside ${drop("spoofed_source")}`,
+          `    iifname ${outIf} ip saddr @nat ${drop("spoofed_source")}`,
+        ]),
     `    iifname ${inIf} ip saddr @nat ${drop("spoofed_source")}`,
     single
       ? `    iifname ${inIf} ip saddr != @inside ip daddr != @inside oifname != ${tun} ${drop("spoofed_source")}`

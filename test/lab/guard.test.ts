@@ -165,6 +165,34 @@ else {
     );
   });
 
+  t.test("an inside or NAT source arriving from outside is dropped as forged", async (t) => {
+    if (!lab.daemon) await lab.startDaemon();
+    // inet needs a route to p1 at all: the neighbour of the routed-around test.
+    await lab.sh("inet", ["ip", "route", "add", insidePrefix, "via", outsideAddr]);
+    t.teardown(() => lab.exec("inet", ["ip", "route", "del", insidePrefix, "via", outsideAddr]));
+    const before = await metricCounter("spoofed_source");
+    // Towards the NAT address a forged inside source would pass for hairpinning; towards p1 for
+    // an inside neighbour.
+    const cap = await lab.capture("p1", "eth0", "udp dst port 9997");
+    const script = [
+      "from scapy.all import IP, UDP, Raw, send",
+      `send(IP(src="${lab.p2}", dst="${lab.natAddress}")/UDP(sport=5555, dport=6000)/Raw(b"hp"), verbose=0)`,
+      `send(IP(src="${lab.p2}", dst="${lab.p1}")/UDP(sport=5555, dport=9997)/Raw(b"in"), verbose=0)`,
+      `send(IP(src="${lab.natAddress}", dst="${lab.natAddress}")/UDP(sport=5555, dport=6001)/Raw(b"nat"), verbose=0)`,
+    ].join("\n");
+    const r = await lab.exec("inet", [py, "-c", script]);
+    t.equal(r.code, 0, r.stderr);
+    await sleep(300);
+    await cap.stop();
+    t.same(await lab.readPcap(cap.file), [], "nothing forged reached p1");
+    for (let i = 0; i < 15 && (await metricCounter("spoofed_source")) < before + 3; i++)
+      await sleep(200);
+    t.ok(
+      (await metricCounter("spoofed_source")) >= before + 3,
+      "all three are counted as spoofed_source",
+    );
+  });
+
   t.test("a killed daemon fails closed; so does a restart; tunnat down opens it", async (t) => {
     if (!lab.daemon) await lab.startDaemon();
     t.ok(await pingOk("p1"), "forwarding before the kill");

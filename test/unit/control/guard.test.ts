@@ -74,6 +74,8 @@ t.test(
     t.match(s, /type filter hook forward priority filter; policy accept;/);
     t.same(chain(s), [
       'iifname "tunnat0" accept',
+      'iifname "out0" ip saddr @inside counter name "spoofed_source" drop',
+      'iifname "out0" ip saddr @nat counter name "spoofed_source" drop',
       'iifname "in0" ip saddr @nat counter name "spoofed_source" drop',
       'iifname "in0" ip saddr != @inside counter name "spoofed_source" drop',
       'iifname "in0" ip saddr @inside ip daddr @inside accept',
@@ -98,6 +100,10 @@ t.test(
       rules.includes('iifname "eni0" ip saddr != @inside counter name "spoofed_source" drop'),
     );
     t.ok(rules.includes('ip daddr @inside counter name "routed_inbound" drop'));
+    t.notOk(
+      rules.some((r) => r.includes("ip saddr @inside counter")),
+      "an inside source on the one interface is a real inside host",
+    );
   },
 );
 
