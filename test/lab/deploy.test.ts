@@ -677,6 +677,10 @@ t.test(
             "set -e",
             "mount -t tmpfs -o mode=0755 tmpfs /run",
             `install -d -m 0750 -o ${DAEMON_UID} -g ${DAEMON_UID} /run/tunnat`,
+            // StateDirectory=tunnat: the config names /var/lib/tunnat/plumbing.json. A tmpfs in
+            // this private mount namespace only, so the machine's /var/lib is never touched.
+            "mount -t tmpfs -o mode=0755 tmpfs /var/lib",
+            `install -d -m 0700 -o ${DAEMON_UID} -g ${DAEMON_UID} /var/lib/tunnat`,
             "mknod -m 0666 /run/tun c 10 200",
             "mount --bind /run/tun /dev/net/tun",
             "mount --bind /proc/sys /proc/sys",
