@@ -13,7 +13,8 @@
 # Environment: BENCH_ROUNDS (3), BENCH_SECONDS (5), BENCH_STREAMS ("1 4"), BENCH_OUT (JSON file),
 # BENCH_NODE_ARGS (extra node flags for the daemon, e.g. --cpu-prof --cpu-prof-dir=/tmp/x),
 # BENCH_PERF (1: `perf stat` the daemon's syscalls during tunnat runs, if perf is installed),
-# BENCH_DAEMON_ARGS (extra `tunnat run` flags, e.g. --no-offloads to measure without GSO).
+# BENCH_DAEMON_ARGS (extra `tunnat run` flags, e.g. --no-offloads to measure without GSO),
+# BENCH_NO_GUARD (1: empty the guard's nft forward chain in tunnat rounds, to measure its cost).
 # Needs root, iproute2, nft, iperf3, curl, node.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ STREAMS="${BENCH_STREAMS:-1 4}"
 OUT="${BENCH_OUT:-}"
 NODE_ARGS="${BENCH_NODE_ARGS:-}"
 PERF="${BENCH_PERF:-0}"
+NO_GUARD="${BENCH_NO_GUARD:-0}"
 DAEMON_ARGS="${BENCH_DAEMON_ARGS:-}"
 NODE="$(command -v node)"
 
@@ -146,11 +148,21 @@ tunnat_on() {
   DAEMON_PID=$!
   for _ in $(seq 100); do
     kill -0 "$DAEMON_PID" 2>/dev/null || break
-    if in_ns "$NS_NAT" curl -sf -m 1 -o /dev/null "http://$METRICS/healthz"; then return 0; fi
+    if in_ns "$NS_NAT" curl -sf -m 1 -o /dev/null "http://$METRICS/healthz"; then
+      [ "$NO_GUARD" = 1 ] && guard_off
+      return 0
+    fi
     sleep 0.1
   done
   tail -n 20 "$TMP/daemon.log" >&2
   die "tunnat did not become healthy in 10 s"
+}
+# BENCH_NO_GUARD=1: empty the guard's forward chain (what the filter costs; never in production).
+guard_off() {
+  local t
+  t="$(in_ns "$NS_NAT" nft list tables | awk '$3 ~ /^tunnat_/ { print $3; exit }')"
+  [ -n "$t" ] || die "no guard table to empty"
+  in_ns "$NS_NAT" nft flush chain ip "$t" forward
 }
 tunnat_off() {
   kill -TERM "$DAEMON_PID"
