@@ -37,12 +37,13 @@
  * so a restart never has a moment without it; routes use `replace`; rules already present are
  * kept. Every change is recorded in the guard state file next to the control socket.
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { ErrorCode, TunnatError } from "./errors.js";
 import { type OwnerRecord, selfRecord } from "./owner.js";
 import { CommandError, type Runner } from "./runner.js";
+import { writeJsonAtomic } from "./state-file.js";
 
 /** The guard's drop reasons: counter names in the nft table and metric labels. */
 export const GUARD_REASONS = [
@@ -446,8 +447,6 @@ export class Guard {
       rules: d.rules,
       routes: d.routes,
     };
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
-    renameSync(tmp, file);
+    writeJsonAtomic(file, state);
   }
 }

@@ -24,14 +24,14 @@
  * (single-ENI EC2): the rule matches on iif, and translated packets come back with iif TUN, so
  * they never loop.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { readFileSync, rmSync } from "node:fs";
 import type { Logger } from "pino";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { ErrorCode, TunnatError } from "./errors.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
+import { writeJsonAtomic } from "./state-file.js";
 
 export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
 
@@ -399,10 +399,7 @@ export class Plumbing {
       ...selfRecord(this.spec.tun, this.spec.controlSocket),
       undo: this.journal,
     };
-    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state), { mode: 0o600 });
-    renameSync(tmp, file);
+    writeJsonAtomic(file, state);
     this.wroteState = true;
   }
 }
