@@ -23,7 +23,7 @@
  * only the address part of the delta is applied to it; GSO super-packets are rewritten once and the
  * kernel segments them after we write them back.
  */
-import type { Clock } from "../conntrack/clock.js";
+import type { Clock } from "../base/clock.js";
 import { type FlowHooks, FlowTable } from "../conntrack/table.js";
 import { adjust, adjustPartial, delta16, fold, negate, sum } from "../wire/checksum.js";
 import * as icmp from "../wire/icmp.js";

@@ -9,7 +9,7 @@
  * as they would in service.
  * Checksums are verified once on a sample, so a fast but wrong core cannot pass unnoticed.
  */
-import { ManualClock } from "../../src/conntrack/clock.js";
+import { ManualClock } from "../../src/base/clock.js";
 import { defaultNatConfig } from "../../src/nat/config.js";
 import { NatStats } from "../../src/nat/stats.js";
 import { Translator, Verdict } from "../../src/nat/translate.js";

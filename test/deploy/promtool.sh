@@ -17,7 +17,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 node --input-type=module - >"$tmp/metrics.txt" <<'JS'
-import { ManualClock } from "./dist/src/conntrack/clock.js";
+import { ManualClock } from "./dist/src/base/clock.js";
 import { createMetrics } from "./dist/src/control/metrics.js";
 import { readTunCounters } from "./dist/src/control/tun-stats.js";
 import { LoopStats } from "./dist/src/datapath/loop.js";

@@ -2,7 +2,7 @@
  * A translator on a manual clock with the lab's addressing, so a test reads as the packets it
  * sends and the packets it expects back.
  */
-import { ManualClock } from "../../src/conntrack/clock.js";
+import { ManualClock } from "../../src/base/clock.js";
 import { defaultNatConfig, type NatConfig } from "../../src/nat/config.js";
 import { NatStats } from "../../src/nat/stats.js";
 import { Translator, Verdict } from "../../src/nat/translate.js";

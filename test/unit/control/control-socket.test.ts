@@ -6,7 +6,7 @@ import { join } from "node:path";
 import t from "tap";
 import { formatFlow } from "../../../src/cli/flows.js";
 import { formatStats } from "../../../src/cli/stats.js";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import {
   type ControlSource,
   MAX_CLIENTS,

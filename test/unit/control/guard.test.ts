@@ -4,7 +4,7 @@
  * kernel.
  */
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import {
   desiredGuard,
   GUARD_REASONS,

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import type { ControlSettings } from "../../../src/control/config.js";
 import { MappingLog, openMappingLog } from "../../../src/control/mapping-log.js";
 import { defaultNatConfig, type NatConfig } from "../../../src/nat/config.js";

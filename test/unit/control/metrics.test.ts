@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { parse as parseYaml } from "yaml";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import type { FlowHooks } from "../../../src/conntrack/table.js";
 import { startHttpServer } from "../../../src/control/http.js";
 import { createMetrics } from "../../../src/control/metrics.js";
