@@ -4,9 +4,9 @@ import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
+import { ManualClock } from "../../../src/base/clock.js";
 import { formatFlow } from "../../../src/cli/flows.js";
 import { formatStats } from "../../../src/cli/stats.js";
-import { ManualClock } from "../../../src/base/clock.js";
 import {
   type ControlSource,
   MAX_CLIENTS,
