@@ -4,13 +4,12 @@
  * --json. Filters (--host, --proto, --state, --limit) run in the daemon, so only matches cross
  * the socket.
  */
+import { protocolByName } from "../base/protocols.js";
 import { type FlowFilter, type FlowRecord, request } from "../control/control-socket.js";
-
-const PROTO_NUM: Record<string, number> = { tcp: 6, udp: 17, icmp: 1 };
 
 /** One flow as `conntrack -L` prints it (with accounting on). */
 export function formatFlow(r: FlowRecord): string {
-  const num = PROTO_NUM[r.proto] ?? 0;
+  const num = protocolByName(r.proto)?.number ?? 0;
   const head = `${r.proto.padEnd(8)} ${num} ${r.timeout}${r.proto === "tcp" ? ` ${r.state}` : ""}`;
   const ports = (sport: number, dport: number, reply: boolean) =>
     r.proto === "icmp"

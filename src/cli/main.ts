@@ -8,6 +8,7 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
+import { PROTOCOL_NAMES } from "../base/protocols.js";
 import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
 import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
@@ -213,7 +214,7 @@ export async function main(args: string[] = hideBin(process.argv)): Promise<numb
       (y) =>
         clientOptions(y)
           .option("host", { type: "string", describe: "only flows of this inside host" })
-          .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
+          .option("proto", { choices: PROTOCOL_NAMES, describe: "only this protocol" })
           .option("state", {
             type: "string",
             describe: "only flows in this state (TCP state name, or REPLIED/UNREPLIED)",

@@ -22,18 +22,36 @@
  * - Memory is fixed at construction (typed arrays only): about 100 bytes per flow at the
  *   default capacity, 120 with the mapping log's fields; see memoryBytes() and the unit test.
  */
-import type { NatConfig, Timeouts } from "../nat/config.js";
-import { DropReason, type NatStats } from "../nat/stats.js";
+import { PROTO_SLOTS, Proto, protoSlot, type Timeouts } from "../base/protocols.js";
+import { delta16, delta32, fold } from "../wire/checksum.js";
+import type { ConntrackConfig } from "./config.js";
 import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
 import { HostTable } from "./hosts.js";
-import { NatPool, PortAllocator, PROTO_SLOTS, protoIndex, type TupleProbe } from "./ports.js";
+import { NatPool, PortAllocator, type TupleProbe } from "./ports.js";
 import { RemoteSet } from "./remotes.js";
+import { type ConntrackStats, STATE_SLOTS } from "./stats.js";
 import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
 
-/** IPv4 protocol numbers the table tracks. */
-export const Proto = { ICMP: 1, TCP: 6, UDP: 17 } as const;
-export type Proto = (typeof Proto)[keyof typeof Proto];
+export { Proto } from "../base/protocols.js";
+
+/**
+ * Why the table refused to make a flow. createOutbound and createInbound return -(1 + Refusal)
+ * and count nothing of it as a drop: nat/ maps each to its DropReason and counts it.
+ */
+export const Refusal = {
+  /** The table is full and nothing could be evicted. */
+  TableFull: 0,
+  /** No outside port (or echo id) was free for a new mapping. */
+  PortExhausted: 1,
+  /** The inside host already holds its quota of mappings (RFC 6888 REQ-4). */
+  QuotaExceeded: 2,
+  /** Inbound with no mapping at all. */
+  Unsolicited: 3,
+  /** Inbound to an existing mapping, refused by the filtering policy (RFC 4787 REQ-8). */
+  Filtered: 4,
+} as const;
+export type Refusal = (typeof Refusal)[keyof typeof Refusal];
 
 /** Bits of FlowTable.flags. */
 export const FlowFlag = {
@@ -261,13 +279,6 @@ function backwardShift(
   slots[i] = -1;
 }
 
-/** 16-bit ones' complement fold of a sum of 16-bit words. */
-function fold(s: number): number {
-  let x = (s & 0xffff) + (s >>> 16);
-  x = (x & 0xffff) + (x >>> 16);
-  return x;
-}
-
 export class FlowTable implements TupleProbe {
   readonly capacity: number;
   /**
@@ -341,8 +352,8 @@ export class FlowTable implements TupleProbe {
   private probeRport = 0;
 
   constructor(
-    cfg: NatConfig,
-    private readonly stats: NatStats,
+    cfg: ConntrackConfig,
+    readonly stats: ConntrackStats,
     private readonly hooks: FlowHooks = {},
   ) {
     const cap = Math.floor(cfg.maxFlows);
@@ -490,13 +501,15 @@ export class FlowTable implements TupleProbe {
     this.ctr[f * CTR_F64 + 1] += bytes;
   }
 
-  private setProto(f: number, p: number): void {
-    const i = f * REC + R_RPORT_PROTO_STATE;
-    this.rec[i] = (this.rec[i] & 0xff00ffff) | (p << 16);
-  }
+  /** Change a live flow's state, moving it between the flowsByState counts. */
   private setState(f: number, st: number): void {
     const i = f * REC + R_RPORT_PROTO_STATE;
-    this.rec[i] = (this.rec[i] & 0x00ffffff) | (st << 24);
+    const w = this.rec[i];
+    const b = protoSlot((w >>> 16) & 0xff) * STATE_SLOTS;
+    const byState = this.stats.flowsByState;
+    byState[b + (w >>> 24)]--;
+    byState[b + st]++;
+    this.rec[i] = (w & 0x00ffffff) | (st << 24);
   }
   private setExpires(f: number, v: number): void {
     this.rec[f * REC + R_EXPIRES] = v;
@@ -572,7 +585,7 @@ export class FlowTable implements TupleProbe {
    */
   hasMapping(proto: number, oaddr: number, oport: number): boolean {
     const a = this.pool.indexOf(oaddr);
-    return a >= 0 && this.ports.get(a, protoIndex(proto), oport) > 0;
+    return a >= 0 && this.ports.get(a, protoSlot(proto), oport) > 0;
   }
 
   /** The NAT address inside host `iaddr` leaves from (paired pooling), or 0 with no addresses. */
@@ -590,7 +603,7 @@ export class FlowTable implements TupleProbe {
   /**
    * New flow for an outbound packet; call it after lookupInside missed. Endpoint-independent
    * mode reuses the inside endpoint's mapping if it has one. Returns the flow id, or
-   * -(1 + DropReason) (TableFull, PortExhausted, QuotaExceeded) after counting the drop.
+   * -(1 + Refusal) (TableFull, PortExhausted, QuotaExceeded); the caller counts the drop.
    */
   createOutbound(
     proto: number,
@@ -607,10 +620,9 @@ export class FlowTable implements TupleProbe {
     const f = this.takeSlot(now);
     if (f < 0) {
       stats.tableFullEvents++;
-      stats.drops[DropReason.TableFull]++;
-      return -1 - DropReason.TableFull;
+      return -1 - Refusal.TableFull;
     }
-    const pi = protoIndex(proto);
+    const pi = protoSlot(proto);
     let a: number;
     let oport: number;
     let m = -1;
@@ -618,11 +630,11 @@ export class FlowTable implements TupleProbe {
     if (this.eim) {
       m = this.mapIdx.find(proto, ia, iport);
       if (m < 0) {
-        if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
-        if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+        if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+        if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
         a = this.pool.paired(ia);
         oport = this.ports.allocate(a, pi, iport, now);
-        if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+        if (oport < 0) return this.refuse(f, Refusal.PortExhausted);
         m = this.newMapping(proto, ia, iport, a, oport, now);
         this.ports.take(a, pi, oport, m + 1);
         newMapping = true;
@@ -632,15 +644,15 @@ export class FlowTable implements TupleProbe {
       }
       this.mRefs[m]++;
     } else {
-      if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
-      if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+      if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+      if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
       a = this.pool.paired(ia);
       this.probeProto = proto;
       this.probeOaddr = this.pool.addrs[a];
       this.probeRaddr = ra;
       this.probeRport = rport;
       oport = this.ports.allocate(a, pi, iport, now);
-      if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+      if (oport < 0) return this.refuse(f, Refusal.PortExhausted);
       this.ports.take(a, pi, oport, 1);
       newMapping = true;
     }
@@ -661,7 +673,7 @@ export class FlowTable implements TupleProbe {
    * mode (RFC 4787 REQ-8, RFC 5382 REQ-3), opens a flow on the existing mapping: always with
    * endpoint-independent filtering, with address-dependent filtering if the mapping already has
    * a flow to raddr, never with address-and-port-dependent. Returns the flow id, or
-   * -(1 + DropReason): Unsolicited (no mapping), Filtered (policy; also every per-destination
+   * -(1 + Refusal): Unsolicited (no mapping), Filtered (policy; also every per-destination
    * port, which may be shared by several inside endpoints), TableFull. Counts nothing.
    */
   createInbound(
@@ -673,20 +685,20 @@ export class FlowTable implements TupleProbe {
     now: number,
   ): number {
     const a = this.pool.indexOf(oaddr);
-    if (a < 0) return -1 - DropReason.Unsolicited;
-    const pi = protoIndex(proto);
+    if (a < 0) return -1 - Refusal.Unsolicited;
+    const pi = protoSlot(proto);
     const v = this.ports.get(a, pi, oport);
-    if (v <= 0) return -1 - DropReason.Unsolicited;
-    if (!this.eim || this.filtering === FILTER_APDF) return -1 - DropReason.Filtered;
+    if (v <= 0) return -1 - Refusal.Unsolicited;
+    if (!this.eim || this.filtering === FILTER_APDF) return -1 - Refusal.Filtered;
     const m = v - 1;
     const ra = raddr >>> 0;
     if (this.filtering === FILTER_ADF && !(this.remotes as RemoteSet).has(m, ra)) {
-      return -1 - DropReason.Filtered;
+      return -1 - Refusal.Filtered;
     }
     // No eviction for inbound-opened flows: outsiders must not push out the inside's flows.
     if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const f = this.freeHead;
-    if (f < 0) return -1 - DropReason.TableFull;
+    if (f < 0) return -1 - Refusal.TableFull;
     this.freeHead = this.expires(f) - 1;
     this.mRefs[m]++;
     const ia = this.mIaddr[m];
@@ -725,12 +737,6 @@ export class FlowTable implements TupleProbe {
       if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
     }
     this.setExpires(flow, now + this.timeouts.forState(this.proto(flow), this.state(flow)));
-  }
-
-  /** Record a reply without refreshing. */
-  markReplied(flow: number): void {
-    this.setReplied(flow);
-    if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
   }
 
   /**
@@ -796,7 +802,7 @@ export class FlowTable implements TupleProbe {
 
   /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
   portUsage(addrIndex: number, proto: number): { used: number; free: number } {
-    const pi = protoIndex(proto);
+    const pi = protoSlot(proto);
     const used = this.ports.used[addrIndex * PROTO_SLOTS + pi];
     return { used, free: this.ports.rangeSize(pi) - used };
   }
@@ -874,12 +880,11 @@ export class FlowTable implements TupleProbe {
     return this.hosts.maps[s * PROTO_SLOTS + pi] < this.quota;
   }
 
-  /** Give back a slot taken for a flow that could not be made, and count why. */
+  /** Give back a slot taken for a flow that could not be made; return the refusal. */
   private refuse(f: number, reason: number): number {
     this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;
-    this.stats.drops[reason]++;
-    if (reason === DropReason.PortExhausted) this.stats.portAllocationErrors++;
+    if (reason === Refusal.PortExhausted) this.stats.portAllocationErrors++;
     return -1 - reason;
   }
 
@@ -956,8 +961,8 @@ export class FlowTable implements TupleProbe {
     rec[b + R_PORTS] = (iport | (oport << 16)) >>> 0;
     rec[b + R_EXPIRES] = now + this.timeouts.forState(proto, 0);
     // RFC 1624 eqn. 3 deltas: sum of ~old + new over the changed 16-bit words.
-    const ip = fold((~ia >>> 16) + (~ia & 0xffff) + (oa >>> 16) + (oa & 0xffff));
-    const portPart = (~iport & 0xffff) + oport;
+    const ip = fold(delta32(ia, oa));
+    const portPart = delta16(iport, oport);
     const l4 = fold(proto === Proto.ICMP ? portPart : ip + portPart);
     rec[b + R_DELTAS] = (ip | (l4 << 16)) >>> 0;
     const c = f * CTR_F64;
@@ -970,6 +975,7 @@ export class FlowTable implements TupleProbe {
     this.pushEvictable(f);
     this.active++;
     this.stats.flowsCreated++;
+    this.stats.flowsByState[protoSlot(proto) * STATE_SLOTS]++;
   }
 
   private newMapping(
@@ -1006,7 +1012,7 @@ export class FlowTable implements TupleProbe {
     this.outIdx.delete(f);
     const stats = this.stats;
     if (p === Proto.TCP && this.state(f) === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
-    const pi = protoIndex(p);
+    const pi = protoSlot(p);
     const ia = this.iaddr(f);
     const oa = this.oaddr(f);
     const op = this.oport(f);
@@ -1074,8 +1080,9 @@ export class FlowTable implements TupleProbe {
       this.pktsIn(f),
       this.bytesIn(f),
     );
-    this.setProto(f, 0);
-    this.setState(f, 0);
+    stats.flowsByState[pi * STATE_SLOTS + this.state(f)]--;
+    // Proto 0 marks the slot free; the state goes with it.
+    this.rec[f * REC + R_RPORT_PROTO_STATE] &= 0x0000ffff;
     this.rec[f * REC + R_FLAGS] = 0;
     this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;

@@ -28,6 +28,7 @@ import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } fr
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
+import { PROTOCOL_NAMES, type ProtocolName } from "../base/protocols.js";
 import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
@@ -56,7 +57,7 @@ const BUSY_LINGER_MS = 1000;
 export interface FlowFilter {
   /** Inside host (dotted quad). */
   host?: string;
-  proto?: "tcp" | "udp" | "icmp";
+  proto?: ProtocolName;
   /** TCP state name (ESTABLISHED, SYN_SENT, ...) or, for UDP and ICMP, UNREPLIED / REPLIED. */
   state?: string;
   limit?: number;
@@ -136,7 +137,7 @@ export function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boole
   let proto = 0;
   if (r.proto !== undefined) {
     const p = PROTOCOLS.find(([, n]) => n === r.proto);
-    if (!p) throw badRequest(`bad proto "${r.proto}": expected tcp, udp or icmp`);
+    if (!p) throw badRequest(`bad proto "${r.proto}": expected ${PROTOCOL_NAMES.join(", ")}`);
     proto = p[0];
   }
   const state = r.state === undefined ? undefined : String(r.state).toUpperCase();

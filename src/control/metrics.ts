@@ -18,6 +18,7 @@ import {
   type Metric,
   Registry,
 } from "prom-client";
+import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
@@ -50,11 +51,8 @@ export interface MetricsOptions {
   defaultMetrics?: boolean;
 }
 
-export const PROTOCOLS: readonly [number, string][] = [
-  [6, "tcp"],
-  [17, "udp"],
-  [1, "icmp"],
-];
+/** [number, name] per protocol, derived from base/protocols.ts. */
+export const PROTOCOLS: readonly [number, string][] = PROTOCOL_TABLE.map((p) => [p.number, p.name]);
 
 type Labels = Record<string, string>;
 
@@ -222,22 +220,8 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "tunnat_flows",
     "Live flows in the connection table by protocol.",
     ["protocol"],
-    () => {
-      let tcp = 0;
-      let udp = 0;
-      let icmp = 0;
-      for (let f = 0; f < t.capacity; f++) {
-        const p = t.proto(f);
-        if (p === 6) tcp++;
-        else if (p === 17) udp++;
-        else if (p === 1) icmp++;
-      }
-      return [
-        [{ protocol: "tcp" }, tcp],
-        [{ protocol: "udp" }, udp],
-        [{ protocol: "icmp" }, icmp],
-      ];
-    },
+    // Counted incrementally by the table (ConntrackStats.flowsByState): no walk per scrape.
+    () => PROTOCOL_TABLE.map((p) => [{ protocol: p.name }, t.stats.flowsOf(p.slot)]),
   );
   counter(
     reg,

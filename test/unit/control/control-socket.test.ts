@@ -15,7 +15,7 @@ import {
 } from "../../../src/control/control-socket.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 import { build, ip } from "../../helpers/packet.js";
 
 const NAT = "203.0.113.1";
@@ -24,7 +24,7 @@ const SRV = "203.0.113.10";
 function rig(maxFlows = 4096) {
   const clock = new ManualClock();
   const stats = new NatStats();
-  const tr = new Translator(
+  const tr = newTranslator(
     defaultNatConfig({
       natAddresses: [ip(NAT)],
       inside: [{ addr: ip("10.0.0.0"), len: 8 }],
