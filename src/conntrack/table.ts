@@ -686,6 +686,10 @@ export class FlowTable implements TupleProbe {
   ): number {
     const a = this.pool.indexOf(oaddr);
     if (a < 0) return -1 - Refusal.Unsolicited;
+    // Make room first: the sweep may end the very mapping looked up below (its last flow
+    // expired), which must then not be used (that leaked a freed mapping id, corrupted the
+    // mapping free list, and at last filled the mapping index so that a lookup never ended).
+    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const pi = protoSlot(proto);
     const v = this.ports.get(a, pi, oport);
     if (v <= 0) return -1 - Refusal.Unsolicited;
@@ -696,7 +700,6 @@ export class FlowTable implements TupleProbe {
       return -1 - Refusal.Filtered;
     }
     // No eviction for inbound-opened flows: outsiders must not push out the inside's flows.
-    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const f = this.freeHead;
     if (f < 0) return -1 - Refusal.TableFull;
     this.freeHead = this.expires(f) - 1;
