@@ -98,13 +98,8 @@ export function protoSlot(proto: number): number {
   return SLOT_OF[proto & 0xff];
 }
 
-/** Whether the table tracks flows of this protocol number. */
-export function isTracked(proto: number): boolean {
-  return SLOT_OF[proto & 0xff] >= 0;
-}
-
 /** The protocol with this number, or undefined. */
-export function protocolByNumber(proto: number): Protocol | undefined {
+function protocolByNumber(proto: number): Protocol | undefined {
   const s = SLOT_OF[proto & 0xff];
   return s < 0 ? undefined : PROTOCOLS[s];
 }

@@ -69,7 +69,7 @@ export const FlowFlag = {
  */
 const FLAG_BITS = 0x1f;
 const LINK_SHIFT = 5;
-export const MAX_CAPACITY = 1 << 26;
+const MAX_CAPACITY = 1 << 26;
 
 /** Words per flow record and their meaning (see FlowTable.rec). */
 const REC = 8;

@@ -57,7 +57,7 @@ export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 const TCP_OPEN_MASK = tcp.SYN | tcp.ACK | tcp.FIN | tcp.RST;
 
 /** Live flows from which a batch's lookups are prefetched (about where the table leaves L2). */
-export const PREFETCH_MIN_FLOWS = 65536;
+const PREFETCH_MIN_FLOWS = 65536;
 
 export class Translator {
   /** Bytes to send from the slot's start after Forward or Reply (virtio header included). */
