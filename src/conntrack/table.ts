@@ -23,71 +23,41 @@
  *   default capacity, 120 with the mapping log's fields; see memoryBytes() and the unit test.
  */
 import { PROTO_SLOTS, Proto, protoSlot, type Timeouts } from "../base/protocols.js";
-import { delta16, delta32, fold } from "../wire/checksum.js";
 import type { ConntrackConfig } from "./config.js";
-import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import { flowDeltas } from "./deltas.js";
+import { hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import type { FlowHooks } from "./hooks.js";
 import { HostTable } from "./hosts.js";
+import { EndpointIndex, TupleIndex } from "./index.js";
 import { NatPool, PortAllocator, type TupleProbe } from "./ports.js";
+import {
+  CTR_BYTES,
+  CTR_F64,
+  CTR_U32,
+  FLAG_BITS,
+  FlowFlag,
+  LINK_SHIFT,
+  MAX_CAPACITY,
+  R_DELTAS,
+  R_EXPIRES,
+  R_FLAGS,
+  R_IADDR,
+  R_OADDR,
+  R_PORTS,
+  R_RADDR,
+  R_RPORT_PROTO_STATE,
+  REC,
+} from "./record.js";
+import { Refusal } from "./refusal.js";
 import { RemoteSet } from "./remotes.js";
 import { type ConntrackStats, STATE_SLOTS } from "./stats.js";
 import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
 
 export { Proto } from "../base/protocols.js";
-
-/**
- * Why the table refused to make a flow. createOutbound and createInbound return -(1 + Refusal)
- * and count nothing of it as a drop: nat/ maps each to its DropReason and counts it.
- */
-export const Refusal = {
-  /** The table is full and nothing could be evicted. */
-  TableFull: 0,
-  /** No outside port (or echo id) was free for a new mapping. */
-  PortExhausted: 1,
-  /** The inside host already holds its quota of mappings (RFC 6888 REQ-4). */
-  QuotaExceeded: 2,
-  /** Inbound with no mapping at all. */
-  Unsolicited: 3,
-  /** Inbound to an existing mapping, refused by the filtering policy (RFC 4787 REQ-8). */
-  Filtered: 4,
-} as const;
-export type Refusal = (typeof Refusal)[keyof typeof Refusal];
-
-/** Bits of FlowTable.flags. */
-export const FlowFlag = {
-  /** Saw a packet in the reply direction (inbound for a flow opened from inside). Never evicted. */
-  REPLIED: 0x01,
-  /** Opened by an inbound packet on an existing mapping (EIF/ADF). */
-  INBOUND: 0x02,
-  /** Free for translate.ts. */
-  USER: 0x04,
-} as const;
-
-/**
- * The flags word of a record holds the FlowFlag bits (0-4) and, above them, the link to the next
- * flow of the eviction list (id + 1, 0 for none): 27 bits, which bounds the capacity.
- */
-const FLAG_BITS = 0x1f;
-const LINK_SHIFT = 5;
-const MAX_CAPACITY = 1 << 26;
-
-/** Words per flow record and their meaning (see FlowTable.rec). */
-const REC = 8;
-const R_IADDR = 0;
-const R_OADDR = 1;
-const R_RADDR = 2;
-const R_RPORT_PROTO_STATE = 3;
-const R_PORTS = 4;
-const R_EXPIRES = 5;
-const R_DELTAS = 6;
-const R_FLAGS = 7;
-/**
- * Counters: 24 bytes per flow in one buffer, seen as float64 (bytes out, bytes in) and as uint32
- * (packets out, packets in), so a packet's counter update touches one place.
- */
-const CTR_BYTES = 24;
-const CTR_F64 = CTR_BYTES / 8;
-const CTR_U32 = CTR_BYTES / 4;
+export type { FlowHooks } from "./hooks.js";
+export { FlowFlag } from "./record.js";
+export { Refusal } from "./refusal.js";
 
 const FILTER_APDF = 0;
 const FILTER_ADF = 1;
@@ -95,189 +65,6 @@ const FILTER_EIF = 2;
 
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
-
-export interface FlowHooks {
-  /** Called per mapping create/remove (never per packet) for the RFC 6888 §4 log. */
-  mappingCreated?(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    now: number,
-  ): void;
-  mappingRemoved?(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    now: number,
-    createdAt: number,
-    bytesOut: number,
-    bytesIn: number,
-  ): void;
-}
-
-/**
- * Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport), read from the flow
- * records: `addrWord` picks the inside or NAT address, `portShift` the inside (0) or NAT (16) port.
- */
-class TupleIndex {
-  readonly slots: Int32Array;
-  readonly mask: number;
-
-  constructor(
-    size: number,
-    readonly seed: number,
-    private readonly rec: Uint32Array,
-    private readonly addrWord: number,
-    private readonly portShift: number,
-  ) {
-    this.slots = new Int32Array(size).fill(-1);
-    this.mask = size - 1;
-  }
-
-  find(p: number, a: number, pt: number, ra: number, rp: number): number {
-    const slots = this.slots;
-    const mask = this.mask;
-    const rec = this.rec;
-    const protoPort = (rp | (p << 16)) >>> 0;
-    let i = hashTuple(this.seed, p, a, ra, pt, rp) & mask;
-    for (;;) {
-      const f = slots[i];
-      if (f < 0) return -1;
-      const b = f * REC;
-      // One branch over all fields of one record: one cache line at most.
-      if (
-        ((rec[b + this.addrWord] ^ a) |
-          (rec[b + R_RADDR] ^ ra) |
-          (((rec[b + R_PORTS] >>> this.portShift) & 0xffff) ^ pt) |
-          ((rec[b + R_RPORT_PROTO_STATE] & 0xffffff) ^ protoPort)) ===
-        0
-      ) {
-        return f;
-      }
-      i = (i + 1) & mask;
-    }
-  }
-
-  homeOf(f: number): number {
-    const rec = this.rec;
-    const b = f * REC;
-    const w3 = rec[b + R_RPORT_PROTO_STATE];
-    return (
-      hashTuple(
-        this.seed,
-        (w3 >>> 16) & 0xff,
-        rec[b + this.addrWord],
-        rec[b + R_RADDR],
-        (rec[b + R_PORTS] >>> this.portShift) & 0xffff,
-        w3 & 0xffff,
-      ) & this.mask
-    );
-  }
-
-  insert(f: number): void {
-    insertId(this.slots, this.mask, this.homeOf(f), f);
-  }
-
-  delete(f: number): void {
-    deleteId(this.slots, this.mask, f, this);
-  }
-}
-
-/** Open-addressing index of mapping ids keyed by (proto, inside addr, inside port). */
-class EndpointIndex {
-  readonly slots: Int32Array;
-  private readonly mask: number;
-
-  constructor(
-    size: number,
-    private readonly seed: number,
-    private readonly proto: Uint8Array,
-    private readonly addr: Uint32Array,
-    private readonly port: Uint16Array,
-  ) {
-    this.slots = new Int32Array(size).fill(-1);
-    this.mask = size - 1;
-  }
-
-  find(p: number, a: number, pt: number): number {
-    const slots = this.slots;
-    const mask = this.mask;
-    let i = hashEndpoint(this.seed, p, a, pt) & mask;
-    for (;;) {
-      const m = slots[i];
-      if (m < 0) return -1;
-      if (this.addr[m] === a && this.port[m] === pt && this.proto[m] === p) return m;
-      i = (i + 1) & mask;
-    }
-  }
-
-  homeOf(m: number): number {
-    return hashEndpoint(this.seed, this.proto[m], this.addr[m], this.port[m]) & this.mask;
-  }
-
-  insert(m: number): void {
-    insertId(this.slots, this.mask, this.homeOf(m), m);
-  }
-
-  delete(m: number): void {
-    deleteId(this.slots, this.mask, m, this);
-  }
-}
-
-/** Put `id` in the first empty slot from its home (linear probing). */
-function insertId(slots: Int32Array, mask: number, home: number, id: number): void {
-  let i = home;
-  while (slots[i] >= 0) i = (i + 1) & mask;
-  slots[i] = id;
-}
-
-/** Remove `id` from a linear-probing table, if present, leaving no tombstone. */
-function deleteId(
-  slots: Int32Array,
-  mask: number,
-  id: number,
-  index: { homeOf(id: number): number },
-): void {
-  let i = index.homeOf(id);
-  while (slots[i] !== id) {
-    if (slots[i] < 0) return;
-    i = (i + 1) & mask;
-  }
-  backwardShift(slots, mask, i, index);
-}
-
-/**
- * Empty slot `i` of a linear-probing table without leaving a tombstone (Knuth 6.4 Algorithm R):
- * pull each later entry of the cluster back into the hole unless that would put it before its
- * home slot.
- */
-function backwardShift(
-  slots: Int32Array,
-  mask: number,
-  hole: number,
-  index: { homeOf(id: number): number },
-): void {
-  let i = hole;
-  let j = hole;
-  for (;;) {
-    j = (j + 1) & mask;
-    const id = slots[j];
-    if (id < 0) break;
-    const k = index.homeOf(id);
-    if (i <= j ? i < k && k <= j : i < k || k <= j) continue;
-    slots[i] = id;
-    i = j;
-  }
-  slots[i] = -1;
-}
 
 export class FlowTable implements TupleProbe {
   readonly capacity: number;
@@ -963,11 +750,7 @@ export class FlowTable implements TupleProbe {
     rec[b + R_RPORT_PROTO_STATE] = rport | (proto << 16);
     rec[b + R_PORTS] = (iport | (oport << 16)) >>> 0;
     rec[b + R_EXPIRES] = now + this.timeouts.forState(proto, 0);
-    // RFC 1624 eqn. 3 deltas: sum of ~old + new over the changed 16-bit words.
-    const ip = fold(delta32(ia, oa));
-    const portPart = delta16(iport, oport);
-    const l4 = fold(proto === Proto.ICMP ? portPart : ip + portPart);
-    rec[b + R_DELTAS] = (ip | (l4 << 16)) >>> 0;
+    rec[b + R_DELTAS] = flowDeltas(proto, ia, iport, oa, oport);
     const c = f * CTR_F64;
     this.ctr[c] = 0;
     this.ctr[c + 1] = 0;
