@@ -5,10 +5,11 @@
  * (config file, environment, flags). Refuses while a daemon of this configuration runs.
  * Idempotent: a second run says there is nothing to remove and exits 0.
  */
+
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { LoadInput } from "../control/config.js";
 import { loadConfig } from "../control/config.js";
 import { plumbingSpec } from "../control/daemon.js";
-import { ErrorCode, TunnatError } from "../control/errors.js";
 import { socketAnswers } from "../control/owner.js";
 import { Plumbing } from "../control/plumbing.js";
 import { hostRunner, type Runner } from "../control/runner.js";

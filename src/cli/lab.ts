@@ -17,9 +17,9 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ErrorCode, errorMessage, TunnatError } from "../control/errors.js";
-import { execCommand } from "../control/plumbing.js";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { execCommand } from "../control/runner.js";
+import { packageRoot } from "../io/package-root.js";
 import { parseCidr, parseIpv4 } from "../wire/addr.js";
 
 export interface LabFile {
@@ -44,18 +44,13 @@ export interface LabState {
   ns: { p1: string; p2: string; nat: string; inet: string };
 }
 
-/** The package root (bin/, lab/, package.json), found from this module's location. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "bin"))) return dir;
-    dir = dirname(dir);
-  }
-  return process.cwd();
+/** The package root (bin/, lab/, package.json); the working directory outside the package. */
+function root(): string {
+  return packageRoot() ?? process.cwd();
 }
 
 export function defaultLabFile(): string {
-  return join(packageRoot(), "lab", "lab.json");
+  return join(root(), "lab", "lab.json");
 }
 
 function labError(msg: string): TunnatError {
@@ -309,7 +304,7 @@ export async function labDemo(opts: { labFile?: string; prefix?: string }): Prom
   process.on("SIGTERM", onSignal);
   try {
     const inet = lab.outside.inet[0] ?? "";
-    const bin = join(packageRoot(), "bin", "tunnat.js");
+    const bin = join(root(), "bin", "tunnat.js");
     const ctl = join(lab.stateDir, `${state.name}.sock`);
     section(`tunnat run in ${ns.nat}`);
     const args = ["netns", "exec", ns.nat, process.execPath, bin, "run", ...daemonArgs(lab, ctl)];

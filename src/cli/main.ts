@@ -8,14 +8,16 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
+import { errorMessage, exitCodeFor, isTunnatError } from "../base/errors.js";
 import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
-import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
+import { packageRoot } from "../io/package-root.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
-import { packageRoot } from "./lab.js";
 
 export function version(): string {
   try {
-    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as {
+    const pkg = JSON.parse(
+      readFileSync(join(packageRoot() ?? process.cwd(), "package.json"), "utf8"),
+    ) as {
       version?: string;
     };
     return pkg.version ?? "unknown";

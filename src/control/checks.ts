@@ -3,9 +3,9 @@
  * (read-only `ip` queries, /proc reads). The daemon refuses to start on the same conditions.
  */
 import { accessSync, constants as fsConstants, readFileSync, statSync } from "node:fs";
+import { errorMessage } from "../base/errors.js";
 import { cidrContains, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { type LoadInput, loadConfig, resolveSettings, type TunnatConfig } from "./config.js";
-import { errorMessage } from "./errors.js";
 import { guardTableName } from "./guard.js";
 import { execCommand, hostRunner, type Runner } from "./runner.js";
 

@@ -28,12 +28,12 @@ import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } fr
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
-import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./metrics.js";
 import { socketAnswers } from "./owner.js";

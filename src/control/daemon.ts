@@ -15,6 +15,7 @@
  */
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
@@ -25,7 +26,6 @@ import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { hasCapNetAdmin } from "./checks.js";
 import { BatchClock } from "./clock.js";
 import { reloadChanges, type SettingChange, type TunnatConfig } from "./config.js";
-import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
 import { socketAnswers } from "./owner.js";

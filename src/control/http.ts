@@ -7,8 +7,8 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { register } from "prom-client";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { HostPort } from "./config.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 export interface MetricsProvider {
   contentType: string;

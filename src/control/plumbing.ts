@@ -26,8 +26,8 @@
  */
 import { readFileSync, rmSync } from "node:fs";
 import type { Logger } from "pino";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";

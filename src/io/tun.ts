@@ -15,9 +15,8 @@
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ErrorCode, TunnatError } from "../control/errors.js";
+import { join } from "node:path";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { Device } from "./device.js";
 import { VNET_HDR_LEN } from "./device.js";
 import {
@@ -30,6 +29,7 @@ import {
   errnoError,
   isErrnoError,
 } from "./errno.js";
+import { packageRoot } from "./package-root.js";
 
 /**
  * Bytes per slot: the largest packet a TUN hands over is a 65,535-byte IPv4 GSO packet plus its
@@ -122,18 +122,6 @@ interface NativeAddon {
 
 const ADDON_FILE = join("build", "Release", "tunnat_tun.node");
 let addon: NativeAddon | undefined;
-
-/** The package root: the nearest folder above this module that holds binding.gyp. */
-function packageRoot(): string | undefined {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "binding.gyp"))) return dir;
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  return undefined;
-}
 
 /** Path of the built addon, or undefined when it was not built. */
 export function addonPath(): string | undefined {

@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
-import { ErrorCode, TunnatError } from "../../src/control/errors.js";
+import { ErrorCode, TunnatError } from "../../src/base/errors.js";
 import {
   CommandError,
   netnsRunner,
