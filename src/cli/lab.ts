@@ -17,10 +17,12 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import type { Argv } from "yargs";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { execCommand } from "../control/runner.js";
 import { packageRoot } from "../io/package-root.js";
 import { parseCidr, parseIpv4 } from "../wire/addr.js";
+import type { Command } from "./command.js";
 
 export interface LabFile {
   prefix: string;
@@ -453,3 +455,52 @@ export async function labDemo(opts: { labFile?: string; prefix?: string }): Prom
     process.off("SIGTERM", onSignal);
   }
 }
+
+const labOptions = (y: Argv) =>
+  y
+    .option("lab-file", { type: "string", describe: "lab description (default lab/lab.json)" })
+    .option("prefix", { type: "string", describe: "namespace name prefix (default tnlab)" });
+
+export const lab: Command = {
+  command: "lab",
+  describe: "the network-namespace lab (root)",
+  subcommands: [
+    {
+      command: "up",
+      describe: "create the lab namespaces and print their names",
+      builder: labOptions,
+      async run(a) {
+        await labUp({
+          labFile: a["lab-file"] as string | undefined,
+          prefix: a.prefix as string | undefined,
+        });
+        return 0;
+      },
+    },
+    {
+      command: "down",
+      describe: "remove a lab (--name) or every lab recorded",
+      builder: (z) =>
+        z
+          .option("name", { type: "string", describe: "lab name printed by up" })
+          .option("lab-file", { type: "string", describe: "lab description" }),
+      async run(a) {
+        await labDown({
+          name: a.name as string | undefined,
+          labFile: a["lab-file"] as string | undefined,
+        });
+        return 0;
+      },
+    },
+    {
+      command: "demo",
+      describe: "up, run tunnat, send ping/HTTP/iperf3 through it, show metrics, down",
+      builder: labOptions,
+      run: (a) =>
+        labDemo({
+          labFile: a["lab-file"] as string | undefined,
+          prefix: a.prefix as string | undefined,
+        }),
+    },
+  ],
+};
