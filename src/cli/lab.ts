@@ -1,5 +1,5 @@
 /**
- * `tunnat lab up|down|demo`: the three-role namespace lab of DESIGN.md §6 (two private hosts, the
+ * `tunnat lab up|down|demo`: the three-role namespace lab of docs/architecture.md §Packet path (two private hosts, the
  * NAT host, an internet host), built with iproute2 from lab/lab.json, which holds every lab
  * address (none lives in src/). Namespaces are named `<prefix>-<pid>-{p1,p2,nat,inet}` so runs
  * cannot collide; a state file under the lab's stateDir lets `down` find them. Everything the

@@ -1,5 +1,5 @@
 /**
- * The kernel plumbing of DESIGN.md §1, applied and removed with iproute2 (`ip`, run with execFile,
+ * The kernel plumbing of docs/architecture.md §Packet path, applied and removed with iproute2 (`ip`, run with execFile,
  * never a shell), like wg-quick does for WireGuard:
  *
  *   TUN:   ip addr add TUNADDR dev TUN; ip link set dev TUN mtu <outside MTU> up
@@ -340,7 +340,7 @@ export class Plumbing {
     return info;
   }
 
-  /** Dedicated-address mode: the host must not own the NAT address (DESIGN.md §1). */
+  /** Dedicated-address mode: the host must not own the NAT address (docs/architecture.md §Packet path). */
   private async refuseLocalNatAddresses(): Promise<void> {
     const out = await this.runner.ip(["-j", "-4", "addr", "show"]);
     const local = new Set<string>();

@@ -1,16 +1,7 @@
 /**
- * src/io: packet I/O (DESIGN.md §2). Contract of this folder:
- * - A Device (device.ts) owns one preallocated arena of slots plus an Int32Array of lengths, fills
- *   it with packets the kernel hands over and calls its batch handler once per batch; write(count)
- *   sends slots back in one native call. Nothing here allocates per packet, logs or reads the time.
- * - errno is classified once, here (errno.ts): EAGAIN/EINTR retry, the device vanished
- *   (EBADF/EBADFD/ENXIO/ENODEV) or fatal. Layers above see a batch, a count, or one onError call.
- * - The native addon (native/tun.cc) holds no policy: which offloads to try, what a failed write
- *   means and when to give up are decided in this file.
- *
- * This file: the TUN device through the addon. Opening with IFF_VNET_HDR and offloads (TSO, USO
- * where the kernel has it, Linux 6.2+) is what lets the kernel hand over 64 KiB GSO super-packets;
- * see native-notes/README.md for the kernel side.
+ * The TUN device through the addon (the folder's contract is in README.md here). Opening with
+ * IFF_VNET_HDR and offloads (TSO, USO where the kernel has it, Linux 6.2+) is what lets the kernel
+ * hand over 64 KiB GSO super-packets; see native-notes/README.md for the kernel side.
  */
 
 import { existsSync } from "node:fs";
