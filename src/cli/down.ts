@@ -19,7 +19,7 @@ export const down: Command = {
   run: (argv) => downCommand(inputFrom(argv)),
 };
 
-export async function downCommand(
+async function downCommand(
   input: LoadInput,
   out: (s: string) => void = (s) => process.stdout.write(s),
   runner?: Runner,

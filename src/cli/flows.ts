@@ -24,7 +24,7 @@ export function formatFlow(r: FlowRecord): string {
   return `${head} ${orig}${r.replied ? "" : " [UNREPLIED]"} ${reply}${r.replied ? " [ASSURED]" : ""}`;
 }
 
-export async function flowsCommand(argv: Record<string, unknown>): Promise<number> {
+async function flowsCommand(argv: Record<string, unknown>): Promise<number> {
   const filter: FlowFilter = {};
   if (argv.host !== undefined) filter.host = String(argv.host);
   if (argv.proto !== undefined) filter.proto = String(argv.proto) as FlowFilter["proto"];

@@ -51,7 +51,7 @@ function root(): string {
   return packageRoot() ?? process.cwd();
 }
 
-export function defaultLabFile(): string {
+function defaultLabFile(): string {
   return join(root(), "lab", "lab.json");
 }
 
@@ -59,7 +59,7 @@ function labError(msg: string): TunnatError {
   return new TunnatError(ErrorCode.Lab, msg);
 }
 
-export function readLabFile(path: string): LabFile {
+function readLabFile(path: string): LabFile {
   let lab: LabFile;
   try {
     lab = JSON.parse(readFileSync(path, "utf8")) as LabFile;
@@ -278,7 +278,7 @@ function section(title: string): void {
   process.stdout.write(`\n== ${title}\n`);
 }
 
-export async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
+async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
   const { lab, state, stateFile } = await labUp({ ...opts, print: true });
   const ns = state.ns;
   const children: ChildProcess[] = [];

@@ -43,7 +43,7 @@ export function formatStats(stats: Record<string, unknown>): string {
   return `${lines.join("\n")}\n`;
 }
 
-export async function statsCommand(argv: Record<string, unknown>): Promise<number> {
+async function statsCommand(argv: Record<string, unknown>): Promise<number> {
   let stats: Record<string, unknown> = {};
   await request(String(argv.socket), { cmd: "stats" }, (obj) => {
     if (obj.type === "stats") stats = obj.stats as Record<string, unknown>;

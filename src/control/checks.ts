@@ -10,7 +10,7 @@ import { guardTableName } from "./guard.js";
 import { execCommand, hostRunner, type Runner } from "./runner.js";
 
 /** CAP_NET_ADMIN is bit 12 of the effective capability set (include/uapi/linux/capability.h). */
-export const CAP_NET_ADMIN = 12;
+const CAP_NET_ADMIN = 12;
 
 export function hasCapNetAdmin(status = readFileSync("/proc/self/status", "utf8")): boolean {
   const m = /^CapEff:\s*([0-9a-fA-F]+)$/m.exec(status);

@@ -34,7 +34,7 @@ import { PROTOCOLS } from "./observed.js";
 import { socketAnswers } from "./owner.js";
 
 /** Slots scanned between two turns of the event loop. */
-export const SCAN_CHUNK = 16384;
+const SCAN_CHUNK = 16384;
 /** Longest request line accepted. */
 const MAX_REQUEST = 64 * 1024;
 /** Connections served at once; more are refused (a listing costs a table walk). */
@@ -43,7 +43,7 @@ export const MAX_CLIENTS = 16;
  * A connection with no traffic either way for this long is destroyed: a request not finished, or
  * an answer not read. Generous, since `tunnat flows | less` may sit on a backed-up listing a while.
  */
-export const IDLE_TIMEOUT_MS = 30_000;
+const IDLE_TIMEOUT_MS = 30_000;
 /** How long a refused ("busy") connection may take to read its one error line. */
 const BUSY_LINGER_MS = 1000;
 
@@ -56,14 +56,14 @@ export interface ControlSource {
   stats(): Record<string, unknown>;
 }
 
-export function stateName(table: FlowTable, f: number): string {
+function stateName(table: FlowTable, f: number): string {
   const p = table.proto(f);
   const st = table.state(f);
   if (p === 6) return TCP_STATE_NAMES[st] ?? String(st);
   return st !== 0 ? "REPLIED" : "UNREPLIED";
 }
 
-export function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
+function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
   const fl = table.flags(f);
   return {
     type: "flow",
@@ -90,7 +90,7 @@ function badRequest(msg: string): TunnatError {
 }
 
 /** Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. */
-export function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
+function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
   let host = -1;
   if (r.host !== undefined) {
     host = parseIpv4(String(r.host));
@@ -140,7 +140,7 @@ function send(sock: Socket, obj: unknown): Promise<void> | undefined {
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Stream the flows that match `req` to `sock`, SCAN_CHUNK slots per event-loop turn. */
-export async function streamFlows(
+async function streamFlows(
   src: ControlSource,
   req: FlowFilter,
   sock: Socket,

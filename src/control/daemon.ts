@@ -69,12 +69,12 @@ async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
   return tun.openTun(opts);
 }
 
-export function defaultDeps(): DaemonDeps {
+function defaultDeps(): DaemonDeps {
   return { openTun: defaultOpenTun, runner: hostRunner(), preflight: true };
 }
 
 /** The guard's state file (guard.ts), beside the plumbing's: `plumbing.json` -> `guard.json`. */
-export function guardStateFile(plumbingStateFile: string): string {
+function guardStateFile(plumbingStateFile: string): string {
   if (plumbingStateFile.endsWith("plumbing.json"))
     return `${plumbingStateFile.slice(0, -"plumbing.json".length)}guard.json`;
   return `${plumbingStateFile.replace(/\.json$/, "")}.guard.json`;
@@ -336,7 +336,7 @@ export class Daemon {
 }
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */
-export function preflight(): void {
+function preflight(): void {
   let st: ReturnType<typeof statSync>;
   try {
     st = statSync("/dev/net/tun");

@@ -33,8 +33,6 @@ import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
 import { writeJsonAtomic } from "./state-file.js";
 
-export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
-
 /** The guard's part (interfaces, prefixes, NAT addresses, table and priority) and the rest. */
 export interface PlumbingSpec extends GuardSpec {
   /** Address for the TUN; null = none. */

@@ -27,8 +27,8 @@ import { packageRoot } from "./package-root.js";
  * 10-byte virtio_net_hdr; rounded up to a multiple of 64 so every slot starts on a cache line.
  */
 export const SLOT_SIZE = 65_600;
-export const DEFAULT_SLOTS = 64;
-export const MAX_SLOTS = 4096;
+const DEFAULT_SLOTS = 64;
+const MAX_SLOTS = 4096;
 
 export interface TunOptions {
   /** Interface name (at most 15 bytes); `%d` lets the kernel pick a number. */
@@ -227,7 +227,7 @@ function setOffloads(a: NativeAddon, nt: NativeTun, uso: boolean): TunOffloads {
 /** Retries of one slot that failed with EINTR before it is counted as dropped. */
 const EINTR_RETRIES = 3;
 
-export class TunDevice implements Device {
+class TunDevice implements Device {
   readonly name: string;
   readonly fd: number;
   readonly vnetHdr: boolean;
