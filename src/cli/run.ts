@@ -54,6 +54,7 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
         notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
       } catch (e) {
         // The old settings stay: say so, and leave the reloading state either way.
+        daemon.reloadFailed();
         notifier.ready(
           `${forwardingStatus(daemon.config, daemon.device?.name)}; reload failed: ${errorMessage(e)}`,
         );

@@ -22,8 +22,10 @@ export class ConntrackStats {
   tcpEstablishedNow = 0;
   /** New mappings refused because no outside port (or echo id) was free. */
   portAllocationErrors = 0;
-  /** Flows removed because their idle timer ran out. */
+  /** Flows removed because their idle timer ran out (all protocols). */
   idleTimeouts = 0;
+  /** The same, per protocol slot (base/protocols.ts): UDP and ICMP expiries are most of them. */
+  readonly idleTimeoutsBySlot = new Float64Array(PROTO_SLOTS);
   /** Flows refused or evicted because the table was full. */
   tableFullEvents = 0;
   /** Not-yet-replied flows evicted to make room. */

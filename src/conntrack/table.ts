@@ -339,6 +339,7 @@ export class FlowTable implements TupleProbe {
   private live(f: number, now: number): number {
     if (f < 0 || this.expires(f) >= now) return f;
     this.stats.idleTimeouts++;
+    this.stats.idleTimeoutsBySlot[protoSlot(this.proto(f))]++;
     this.removeFlow(f, now);
     return -1;
   }
@@ -574,6 +575,7 @@ export class FlowTable implements TupleProbe {
     for (let n = 0; n < budget; n++) {
       if (this.proto(c) !== 0 && this.expires(c) < now) {
         this.stats.idleTimeouts++;
+        this.stats.idleTimeoutsBySlot[protoSlot(this.proto(c))]++;
         this.removeFlow(c, now);
         removed++;
       }

@@ -62,6 +62,8 @@ export interface ControlSettings {
   logDestinations: boolean;
   /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
   topHosts: number;
+  /** Also export the metric names used before the unit-suffix renaming (one release). */
+  metricsLegacyNames: boolean;
 }
 
 export interface TunnatConfig {
@@ -537,6 +539,17 @@ export const FIELDS = {
     describe: "include destinations in the mapping log (off by default, RFC 6888 REQ-12)",
     parse: parseBool,
   }),
+  metricsLegacyNames: field<boolean>({
+    key: "metricsLegacyNames",
+    flag: "metrics-legacy-names",
+    env: "TUNNAT_METRICS_LEGACY_NAMES",
+    boolean: true,
+    def: "false",
+    expect: "true or false",
+    describe:
+      "also export the metric names of before the unit-suffix renaming (tunnat_bytes_in_from_source_total …), for one release; see docs/observability.md",
+    parse: parseBool,
+  }),
 } as const;
 
 export type FieldName = keyof typeof FIELDS;
@@ -864,6 +877,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     mappingLog: v.mappingLog as MappingLog,
     logDestinations: v.logDestinations as boolean,
     topHosts: v.topHosts as number,
+    metricsLegacyNames: v.metricsLegacyNames as boolean,
   };
   return { nat, control };
 }
@@ -917,6 +931,7 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
   ["logDestinations", false, (c) => String(c.control.logDestinations)],
   ["topHosts", false, (c) => String(c.control.topHosts)],
+  ["metricsLegacyNames", false, (c) => String(c.control.metricsLegacyNames)],
 ];
 
 /**

@@ -36,7 +36,7 @@ import { type ControlServer, startControlSocket } from "./control-socket.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
 import { createMetrics, type TunnatMetrics } from "./metrics.js";
-import type { Observed, ReloadResult } from "./observed.js";
+import type { Observed, ReloadCounts, ReloadResult } from "./observed.js";
 import { socketAnswers } from "./owner.js";
 import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
@@ -130,6 +130,13 @@ export class Daemon {
   private started = false;
   /** What the last SIGHUP did, if there was one. */
   lastReload: ReloadResult | undefined;
+  /** Reload outcomes since start, for the metrics. */
+  readonly reloads: ReloadCounts = {
+    succeeded: 0,
+    failed: 0,
+    lastFailed: false,
+    lastSuccessAt: Date.now() / 1000,
+  };
   private stopped: Promise<void> | null = null;
 
   private constructor(
@@ -211,7 +218,10 @@ export class Daemon {
     this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
     const view = this.observed();
-    this.metrics = createMetrics(view, { topHosts: c.topHosts });
+    this.metrics = createMetrics(view, {
+      topHosts: c.topHosts,
+      legacyNames: c.metricsLegacyNames,
+    });
     this.http.setMetrics(this.metrics.registry);
     const clock = this.clock;
     this.control = await startControlSocket(
@@ -304,7 +314,20 @@ export class Daemon {
         return d.mappingLog;
       },
       lastReload: () => d.lastReload,
+      reloads: () => d.reloads,
+      config: {
+        mode: this.config.control.manageRoutes ? "managed" : "unmanaged",
+        mapping: this.config.nat.mapping,
+        filtering: this.config.nat.filtering,
+        preset: this.config.control.preset,
+      },
     };
+  }
+
+  /** A SIGHUP whose configuration could not be read or applied: the old settings stay. */
+  reloadFailed(): void {
+    this.reloads.failed++;
+    this.reloads.lastFailed = true;
   }
 
   /**
@@ -325,6 +348,9 @@ export class Daemon {
       needRestart,
     };
     this.lastReload = result;
+    this.reloads.succeeded++;
+    this.reloads.lastFailed = false;
+    this.reloads.lastSuccessAt = Date.parse(result.at) / 1000;
     this.log.info(
       { logLevel: next.control.logLevel, timeouts: t, applied, needRestart },
       needRestart.length === 0

@@ -11,6 +11,11 @@
  * byte and packet totals for the peak rates (peak.ts); that is the only periodic work, and it
  * costs four additions.
  *
+ * Names follow https://prometheus.io/docs/practices/naming/: the unit (bytes, packets, seconds,
+ * lines) last before `_total`. The names before issue 13 (`tunnat_bytes_in_from_source_total`
+ * and so on) are registered as well, for one release, when `metricsLegacyNames` is set
+ * (`--metrics-legacy-names`): each renamed entry below names its old name beside the new one.
+ *
  * To add a metric: one entry below, one line in docs/observability.md. When it reads something
  * the Observed does not have yet, add that field to observed.ts and to Daemon.observed().
  */
@@ -19,6 +24,7 @@ import { Counter, collectDefaultMetrics, Registry } from "prom-client";
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
 import { DROP_REASON_NAMES } from "../nat/stats.js";
+import { buildInfo } from "./build-info.js";
 import { GUARD_REASONS } from "./guard.js";
 import {
   counter,
@@ -39,12 +45,45 @@ export interface MetricsOptions {
   topHosts?: number;
   /** Add prom-client's default process metrics (off in some unit tests for speed). */
   defaultMetrics?: boolean;
+  /** Also register the names used before the unit-suffix renaming (for one release). */
+  legacyNames?: boolean;
 }
+
+/**
+ * Drop reasons that are not drops of traffic meant to cross: inbound packets nobody inside asked
+ * for (`unsolicited`, internet background noise) or that the filtering policy refuses (`filtered`).
+ * They go to tunnat_inbound_refused_packets_total, so that tunnat_dropped_packets_total (the
+ * counterpart of PacketsDropCount) stays 0 on a healthy gateway and a "> 0" alarm means something.
+ */
+export const INBOUND_REFUSED_REASONS: ReadonlySet<string> = new Set(["unsolicited", "filtered"]);
+
+/** Upper bounds (seconds) of the event-loop delay histogram. */
+export const LOOP_DELAY_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+] as const;
+/** How often the delay probe runs; each run is one observation of how late it fired. */
+const LOOP_PROBE_MS = 50;
+/** The fixed window of the legacy max/p99 gauges, reset by the sampler (never by a scrape). */
+const LEGACY_WINDOW_S = 10;
 
 const MISNAMED_DEFAULTS = [
   "nodejs_active_handles_total",
   "nodejs_active_requests_total",
   "nodejs_active_resources_total",
+];
+/**
+ * prom-client's event-loop lag gauges reset their histogram on every scrape, so two Prometheus
+ * servers scraping one daemon each see half of it; tunnat_event_loop_delay_seconds replaces them.
+ */
+const RESET_ON_SCRAPE_DEFAULTS = [
+  "nodejs_eventloop_lag_seconds",
+  "nodejs_eventloop_lag_min_seconds",
+  "nodejs_eventloop_lag_max_seconds",
+  "nodejs_eventloop_lag_mean_seconds",
+  "nodejs_eventloop_lag_stddev_seconds",
+  "nodejs_eventloop_lag_p50_seconds",
+  "nodejs_eventloop_lag_p90_seconds",
+  "nodejs_eventloop_lag_p99_seconds",
 ];
 
 export interface TunnatMetrics {
@@ -60,6 +99,12 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
   const reg = new Registry();
   const s = o.stats;
   const t = o.table;
+  const legacy = opts.legacyNames === true;
+  /** `make` under the new name, and under the old one too while legacy names are on. */
+  const renamed = (name: string, old: string, make: (name: string, note: string) => void) => {
+    make(name, "");
+    if (legacy) make(old, ` Deprecated name of ${name}, removed in the next release.`);
+  };
 
   // --- the AWS NAT Gateway set
   const dirs: [string, string, () => number, () => number][] = [
@@ -89,17 +134,16 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     ],
   ];
   for (const [dir, what, bytes, packets] of dirs) {
-    counter(
-      reg,
-      `tunnat_bytes_${dir}_total`,
-      `IP bytes ${what} (AWS NAT Gateway Bytes${camel(dir)}); GSO super-packets count as the segments they stand for.`,
-      bytes,
+    renamed(`tunnat_${dir}_bytes_total`, `tunnat_bytes_${dir}_total`, (n, note) =>
+      counter(
+        reg,
+        n,
+        `IP bytes ${what} (AWS NAT Gateway Bytes${camel(dir)}); GSO super-packets count as the segments they stand for.${note}`,
+        bytes,
+      ),
     );
-    counter(
-      reg,
-      `tunnat_packets_${dir}_total`,
-      `IP packets ${what} (AWS NAT Gateway Packets${camel(dir)}).`,
-      packets,
+    renamed(`tunnat_${dir}_packets_total`, `tunnat_packets_${dir}_total`, (n, note) =>
+      counter(reg, n, `IP packets ${what} (AWS NAT Gateway Packets${camel(dir)}).${note}`, packets),
     );
   }
   gauge(
@@ -134,19 +178,39 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "New mappings refused because no outside port was free (AWS NAT Gateway ErrorPortAllocation).",
     () => s.portAllocationErrors,
   );
-  counter(
+  labelledCounter(
     reg,
     "tunnat_idle_timeouts_total",
-    "Flows removed because their idle timer ran out (AWS NAT Gateway IdleTimeoutCount).",
-    () => s.idleTimeouts,
+    'Flows removed because their idle timer ran out, by protocol (AWS NAT Gateway IdleTimeoutCount counts TCP only: compare protocol="tcp").',
+    ["protocol"],
+    () => PROTOCOL_TABLE.map((p) => [{ protocol: p.name }, s.idleTimeoutsBySlot[p.slot] ?? 0]),
+  );
+  const drops = (keep: (reason: string) => boolean) => (): [Labels, number][] =>
+    DROP_REASON_NAMES.flatMap((reason, i): [Labels, number][] =>
+      keep(reason) ? [[{ reason }, s.drops[i] ?? 0]] : [],
+    );
+  labelledCounter(
+    reg,
+    "tunnat_dropped_packets_total",
+    "Packets meant to cross the gateway that it dropped, by reason (AWS NAT Gateway PacketsDropCount); unsolicited and filtered inbound packets are in tunnat_inbound_refused_packets_total instead.",
+    ["reason"],
+    drops((r) => !INBOUND_REFUSED_REASONS.has(r)),
   );
   labelledCounter(
     reg,
-    "tunnat_packets_dropped_total",
-    "Packets dropped, by reason (AWS NAT Gateway PacketsDropCount).",
+    "tunnat_inbound_refused_packets_total",
+    "Inbound packets refused because no inside host asked for them: unsolicited (no mapping; internet background noise) or filtered (a mapping exists but the filtering policy refuses the sender).",
     ["reason"],
-    () => DROP_REASON_NAMES.map((reason, i) => [{ reason }, s.drops[i] ?? 0]),
+    drops((r) => INBOUND_REFUSED_REASONS.has(r)),
   );
+  if (legacy)
+    labelledCounter(
+      reg,
+      "tunnat_packets_dropped_total",
+      "Packets dropped, by reason, unsolicited and filtered inbound included. Deprecated: split into tunnat_dropped_packets_total and tunnat_inbound_refused_packets_total, removed in the next release.",
+      ["reason"],
+      drops(() => true),
+    );
   const peak = new PeakRate();
   gauge(
     reg,
@@ -192,7 +256,7 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       () => s.icmpErrorsTranslated,
     ],
     [
-      "tunnat_replies_generated_total",
+      "tunnat_generated_packets_total",
       "Packets the gateway generated itself (RSTs for expired flows, ICMP errors).",
       () => s.repliesGenerated,
     ],
@@ -208,6 +272,13 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     ],
   ];
   for (const [name, help, read] of more) counter(reg, name, help, read);
+  if (legacy)
+    counter(
+      reg,
+      "tunnat_replies_generated_total",
+      "Deprecated name of tunnat_generated_packets_total, removed in the next release.",
+      () => s.repliesGenerated,
+    );
 
   // --- per inside host (bounded)
   const top = new TopHosts(t, opts.topHosts ?? DEFAULT_TOP_HOSTS);
@@ -270,32 +341,10 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
 
   // --- the data path
   const ls = o.loopStats;
-  rawMetric(
-    reg,
-    "tunnat_datapath_batch_size",
-    "Packets per batch read from the TUN device.",
-    "histogram",
-    () => {
-      const out: Sample[] = [];
-      let cum = 0;
-      BATCH_SIZE_BUCKETS.forEach((le, i) => {
-        cum += ls.batchSizeCounts[i] ?? 0;
-        out.push({
-          metricName: "tunnat_datapath_batch_size_bucket",
-          labels: { le: String(le) },
-          value: cum,
-        });
-      });
-      cum += ls.batchSizeCounts[BATCH_SIZE_BUCKETS.length] ?? 0;
-      out.push({
-        metricName: "tunnat_datapath_batch_size_bucket",
-        labels: { le: "+Inf" },
-        value: cum,
-      });
-      out.push({ metricName: "tunnat_datapath_batch_size_sum", labels: {}, value: ls.packets });
-      out.push({ metricName: "tunnat_datapath_batch_size_count", labels: {}, value: cum });
-      return out;
-    },
+  renamed("tunnat_datapath_batch_size_packets", "tunnat_datapath_batch_size", (n, note) =>
+    rawMetric(reg, n, `Packets per batch read from the TUN device.${note}`, "histogram", () =>
+      histogram(n, BATCH_SIZE_BUCKETS, ls.batchSizeCounts, ls.packets),
+    ),
   );
   rawMetric(
     reg,
@@ -311,23 +360,25 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       { metricName: "tunnat_datapath_batch_duration_seconds_count", labels: {}, value: ls.batches },
     ],
   );
-  counter(
-    reg,
-    "tunnat_datapath_packets_read_total",
-    "Packets read from the TUN device.",
-    () => ls.packets,
+  renamed("tunnat_datapath_read_packets_total", "tunnat_datapath_packets_read_total", (n, note) =>
+    counter(reg, n, `Packets read from the TUN device.${note}`, () => ls.packets),
   );
-  counter(
-    reg,
+  renamed(
+    "tunnat_datapath_written_packets_total",
     "tunnat_datapath_packets_written_total",
-    "Packets written back to the TUN device.",
-    () => ls.written,
+    (n, note) =>
+      counter(reg, n, `Packets written back to the TUN device.${note}`, () => ls.written),
   );
-  counter(
-    reg,
+  renamed(
+    "tunnat_datapath_write_dropped_packets_total",
     "tunnat_datapath_write_drops_total",
-    "Translated packets the TUN device refused (ENOBUFS, EAGAIN, or rejected by the kernel).",
-    () => ls.writeDrops,
+    (n, note) =>
+      counter(
+        reg,
+        n,
+        `Translated packets the TUN device refused (ENOBUFS, EAGAIN, or rejected by the kernel).${note}`,
+        () => ls.writeDrops,
+      ),
   );
   counter(
     reg,
@@ -335,26 +386,65 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "Expiry sweep ticks of the data loop.",
     () => ls.sweeps,
   );
-  const lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 10 });
-  lag.enable();
-  let lagP99 = 0;
-  gauge(
+  // The event loop is the data path's thread: how late it runs, and how busy it is. A probe timer
+  // of the daemon's own (every 50 ms) observes how late it fired into a histogram that only
+  // grows, so any number of Prometheus servers read the same series and rate() works over any
+  // window; nothing resets on a scrape.
+  const delayCounts = new Float64Array(LOOP_DELAY_BUCKETS.length + 1);
+  let delaySum = 0;
+  let due = performance.now() + LOOP_PROBE_MS;
+  const probe = setInterval(() => {
+    const now = performance.now();
+    const late = Math.max(0, now - due) / 1000;
+    due = now + LOOP_PROBE_MS;
+    let b = 0;
+    while (b < LOOP_DELAY_BUCKETS.length && late > (LOOP_DELAY_BUCKETS[b] ?? 0)) b++;
+    delayCounts[b]++;
+    delaySum += late;
+  }, LOOP_PROBE_MS);
+  probe.unref();
+  rawMetric(
     reg,
-    "tunnat_event_loop_delay_max_seconds",
-    "Longest event-loop delay since the previous scrape (a stalled loop stalls forwarding).",
-    () => {
-      const max = lag.count > 0 ? lag.max / 1e9 : 0;
-      lagP99 = lag.count > 0 ? lag.percentile(99) / 1e9 : 0;
-      lag.reset();
-      return max;
-    },
+    "tunnat_event_loop_delay_seconds",
+    `How late a ${LOOP_PROBE_MS} ms timer of the daemon fired: the event loop (the data path's thread) was busy or blocked that long; cumulative since start.`,
+    "histogram",
+    () => histogram("tunnat_event_loop_delay_seconds", LOOP_DELAY_BUCKETS, delayCounts, delaySum),
   );
-  gauge(
+  counter(
     reg,
-    "tunnat_event_loop_delay_p99_seconds",
-    "99th percentile of event-loop delay since the previous scrape.",
-    () => lagP99,
+    "tunnat_event_loop_busy_seconds_total",
+    "Time the event loop (the data path's thread: translation, I/O, timers, scrapes) was busy, from perf_hooks.eventLoopUtilization(); rate() is its busy fraction, and 1 is the ceiling of one gateway.",
+    () => performance.eventLoopUtilization().active / 1000,
   );
+  // The old gauges, over a fixed 10 s window the sampler closes (not the scrape).
+  let lag: IntervalHistogram | null = null;
+  let lagWindow = { max: 0, p99: 0 };
+  let lagTicks = 0;
+  if (legacy) {
+    const h = monitorEventLoopDelay({ resolution: 10 });
+    h.enable();
+    lag = h;
+    const note = " Deprecated: use tunnat_event_loop_delay_seconds; removed in the next release.";
+    gauge(
+      reg,
+      "tunnat_event_loop_delay_max_seconds",
+      `Longest event-loop delay in the last complete ${LEGACY_WINDOW_S} s window.${note}`,
+      () => lagWindow.max,
+    );
+    gauge(
+      reg,
+      "tunnat_event_loop_delay_p99_seconds",
+      `99th percentile of event-loop delay in the last complete ${LEGACY_WINDOW_S} s window.${note}`,
+      () => lagWindow.p99,
+    );
+  }
+  const closeLagWindow = () => {
+    if (!lag || ++lagTicks < LEGACY_WINDOW_S) return;
+    lagTicks = 0;
+    lagWindow =
+      lag.count > 0 ? { max: lag.max / 1e9, p99: lag.percentile(99) / 1e9 } : { max: 0, p99: 0 };
+    lag.reset();
+  };
 
   // --- the TUN device's own kernel counters: what was lost before the daemon could see it
   if (o.tunCounters) {
@@ -379,16 +469,17 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
           ]
         : [];
     };
-    const tunMetrics: [string, string, keyof TunDirection][] = [
+    const tunMetrics: [string, string, keyof TunDirection, string?][] = [
       [
         "tunnat_tun_packets_total",
         "Packets the kernel queued on the TUN for the daemon (to_daemon, its tx) or took from the daemon (from_daemon, its rx).",
         "packets",
       ],
       [
-        "tunnat_tun_packets_dropped_total",
+        "tunnat_tun_dropped_packets_total",
         "Packets the TUN device dropped: to_daemon = its queue was full because the daemon did not read in time (never seen by tunnat); from_daemon = the kernel refused what the daemon wrote.",
         "dropped",
+        "tunnat_tun_packets_dropped_total",
       ],
       [
         "tunnat_tun_errors_total",
@@ -401,8 +492,17 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
         "fifoErrors",
       ],
     ];
-    for (const [name, help, k] of tunMetrics)
+    for (const [name, help, k, old] of tunMetrics) {
       labelledCounter(reg, name, help, ["direction"], byDirection(k));
+      if (legacy && old)
+        labelledCounter(
+          reg,
+          old,
+          `${help} Deprecated name of ${name}, removed in the next release.`,
+          ["direction"],
+          byDirection(k),
+        );
+    }
     // Raw, so that no sample (rather than a 0) is exported while the TUN cannot be read.
     rawMetric(
       reg,
@@ -440,25 +540,75 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "Lines written to the mapping log (RFC 6888 §4).",
     () => o.mappingLog?.lines ?? 0,
   );
-  counter(
-    reg,
-    "tunnat_mapping_log_dropped_total",
-    "Mapping log lines dropped because the destination could not keep up.",
-    () => o.mappingLog?.dropped ?? 0,
+  renamed("tunnat_mapping_log_dropped_lines_total", "tunnat_mapping_log_dropped_total", (n, note) =>
+    counter(
+      reg,
+      n,
+      `Mapping log lines dropped because the destination could not keep up.${note}`,
+      () => o.mappingLog?.dropped ?? 0,
+    ),
   );
+  const build = buildInfo();
+  labelledGauge(
+    reg,
+    "tunnat_build_info",
+    "Always 1; the labels say what runs: tunnat's version, the Node.js version, the git commit (unknown for an installed package without TUNNAT_COMMIT).",
+    ["version", "node_version", "commit"],
+    () => [[{ version: build.version, node_version: build.nodeVersion, commit: build.commit }, 1]],
+  );
+  if (o.config) {
+    const c = o.config;
+    labelledGauge(
+      reg,
+      "tunnat_config_info",
+      "Always 1; the labels are settings that change how the gateway behaves: mode (managed: tunnat installs routes, rules and the guard; unmanaged: --no-manage-routes), mapping, filtering and preset. They change only with a restart.",
+      ["mode", "mapping", "filtering", "preset"],
+      () => [[{ ...c }, 1]],
+    );
+  }
+  if (o.reloads) {
+    const r = o.reloads;
+    labelledCounter(
+      reg,
+      "tunnat_config_reloads_total",
+      "Configuration reloads (SIGHUP) by result: success (the new settings were read; some may need a restart, see tunnat stats) or failure (the old settings stay).",
+      ["result"],
+      () => {
+        const x = r();
+        return [
+          [{ result: "success" }, x.succeeded],
+          [{ result: "failure" }, x.failed],
+        ];
+      },
+    );
+    gauge(
+      reg,
+      "tunnat_config_last_reload_successful",
+      "1 if the last reload succeeded or there was none, 0 if it failed.",
+      () => (r().lastFailed ? 0 : 1),
+    );
+    gauge(
+      reg,
+      "tunnat_config_last_reload_timestamp_seconds",
+      "When the configuration was last loaded (Unix time): the start, or the last reload that succeeded.",
+      () => r().lastSuccessAt,
+    );
+  }
   if (opts.defaultMetrics !== false) {
     collectDefaultMetrics({ register: reg });
     // prom-client names three gauges *_total, which `promtool check metrics` rejects (only
     // counters may end in _total); their per-type siblings (nodejs_active_handles etc.) remain.
-    for (const n of MISNAMED_DEFAULTS) reg.removeSingleMetric(n);
+    for (const n of [...MISNAMED_DEFAULTS, ...RESET_ON_SCRAPE_DEFAULTS]) reg.removeSingleMetric(n);
   }
 
-  const sample = () =>
+  const sample = () => {
     peak.sample(
       performance.now() / 1000,
       s.bytesInFromSource + s.bytesInFromDestination,
       s.packetsInFromSource + s.packetsInFromDestination,
     );
+    closeLagWindow();
+  };
   sample();
   const timer = setInterval(sample, 1000);
   timer.unref();
@@ -467,9 +617,30 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     sample,
     stop() {
       clearInterval(timer);
-      lag.disable();
+      clearInterval(probe);
+      lag?.disable();
     },
   };
+}
+
+/** A histogram's exposition from per-bucket (not cumulative) counts; the last count is +Inf's. */
+function histogram(
+  name: string,
+  bounds: readonly number[],
+  counts: ArrayLike<number>,
+  sum: number,
+): Sample[] {
+  const out: Sample[] = [];
+  let cum = 0;
+  bounds.forEach((le, i) => {
+    cum += counts[i] ?? 0;
+    out.push({ metricName: `${name}_bucket`, labels: { le: String(le) }, value: cum });
+  });
+  cum += counts[bounds.length] ?? 0;
+  out.push({ metricName: `${name}_bucket`, labels: { le: "+Inf" }, value: cum });
+  out.push({ metricName: `${name}_sum`, labels: {}, value: sum });
+  out.push({ metricName: `${name}_count`, labels: {}, value: cum });
+  return out;
 }
 
 function camel(dir: string): string {

@@ -44,6 +44,27 @@ export interface Observed {
   tunCounters?: () => TunCounters | null;
   /** What the last SIGHUP did, if there was one. */
   lastReload?: () => ReloadResult | undefined;
+  /** Reload outcomes since start (tunnat_config_reloads_total and the last-reload gauges). */
+  reloads?: () => ReloadCounts;
+  /** Settings tunnat_config_info shows (fixed until a restart). */
+  config?: ConfigInfo;
+}
+
+export interface ReloadCounts {
+  succeeded: number;
+  failed: number;
+  /** Whether the last reload failed (false when there was none). */
+  lastFailed: boolean;
+  /** Unix seconds of the start or of the last reload that succeeded. */
+  lastSuccessAt: number;
+}
+
+export interface ConfigInfo {
+  /** managed (tunnat installs routes, rules, guard) or unmanaged (--no-manage-routes). */
+  mode: "managed" | "unmanaged";
+  mapping: string;
+  filtering: string;
+  preset: string;
 }
 
 export interface PortUsage {

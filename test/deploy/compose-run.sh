@@ -365,13 +365,13 @@ metric() { # metric <name> <exposition>: sum of the samples of one metric family
   awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%.0f\n", s}' <<<"$2"
 }
 metrics="$(ex nat curl -fsS --max-time 5 http://127.0.0.1:9469/metrics)"
-out_bytes="$(metric tunnat_bytes_out_to_destination_total "$metrics")"
-in_bytes="$(metric tunnat_bytes_in_from_destination_total "$metrics")"
+out_bytes="$(metric tunnat_out_to_destination_bytes_total "$metrics")"
+in_bytes="$(metric tunnat_in_from_destination_bytes_total "$metrics")"
 [ "$out_bytes" -ge "$iperf_bytes" ] ||
   die "tunnat counted $out_bytes bytes out to destinations, less than iperf3's $iperf_bytes"
 [ "$in_bytes" -gt 0 ] || die "tunnat counted no bytes in from destinations"
 published="$(ip netns exec "$ns" curl -fsS --max-time 5 http://127.0.0.1:9469/metrics)"
-[ "$(metric tunnat_bytes_out_to_destination_total "$published")" -ge "$out_bytes" ] ||
+[ "$(metric tunnat_out_to_destination_bytes_total "$published")" -ge "$out_bytes" ] ||
   die "the published metrics port does not show the counters"
 log "metrics: $out_bytes bytes out to, $in_bytes bytes in from destinations (also on 127.0.0.1:9469)"
 
@@ -398,7 +398,7 @@ dc --profile monitoring up -d --no-deps prometheus >"$run/up-prom.log" 2>&1 || {
   cat "$run/up-prom.log" >&2
   die "prometheus did not start"
 }
-q='http://127.0.0.1:9090/api/v1/query?query=tunnat_bytes_out_to_destination_total'
+q='http://127.0.0.1:9090/api/v1/query?query=tunnat_out_to_destination_bytes_total'
 scraped=""
 for _ in $(seq 1 60); do
   scraped="$(ex nat curl -fsS --max-time 3 "$q" 2>/dev/null || true)"

@@ -100,7 +100,7 @@ function metric(text: string, name: string, label?: string): number {
 
 function dropsByReason(
   text: string,
-  series = "tunnat_packets_dropped_total",
+  series = "tunnat_dropped_packets_total",
 ): Record<string, number> {
   const d: Record<string, number> = {};
   for (const m of text.matchAll(new RegExp(`^${series}\\{reason="([^"]+)"\\}\\s+(\\S+)`, "gm")))
@@ -373,7 +373,12 @@ export async function liveFuzz(t: Test, opts: LiveFuzzOptions): Promise<LiveFuzz
   }).length;
   const leftUntranslated = (await lab.readPcap(`${lab.tmp}/raw.pcap`)).length;
 
-  const drops = diff(dropsByReason(m0), dropsByReason(m1));
+  // Drops of traffic meant to cross and refused unsolicited/filtered inbound, by reason together.
+  const allDrops = (m: string) => ({
+    ...dropsByReason(m),
+    ...dropsByReason(m, "tunnat_inbound_refused_packets_total"),
+  });
+  const drops = diff(allDrops(m0), allDrops(m1));
   // The kernel forward filter of issue 8 (if installed) counts its own drops by reason.
   const G = "tunnat_guard_dropped_packets_total";
   const guard = diff(dropsByReason(m0, G), dropsByReason(m1, G));
@@ -404,13 +409,13 @@ export async function liveFuzz(t: Test, opts: LiveFuzzOptions): Promise<LiveFuzz
       queueDropped: tun1.dropped - tun0.dropped,
     },
     daemon: {
-      read: delta("tunnat_datapath_packets_read_total"),
-      written: delta("tunnat_datapath_packets_written_total"),
+      read: delta("tunnat_datapath_read_packets_total"),
+      written: delta("tunnat_datapath_written_packets_total"),
       drops,
       dropsTotal: Object.values(drops).reduce((a, b) => a + b, 0),
-      repliesGenerated: delta("tunnat_replies_generated_total"),
+      repliesGenerated: delta("tunnat_generated_packets_total"),
       fragmentsHeld: delta("tunnat_fragments_held_total"),
-      writeDrops: delta("tunnat_datapath_write_drops_total"),
+      writeDrops: delta("tunnat_datapath_write_dropped_packets_total"),
     },
     guard,
     leftUntranslated,

@@ -122,7 +122,7 @@ else {
     await lab.sh("nat", ["nft", "flush", "chain", "ip", table ?? "", "forward"]);
   };
   const metric = (text: string, re: RegExp): number => Number(re.exec(text)?.[1] ?? Number.NaN);
-  const TUN_DROPS = /^tunnat_tun_packets_dropped_total\{direction="to_daemon"\} (\S+)$/m;
+  const TUN_DROPS = /^tunnat_tun_dropped_packets_total\{direction="to_daemon"\} (\S+)$/m;
 
   /** p1 sends `n` UDP datagrams to inet, from source port `base` + i (or one port when fixed). */
   const udpBurst = (n: number, base: number, fixed: boolean) =>
@@ -171,12 +171,12 @@ else {
     const k = await kernelTun();
     t.ok(k.txDropped > 0, `the kernel dropped ${k.txDropped} packets at the TUN`);
     const text = await lab.metricsText();
-    t.equal(metric(text, TUN_DROPS), k.txDropped, "tunnat_tun_packets_dropped_total equals it");
+    t.equal(metric(text, TUN_DROPS), k.txDropped, "tunnat_tun_dropped_packets_total equals it");
     t.ok(metric(text, /^tunnat_tun_tx_queue_length (\S+)$/m) > 0, "the queue length is exported");
     const st = await stats();
     t.equal(st?.tun?.droppedToDaemon, k.txDropped, "and tunnat stats shows it");
     // Every datagram is accounted for: read by tunnat, or dropped at the TUN.
-    const read = metric(text, /^tunnat_packets_in_from_source_total (\S+)$/m);
+    const read = metric(text, /^tunnat_in_from_source_packets_total (\S+)$/m);
     t.ok(read + k.txDropped >= 3000, `read ${read} + dropped ${k.txDropped} >= 3000 sent`);
     await lab.stopDaemon();
   });
@@ -239,12 +239,12 @@ else {
     const k = await kernelTun();
     // What changed during the burst (the warm-up echo came before `base`).
     const grew = (re: RegExp) => metric(text, re) - metric(base, re);
-    const inFromSource = grew(/^tunnat_packets_in_from_source_total (\S+)$/m);
-    const out = grew(/^tunnat_packets_out_to_destination_total (\S+)$/m);
-    const exhausted = grew(/^tunnat_packets_dropped_total\{reason="port_exhausted"\} (\S+)$/m);
-    const replies = grew(/^tunnat_replies_generated_total (\S+)$/m);
+    const inFromSource = grew(/^tunnat_in_from_source_packets_total (\S+)$/m);
+    const out = grew(/^tunnat_out_to_destination_packets_total (\S+)$/m);
+    const exhausted = grew(/^tunnat_dropped_packets_total\{reason="port_exhausted"\} (\S+)$/m);
+    const replies = grew(/^tunnat_generated_packets_total (\S+)$/m);
     const tunDrops = grew(TUN_DROPS);
-    const read = grew(/^tunnat_datapath_packets_read_total (\S+)$/m);
+    const read = grew(/^tunnat_datapath_read_packets_total (\S+)$/m);
     t.comment(
       `sent ${n}: read ${inFromSource} (forwarded ${out}, port_exhausted ${exhausted}, 3/13 sent ${replies}), dropped at the TUN ${tunDrops}`,
     );

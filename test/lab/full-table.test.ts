@@ -100,10 +100,31 @@ function metric(text: string, name: string): number {
 
 function dropsOf(text: string, reason: string): number {
   const m = new RegExp(
-    `^tunnat_packets_dropped_total\\{[^}]*reason="${reason}"[^}]*\\}\\s+(\\S+)`,
+    `^tunnat_(?:dropped|inbound_refused)_packets_total\\{[^}]*reason="${reason}"[^}]*\\}\\s+(\\S+)`,
     "m",
   ).exec(text);
   return m ? Number(m[1]) : 0;
+}
+
+/**
+ * The longest event-loop delay between two scrapes, to the bucket: the smallest bound of
+ * tunnat_event_loop_delay_seconds whose count grew by as much as +Inf's did.
+ */
+function delayBound(before: string, after: string): number {
+  const buckets = (text: string) => {
+    const b = new Map<string, number>();
+    for (const m of text.matchAll(
+      /^tunnat_event_loop_delay_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm,
+    ))
+      b.set(m[1] ?? "", Number(m[2]));
+    return b;
+  };
+  const a = buckets(before);
+  const z = buckets(after);
+  const all = (z.get("+Inf") ?? 0) - (a.get("+Inf") ?? 0);
+  for (const [le, n] of z)
+    if (n - (a.get(le) ?? 0) >= all) return le === "+Inf" ? Infinity : Number(le);
+  return 0;
 }
 
 /** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
@@ -178,12 +199,14 @@ else {
       );
     // Each second of the flood: the daemon's longest event-loop delay and evictions so far.
     const seconds: string[] = [];
+    let prevDelay = await lab.metricsText();
     let flooding = true;
     const poll = (async () => {
       while (flooding) {
         await sleep(1000);
         const m = await lab.metricsText();
-        const ms = metric(m, "tunnat_event_loop_delay_max_seconds") * 1000;
+        const ms = delayBound(prevDelay, m) * 1000;
+        prevDelay = m;
         seconds.push(`${ms.toFixed(0)}ms/${metric(m, "tunnat_flow_evictions_total")}`);
       }
     })();

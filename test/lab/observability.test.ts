@@ -187,7 +187,7 @@ for i in range(${count}):
     const packets = BULK + EXTRA_PORTS.length;
     let seen: number | null = null;
     for (let i = 0; i < 40; i++) {
-      seen = await query("tunnat_bytes_out_to_destination_total");
+      seen = await query("tunnat_out_to_destination_bytes_total");
       if (seen !== null && Math.abs(seen - expected) <= expected * 0.01) break;
       await sleep(500);
     }
@@ -196,8 +196,8 @@ for i in range(${count}):
       `Prometheus reports ${seen} bytes out to destination, sent ${expected}`,
     );
     t.equal(seen, expected, "exactly, in fact");
-    t.equal(await query("tunnat_packets_out_to_destination_total"), packets);
-    t.equal(await query("tunnat_bytes_in_from_source_total"), expected);
+    t.equal(await query("tunnat_out_to_destination_packets_total"), packets);
+    t.equal(await query("tunnat_in_from_source_bytes_total"), expected);
     t.equal(
       await query(`tunnat_host_bytes_total{host="${lab.p1}",direction="out"}`),
       expected,

@@ -148,7 +148,7 @@ else {
   /**
    * The largest value of a tunnat series that counts TUN queue drops (issue 8 item 9): a
    * `tunnat_tun*` series (or `tunnat_*_tun_*`) whose name mentions drops, e.g.
-   * tunnat_tun_packets_dropped_total{direction="to_daemon"}. -1 when there is none.
+   * tunnat_tun_dropped_packets_total{direction="to_daemon"}. -1 when there is none.
    */
   async function tunnatTunDrops(): Promise<number> {
     let best = -1;

@@ -53,6 +53,7 @@ t.test("defaults fill every field the user does not set", async (t) => {
   t.equal(c.control.topHosts, 20);
   t.equal(load({ "icmp-prohibited": false }).nat.icmpAdminProhibited, false, "and can be silenced");
   t.equal(c.control.logDestinations, false);
+  t.equal(c.control.metricsLegacyNames, false, "legacy metric names are off by default");
   t.equal(c.control.logLevel, "info");
   t.equal(c.control.routeTable, 4242);
 });
@@ -145,6 +146,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["state-file", "plumbing.json", /absolute path/],
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
+    ["metrics-legacy-names", "maybe", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));

@@ -111,9 +111,9 @@ t.test(
       if (o.type === "stats") stats = o.stats as typeof stats;
     });
     t.equal(stats.datapath?.packets, 128);
-    t.equal(await scrape(d, "tunnat_datapath_packets_read_total"), 128);
+    t.equal(await scrape(d, "tunnat_datapath_read_packets_total"), 128);
     t.equal(stats.nat?.packetsOutToDestination, 128);
-    t.equal(await scrape(d, "tunnat_packets_out_to_destination_total"), 128);
+    t.equal(await scrape(d, "tunnat_out_to_destination_packets_total"), 128);
   },
 );
 

@@ -1,7 +1,8 @@
 /**
  * docs/observability.md is held against the metric registry, as docs/errors.md is against the
  * error codes: every metric the daemon registers is documented by name, and every tunnat_ name
- * the page mentions exists (histogram and summary series by their family name).
+ * the page mentions exists (histogram and summary series by their family name). The old names
+ * (--metrics-legacy-names) are registered too: the page lists them in its renaming table.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -36,8 +37,10 @@ async function registered(): Promise<string[]> {
       lastGuardDrops: () => null,
       tunName: "tun-test",
       tunCounters: () => null,
+      reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
+      config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "none" },
     },
-    { defaultMetrics: false },
+    { defaultMetrics: false, legacyNames: true },
   );
   t.teardown(() => m.stop());
   return (await m.registry.getMetricsAsJSON())

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { performance } from "node:perf_hooks";
 import t from "tap";
 import { parse as parseYaml } from "yaml";
 import { ManualClock } from "../../../src/base/clock.js";
@@ -70,12 +71,12 @@ t.test("the NAT Gateway counters are read from the core's stats at scrape time",
   // UDP 100-byte payload: 20 IP + 8 UDP + 100 = 128 IP bytes each.
   r.stats.drops[DropReason.Unsolicited] = 3;
   let s = series(await m.registry.metrics());
-  t.equal(s.get("tunnat_bytes_in_from_source_total"), 5 * 128);
-  t.equal(s.get("tunnat_bytes_out_to_destination_total"), 5 * 128);
-  t.equal(s.get("tunnat_packets_out_to_destination_total"), 5);
+  t.equal(s.get("tunnat_in_from_source_bytes_total"), 5 * 128);
+  t.equal(s.get("tunnat_out_to_destination_bytes_total"), 5 * 128);
+  t.equal(s.get("tunnat_out_to_destination_packets_total"), 5);
   t.equal(s.get('tunnat_flows{protocol="udp"}'), 5);
   t.equal(s.get('tunnat_flows{protocol="tcp"}'), 0);
-  t.equal(s.get('tunnat_packets_dropped_total{reason="unsolicited"}'), 3);
+  t.equal(s.get('tunnat_inbound_refused_packets_total{reason="unsolicited"}'), 3);
   t.equal(s.get('tunnat_nat_ports_used{nat_address="203.0.113.1",protocol="udp"}'), 5);
   t.equal(s.get("tunnat_flows_capacity"), 4096);
   // A second scrape sees new traffic: nothing was cached at registration.
@@ -88,7 +89,7 @@ t.test("the NAT Gateway counters are read from the core's stats at scrape time",
     payload: "x".repeat(100),
   });
   s = series(await m.registry.metrics());
-  t.equal(s.get("tunnat_bytes_out_to_destination_total"), 6 * 128);
+  t.equal(s.get("tunnat_out_to_destination_bytes_total"), 6 * 128);
   t.equal(s.get('tunnat_host_bytes_total{host="10.0.1.2",direction="out"}'), 6 * 128);
   t.equal(s.get('tunnat_host_packets_total{host="10.0.1.2",direction="out"}'), 6);
 });
@@ -124,18 +125,18 @@ t.test("the batch-size histogram and time per batch mirror LoopStats", async (t)
   ls.packets = 4 + 14 + 300;
   ls.batchSeconds = 0.07;
   const s = series(await m.registry.metrics());
-  t.equal(s.get('tunnat_datapath_batch_size_bucket{le="1"}'), 4);
-  t.equal(s.get('tunnat_datapath_batch_size_bucket{le="4"}'), 4);
-  t.equal(s.get('tunnat_datapath_batch_size_bucket{le="8"}'), 6);
-  t.equal(s.get('tunnat_datapath_batch_size_bucket{le="256"}'), 6);
-  t.equal(s.get('tunnat_datapath_batch_size_bucket{le="+Inf"}'), 7);
-  t.equal(s.get("tunnat_datapath_batch_size_count"), 7);
-  t.equal(s.get("tunnat_datapath_batch_size_sum"), 318);
+  t.equal(s.get('tunnat_datapath_batch_size_packets_bucket{le="1"}'), 4);
+  t.equal(s.get('tunnat_datapath_batch_size_packets_bucket{le="4"}'), 4);
+  t.equal(s.get('tunnat_datapath_batch_size_packets_bucket{le="8"}'), 6);
+  t.equal(s.get('tunnat_datapath_batch_size_packets_bucket{le="256"}'), 6);
+  t.equal(s.get('tunnat_datapath_batch_size_packets_bucket{le="+Inf"}'), 7);
+  t.equal(s.get("tunnat_datapath_batch_size_packets_count"), 7);
+  t.equal(s.get("tunnat_datapath_batch_size_packets_sum"), 318);
   t.equal(s.get("tunnat_datapath_batch_duration_seconds_count"), 7);
   t.equal(s.get("tunnat_datapath_batch_duration_seconds_sum"), 0.07);
   const text = await m.registry.metrics();
-  t.match(text, /# TYPE tunnat_datapath_batch_size histogram/);
-  t.match(text, /# TYPE tunnat_bytes_out_to_destination_total counter/);
+  t.match(text, /# TYPE tunnat_datapath_batch_size_packets histogram/);
+  t.match(text, /# TYPE tunnat_out_to_destination_bytes_total counter/);
 });
 
 t.test("per-host counters do not go down when a host's flows expire", async (t) => {
@@ -269,6 +270,7 @@ t.test("every metric the Grafana dashboard and the alert rules use is exported",
     loopStats: r.loopStats,
     // A real device's kernel counters stand where the TUN's are read (the loopback is always there).
     tunCounters: () => readTunCounters("lo"),
+    reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
   });
   t.teardown(() => m.stop());
   r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 4000, dport: 53 });
@@ -362,4 +364,151 @@ t.test("--top-hosts bounds the per-host series; the rest is summed as other", as
     "the rest summed",
   );
   t.equal(s.get('tunnat_host_packets_total{host="10.0.1.5",direction="out"}'), 5);
+});
+
+t.test(
+  "unsolicited and filtered inbound are counted apart from drops of traffic meant to cross",
+  async (t) => {
+    const r = rig();
+    const m = createMetrics(
+      { stats: r.stats, table: r.table, loopStats: r.loopStats },
+      { defaultMetrics: false },
+    );
+    t.teardown(() => m.stop());
+    // Internet noise: an inbound datagram to the NAT address that nobody inside asked for.
+    r.send({ src: SRV, dst: NAT, proto: "udp", sport: 1234, dport: 40000 });
+    r.stats.drops[DropReason.PortExhausted] = 2;
+    const s = series(await m.registry.metrics());
+    t.equal(s.get('tunnat_inbound_refused_packets_total{reason="unsolicited"}'), 1);
+    t.equal(s.get('tunnat_inbound_refused_packets_total{reason="filtered"}'), 0);
+    t.equal(s.get('tunnat_dropped_packets_total{reason="unsolicited"}'), undefined);
+    t.equal(s.get('tunnat_dropped_packets_total{reason="filtered"}'), undefined);
+    t.equal(s.get('tunnat_dropped_packets_total{reason="port_exhausted"}'), 2);
+    const dropped = [...s].filter(([k]) => k.startsWith("tunnat_dropped_packets_total"));
+    t.equal(
+      dropped.reduce((a, [, v]) => a + v, 0),
+      2,
+      "a CloudWatch-style sum(dropped) > 0 sees only the real drops",
+    );
+  },
+);
+
+t.test("idle timeouts are labelled by protocol", async (t) => {
+  const r = rig();
+  const m = createMetrics(
+    { stats: r.stats, table: r.table, loopStats: r.loopStats },
+    { defaultMetrics: false },
+  );
+  t.teardown(() => m.stop());
+  r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 4000, dport: 53 });
+  r.send({ src: "10.0.1.2", dst: SRV, proto: "icmp", icmpId: 7 });
+  r.clock.advance(3600_000);
+  r.table.sweep(r.clock.now(), r.table.capacity);
+  const s = series(await m.registry.metrics());
+  t.equal(s.get('tunnat_idle_timeouts_total{protocol="udp"}'), 1);
+  t.equal(s.get('tunnat_idle_timeouts_total{protocol="icmp"}'), 1);
+  t.equal(s.get('tunnat_idle_timeouts_total{protocol="tcp"}'), 0, "IdleTimeoutCount's TCP part");
+});
+
+t.test("the old names are exported only with legacyNames, with the same values", async (t) => {
+  const r = rig();
+  r.send({ src: "10.0.1.2", dst: SRV, proto: "udp", sport: 4000, dport: 53, payload: "x" });
+  r.stats.drops[DropReason.Unsolicited] = 4;
+  const plain = createMetrics(
+    { stats: r.stats, table: r.table, loopStats: r.loopStats },
+    { defaultMetrics: false },
+  );
+  const both = createMetrics(
+    { stats: r.stats, table: r.table, loopStats: r.loopStats },
+    { defaultMetrics: false, legacyNames: true },
+  );
+  t.teardown(() => {
+    plain.stop();
+    both.stop();
+  });
+  const p = series(await plain.registry.metrics());
+  const b = series(await both.registry.metrics());
+  t.equal(p.get("tunnat_bytes_in_from_source_total"), undefined, "no old name by default");
+  t.equal(p.get("tunnat_in_from_source_bytes_total"), 29);
+  t.equal(b.get("tunnat_bytes_in_from_source_total"), 29, "the old name, same value");
+  t.equal(b.get("tunnat_in_from_source_bytes_total"), 29, "and the new one beside it");
+  t.equal(b.get("tunnat_packets_out_to_destination_total"), 1);
+  t.equal(
+    b.get('tunnat_packets_dropped_total{reason="unsolicited"}'),
+    4,
+    "the old drop metric keeps every reason",
+  );
+  t.ok(b.has("tunnat_datapath_batch_size_count") && b.has("tunnat_mapping_log_dropped_total"));
+  t.ok(b.has("tunnat_event_loop_delay_max_seconds"), "the old event-loop gauges");
+  t.notOk(p.has("tunnat_event_loop_delay_max_seconds"));
+});
+
+t.test("build, config and reload metrics say what runs and how the last reload went", async (t) => {
+  const r = rig();
+  const reloads = { succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 1700000000 };
+  const m = createMetrics(
+    {
+      stats: r.stats,
+      table: r.table,
+      loopStats: r.loopStats,
+      reloads: () => reloads,
+      config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "aws" },
+    },
+    { defaultMetrics: false },
+  );
+  t.teardown(() => m.stop());
+  const pkg = JSON.parse(readFileSync(join(process.cwd(), "package.json"), "utf8")) as {
+    version: string;
+  };
+  let text = await m.registry.metrics();
+  t.match(
+    text,
+    new RegExp(
+      `^tunnat_build_info\\{version="${pkg.version}",node_version="${process.versions.node}",commit="[0-9a-f]{12}|unknown"\\} 1$`,
+      "m",
+    ),
+  );
+  t.match(
+    text,
+    /^tunnat_config_info\{mode="managed",mapping="eim",filtering="eif",preset="aws"\} 1$/m,
+  );
+  let s = series(text);
+  t.equal(s.get("tunnat_config_last_reload_successful"), 1, "no reload yet: 1");
+  t.equal(s.get("tunnat_config_last_reload_timestamp_seconds"), 1700000000);
+  reloads.failed = 1;
+  reloads.lastFailed = true;
+  text = await m.registry.metrics();
+  s = series(text);
+  t.equal(s.get('tunnat_config_reloads_total{result="failure"}'), 1);
+  t.equal(s.get('tunnat_config_reloads_total{result="success"}'), 0);
+  t.equal(s.get("tunnat_config_last_reload_successful"), 0);
+});
+
+t.test("the event-loop delay histogram only grows: scrapes do not reset it", async (t) => {
+  const r = rig();
+  const m = createMetrics({ stats: r.stats, table: r.table, loopStats: r.loopStats });
+  t.teardown(() => m.stop());
+  const count = (text: string, le: string) =>
+    series(text).get(`tunnat_event_loop_delay_seconds_bucket{le="${le}"}`) ?? 0;
+  await new Promise((ok) => setTimeout(ok, 300));
+  const a = await m.registry.metrics();
+  t.ok(count(a, "+Inf") >= 2, `the 50 ms probe has run (${count(a, "+Inf")} observations)`);
+  // Block the loop for 300 ms: the probe fires that late, once.
+  const until = performance.now() + 300;
+  while (performance.now() < until);
+  await new Promise((ok) => setTimeout(ok, 120));
+  const b = await m.registry.metrics();
+  t.ok(count(b, "+Inf") > count(a, "+Inf"), "a second scrape sees more, not a fresh window");
+  t.ok(
+    count(b, "0.25") - count(a, "0.25") < count(b, "+Inf") - count(a, "+Inf"),
+    "one was late by more than 250 ms",
+  );
+  t.notOk(
+    /^nodejs_eventloop_lag/m.test(b),
+    "prom-client's reset-on-scrape lag gauges are left out",
+  );
+  t.ok(
+    (series(b).get("tunnat_event_loop_busy_seconds_total") ?? 0) > 0.25,
+    "the busy time includes the 300 ms block",
+  );
 });

@@ -62,8 +62,8 @@ t.test("the TUN counters are exported by direction, with the queue length", asyn
   );
   t.teardown(() => m.stop());
   const text = await m.registry.metrics();
-  t.match(text, /tunnat_tun_packets_dropped_total\{direction="to_daemon"\} 11\n/);
-  t.match(text, /tunnat_tun_packets_dropped_total\{direction="from_daemon"\} 21\n/);
+  t.match(text, /tunnat_tun_dropped_packets_total\{direction="to_daemon"\} 11\n/);
+  t.match(text, /tunnat_tun_dropped_packets_total\{direction="from_daemon"\} 21\n/);
   t.match(text, /tunnat_tun_packets_total\{direction="to_daemon"\} 10\n/);
   t.match(text, /tunnat_tun_errors_total\{direction="from_daemon"\} 22\n/);
   t.match(text, /tunnat_tun_fifo_errors_total\{direction="to_daemon"\} 13\n/);
