@@ -1,19 +1,19 @@
 #!/usr/bin/env node
 // Runs the compiled test suites with node-tap and ends with the line CI reads:
-// "N passed, N failed, N skipped". Unit tests run in parallel; lab tests (namespaces, real daemons)
-// run one file at a time with a longer timeout. Usage: node test/run.js [unit|lab|fuzz ...]
+// "N passed, N failed, N skipped". Unit tests run in parallel; netns tests (network namespaces, real daemons)
+// run one file at a time with a longer timeout. Usage: node test/run.js [unit|netns|fuzz ...]
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 
 const suites = {
   unit: { dir: "dist/test/unit", args: ["--jobs", "2", "--timeout", "300"] },
-  lab: {
-    dir: "dist/test/lab",
+  netns: {
+    dir: "dist/test/netns",
     args: ["--jobs", "1", "--timeout", "900", "--exclude", "**/helpers/**"],
   },
   fuzz: { dir: "dist/test/fuzz", args: ["--jobs", "1", "--timeout", "1800"] },
 };
-const wanted = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "lab"];
+const wanted = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "netns"];
 const total = { pass: 0, fail: 0, skip: 0 };
 
 function run(name) {
