@@ -8,7 +8,7 @@ import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
-import { FIELDS, type LoadInput, loadConfig } from "../control/config.js";
+import { describeConfig, type LoadInput, loadConfig, settingFlags } from "../control/config.js";
 import { errorMessage, exitCodeFor, isTunnatError } from "../control/errors.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { packageRoot } from "./lab.js";
@@ -24,21 +24,20 @@ export function version(): string {
   }
 }
 
-/** Add every setting of the schema as a flag (strings, so config.ts validates and names them). */
+/** Add every setting of the schema as a flag (strings, booleans too: config.ts parses and names them). */
 function settingsOptions(y: Argv): Argv {
   y.option("config", {
     type: "string",
     describe: "JSON config file (settings by their camelCase names)",
     group: "Settings:",
   });
-  for (const f of Object.values(FIELDS)) {
+  for (const f of settingFlags())
     y.option(f.flag, {
-      type: f.boolean ? "boolean" : "string",
-      describe: `${f.describe} [env ${f.env}]${f.def !== undefined ? ` (default ${f.def})` : ""}`,
+      type: "string",
+      describe: f.describe,
       group: "Settings:",
-      requiresArg: !f.boolean,
+      requiresArg: f.requiresArg,
     });
-  }
   return y;
 }
 
@@ -133,7 +132,13 @@ async function checkCommand(argv: Record<string, unknown>): Promise<number> {
   const { runChecks, formatChecks } = await import("../control/checks.js");
   const results = await runChecks({ input: inputFrom(argv) });
   const ok = results.every((r) => r.ok);
-  if (argv.json) process.stdout.write(`${JSON.stringify({ ok, checks: results }, null, 2)}\n`);
+  // The effective settings, every field (null when the config is invalid: "config" says why).
+  let settings: ReturnType<typeof describeConfig> | null = null;
+  try {
+    settings = describeConfig(loadConfig(inputFrom(argv)));
+  } catch {}
+  if (argv.json)
+    process.stdout.write(`${JSON.stringify({ ok, checks: results, settings }, null, 2)}\n`);
   else process.stdout.write(formatChecks(results));
   return ok ? 0 : 1;
 }
