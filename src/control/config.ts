@@ -35,7 +35,7 @@ import { ErrorCode, TunnatError } from "./errors.js";
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 type Preset = "default" | "aws";
-export type MappingLog = { kind: "off" } | { kind: "stdout" } | { kind: "file"; path: string };
+type MappingLog = { kind: "off" } | { kind: "stdout" } | { kind: "file"; path: string };
 
 export interface HostPort {
   host: string;
@@ -575,7 +575,7 @@ export const FIELDS = {
   },
 } as const satisfies Record<string, Field>;
 
-export type FieldName = keyof typeof FIELDS;
+type FieldName = keyof typeof FIELDS;
 type FieldOf<K extends FieldName> = (typeof FIELDS)[K];
 type KindValue<K extends FieldName> = FieldOf<K>["kind"] extends Kind<infer T> ? T : never;
 
@@ -583,7 +583,7 @@ type KindValue<K extends FieldName> = FieldOf<K>["kind"] extends Kind<infer T> ?
  * Each setting's value after the merge: a list for list fields, never undefined when the field
  * has a default.
  */
-export type Settings = {
+type Settings = {
   -readonly [K in FieldName]: FieldOf<K> extends { list: true }
     ? KindValue<K>[]
     : FieldOf<K> extends { def: string }
