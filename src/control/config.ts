@@ -13,6 +13,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -30,7 +31,6 @@ import {
   parseCidr,
   parseIpv4,
 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

@@ -1,5 +1,6 @@
 import t from "tap";
 import yargs from "yargs";
+import { ErrorCode, TunnatError } from "../../../src/base/errors.js";
 import {
   describeConfig,
   FIELDS,
@@ -9,7 +10,6 @@ import {
   reloadChanges,
   settingFlags,
 } from "../../../src/control/config.js";
-import { ErrorCode, TunnatError } from "../../../src/control/errors.js";
 import { parseIpv4 } from "../../../src/wire/addr.js";
 
 const BASE = {
