@@ -14,6 +14,7 @@
  */
 import { readFileSync } from "node:fs";
 import { ErrorCode, TunnatError } from "../base/errors.js";
+import { TIMEOUT_SPECS } from "../base/protocols.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -800,14 +801,6 @@ export function resolveSettings(input: LoadInput): Resolved {
   return { values: values as Settings, origin, configFile };
 }
 
-/** RFC minimums for the timeouts, and why (checked unless the aws preset is chosen). */
-const TIMEOUT_MINIMUMS = {
-  tcpEstablished: { min: 7440, why: "RFC 5382 REQ-5 requires at least 7440 s (2 h 4 min)" },
-  tcpTransitory: { min: 240, why: "RFC 5382 REQ-5 requires at least 240 s (4 min)" },
-  udp: { min: 120, why: "RFC 4787 REQ-5 requires at least 120 s (2 min)" },
-  icmp: { min: 60, why: "RFC 5508 REQ-2 requires at least 60 s" },
-} as const;
-
 /** The settings whose schema entry says `to: P`, as they are. */
 function settingsTo<P extends "nat" | "control">(
   s: Settings,
@@ -870,10 +863,11 @@ export function loadConfig(input: LoadInput): TunnatConfig {
 
   const aws = v.preset === "aws";
   const timeouts: Timeouts = { ...(aws ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS) };
-  for (const k of ["tcpEstablished", "tcpTransitory", "udp", "icmp"] as const) {
+  // The RFC minimums come from the protocol table (base/protocols.ts).
+  for (const rule of TIMEOUT_SPECS) {
+    const k = rule.key;
     const given = v[k];
     if (given !== undefined) {
-      const rule = TIMEOUT_MINIMUMS[k];
       if (!aws && given < rule.min)
         throw configError(
           origin[k]?.where ?? `--${FIELDS[k].flag}`,
