@@ -16,8 +16,10 @@ import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { parse as parseYaml } from "yaml";
-import { Lab, missing, ROOT, sleep } from "./helpers/lab.js";
+import { packageRoot } from "../../src/io/package-root.js";
+import { Lab, missing, sleep } from "./helpers/lab.js";
 
+const ROOT = packageRoot() ?? process.cwd();
 const PROM = "/usr/bin/prometheus";
 const PROM_ADDR = "127.0.0.1:19091";
 const SINK_PORT = 9000;
