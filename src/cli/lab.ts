@@ -23,6 +23,15 @@ import { execCommand } from "../control/runner.js";
 import { packageRoot } from "../io/package-root.js";
 import { parseCidr, parseIpv4 } from "../wire/addr.js";
 import type { Command } from "./command.js";
+import {
+  bitRate,
+  bytes,
+  drawLab,
+  iperfTable,
+  metricsTable,
+  parseIperfJson,
+  parsePing,
+} from "./demo-story.js";
 
 export interface LabFile {
   prefix: string;
@@ -274,16 +283,24 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function section(title: string): void {
-  process.stdout.write(`\n== ${title}\n`);
+function say(text: string): void {
+  process.stdout.write(text);
 }
 
+/**
+ * `lab demo`: a short story a person reads. Up the lab, start tunnat, send ping, an HTTP download
+ * and iperf3 through it, show a few metrics with units (the full scrape saved to a file it names),
+ * and tear everything down. It prints no hint about `lab down`: it cleans up itself.
+ */
 async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
-  const { lab, state, stateFile } = await labUp({ ...opts, print: true });
+  const started = performance.now();
+  const { lab, state, stateFile } = await labUp({ ...opts, print: false });
   const ns = state.ns;
   const children: ChildProcess[] = [];
   const tmp = mkdtempSync(join(tmpdir(), "tunnat-demo-"));
   const logFile = join(lab.stateDir, `${state.name}.daemon.log`);
+  // Outside the lab's folders, which the teardown removes.
+  const scrapeFile = join(tmpdir(), `tunnat-demo-${process.pid}.metrics.txt`);
   let daemon: ChildProcess | undefined;
   let tornDown = false;
   const teardown = async () => {
@@ -295,24 +312,41 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
       for (let i = 0; i < 30 && daemon.exitCode === null; i++) await sleep(100);
     }
     for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    await labDown({ state, stateFile });
+    await labDown({ state, stateFile, print: false });
     rmSync(tmp, { recursive: true, force: true });
   };
   const onSignal = () => {
-    process.stdout.write("\ninterrupted: tearing the lab down\n");
+    say("\ninterrupted: tearing the lab down\n");
     void teardown().then(() => process.exit(130));
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
     const inet = lab.outside.inet[0] ?? "";
+    const p1 = lab.inside.hosts.p1 ?? "";
+    const nat = lab.outside.natAddress;
     const bin = join(root(), "bin", "tunnat.js");
     const ctl = join(lab.stateDir, `${state.name}.sock`);
-    section(`tunnat run in ${ns.nat}`);
+    say(
+      "tunnat lab demo: a NAT gateway in network namespaces, traffic through it, what it counted.\n",
+    );
+    say(`\n1. The lab (namespaces ${state.name}-*)\n\n`);
+    say(
+      drawLab({
+        insidePrefix: lab.inside.prefix,
+        gateway: lab.inside.gateway,
+        hosts: lab.inside.hosts,
+        outsidePrefix: lab.outside.prefix,
+        natInterfaceAddress: lab.outside.natInterfaceAddress,
+        natAddress: nat,
+        inet: lab.outside.inet,
+        tun: lab.daemon.tun,
+      }),
+    );
     const args = ["netns", "exec", ns.nat, process.execPath, bin, "run", ...daemonArgs(lab, ctl)];
-    process.stdout.write(`ip ${args.join(" ")}\n`);
     const { openSync } = await import("node:fs");
     const fd = openSync(logFile, "w");
+    const t0 = performance.now();
     daemon = spawn("ip", args, { stdio: ["ignore", fd, fd] });
     const healthz = `http://${lab.daemon.metrics}/healthz`;
     let up = false;
@@ -331,12 +365,19 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
         : "";
       throw labError(`tunnat did not become healthy in 10 s; its log:\n${log}`);
     }
-    process.stdout.write(`healthy: ${healthz} answered 200\n`);
+    say(
+      `\n   tunnat run ${daemonArgs(lab, ctl).join(" ")}\n   started in the nat namespace and answered /healthz after ${((performance.now() - t0) / 1000).toFixed(1)} s.\n`,
+    );
 
-    section(`ping from p1 (${lab.inside.hosts.p1}) to inet (${inet})`);
-    process.stdout.write(await nsExec(ns.p1, ["ping", "-c", "3", "-i", "0.2", "-W", "2", inet]));
+    say("\n2. What crossed\n");
+    const pingOut = await nsExec(ns.p1, ["ping", "-c", "3", "-i", "0.2", "-W", "2", inet]);
+    const ping = parsePing(pingOut);
+    say(
+      ping
+        ? `\n   ping p1 -> inet ${inet}: ${ping.received} of ${ping.sent} echo requests answered, round trip ${ping.rttMinMs.toFixed(3)} / ${ping.rttAvgMs.toFixed(3)} / ${ping.rttMaxMs.toFixed(3)} ms (min / avg / max)\n`
+        : `\n   ping p1 -> inet ${inet}:\n${pingOut}`,
+    );
 
-    section("HTTP download from inet to p1");
     writeFileSync(join(tmp, "blob"), Buffer.alloc(lab.demo.downloadBytes, 0x61));
     let httpLog = "";
     const http = spawn(
@@ -380,7 +421,7 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
       await sleep(100);
     }
     httpLog = "";
-    process.stdout.write(
+    const got = (
       await nsExec(ns.p1, [
         "curl",
         "-sS",
@@ -389,23 +430,20 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
         "-o",
         "/dev/null",
         "-w",
-        "downloaded %{size_download} bytes in %{time_total} s (%{speed_download} B/s)\n",
+        "%{size_download} %{time_total} %{speed_download}",
         url,
-      ]),
-    );
+      ])
+    )
+      .trim()
+      .split(" ")
+      .map(Number);
     await sleep(200);
-    process.stdout.write(
-      `server log on inet (the client is the NAT address ${lab.outside.natAddress}):\n`,
-    );
-    process.stdout.write(
-      httpLog
-        .split("\n")
-        .filter((l) => l.includes("GET"))
-        .map((l) => `  ${l}\n`)
-        .join(""),
+    const seen = /^(\d+\.\d+\.\d+\.\d+) .*"GET \/blob/m.exec(httpLog)?.[1] ?? "(not in its log)";
+    say(
+      `   HTTP GET ${url} from p1: ${bytes(got[0] ?? 0)} in ${(got[1] ?? 0).toFixed(2)} s (${bitRate((got[2] ?? 0) * 8)});\n` +
+        `     the server on inet saw the client as ${seen}${seen === nat ? ` (the NAT address, not p1's ${p1})` : ""}\n`,
     );
 
-    section(`iperf3 -t ${lab.demo.iperfSeconds} from p1 to inet`);
     let iperfLog = "";
     const iperfSrv = spawn("ip", ["netns", "exec", ns.inet, "iperf3", "-s", "-1", "-B", inet], {
       stdio: ["ignore", "pipe", "pipe"],
@@ -413,38 +451,39 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
     children.push(iperfSrv);
     iperfSrv.stdout?.on("data", (b: Buffer) => (iperfLog += b.toString()));
     await sleep(300);
-    const client = await nsExec(ns.p1, ["iperf3", "-c", inet, "-t", String(lab.demo.iperfSeconds)]);
-    process.stdout.write(
-      client
-        .split("\n")
-        .filter((l) => /sender|receiver/.test(l))
-        .map((l) => `  ${l}\n`)
-        .join(""),
-    );
+    const iperfJson = await nsExec(ns.p1, [
+      "iperf3",
+      "-c",
+      inet,
+      "-t",
+      String(lab.demo.iperfSeconds),
+      "-J",
+    ]);
     await sleep(200);
-    process.stdout.write("server side:\n");
-    process.stdout.write(
-      iperfLog
-        .split("\n")
-        .filter((l) => /Accepted|connected/.test(l))
-        .map((l) => `  ${l}\n`)
-        .join(""),
+    const iperf = parseIperfJson(iperfJson);
+    const iperfPeer = /Accepted connection from (\d+\.\d+\.\d+\.\d+)/.exec(iperfLog)?.[1];
+    say(
+      `   iperf3, one TCP stream p1 -> inet for ${lab.demo.iperfSeconds} s${iperfPeer ? ` (the server saw ${iperfPeer})` : ""}:\n`,
     );
+    say(iperf ? indent(iperfTable(iperf)) : "     no iperf3 summary\n");
 
-    section("metrics (tunnat_*)");
+    say("\n3. What tunnat counted (a few of its metrics)\n\n");
     const metrics = await nsExec(ns.nat, [
       "curl",
       "-sf",
       "-m",
       "2",
       `http://${lab.daemon.metrics}/metrics`,
-    ]).catch((e: unknown) => `metrics unavailable: ${errorMessage(e)}\n`);
-    const lines = metrics.split("\n").filter((l) => l.startsWith("tunnat_"));
-    process.stdout.write(
-      lines.length ? `${lines.slice(0, 60).join("\n")}\n` : "no tunnat_ metrics exported yet\n",
-    );
-    section("teardown");
+    ]);
+    writeFileSync(scrapeFile, metrics);
+    say(indent(metricsTable(metrics)));
+    const series = metrics.split("\n").filter((l) => l !== "" && !l.startsWith("#")).length;
+    say(`\n   The whole scrape (${series} series) is saved in ${scrapeFile}.\n`);
+
     await teardown();
+    say(
+      `\n4. Done: tunnat stopped, the namespaces are removed. The demo took ${((performance.now() - started) / 1000).toFixed(0)} s.\n`,
+    );
     return 0;
   } catch (e) {
     process.stderr.write(`demo failed: ${errorMessage(e)}\n`);
@@ -454,6 +493,13 @@ async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<num
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }
+}
+
+function indent(text: string): string {
+  return text
+    .split("\n")
+    .map((l) => (l ? `  ${l}` : l))
+    .join("\n");
 }
 
 const labOptions = (y: Argv) =>
@@ -494,7 +540,7 @@ export const lab: Command = {
     },
     {
       command: "demo",
-      describe: "up, run tunnat, send ping/HTTP/iperf3 through it, show metrics, down",
+      describe: "up, run tunnat, send ping/HTTP/iperf3 through it, show what it counted, down",
       builder: labOptions,
       run: (a) =>
         labDemo({
