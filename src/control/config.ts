@@ -58,6 +58,8 @@ export interface ControlSettings {
   /** Set net.ipv4.ip_forward=1 when it is 0 instead of refusing to start. */
   setIpForward: boolean;
   offloads: boolean;
+  /** The TUN's queue length (txqueuelen) set at start; undefined = the kernel's (500). */
+  tunQueueLength: number | undefined;
   mappingLog: MappingLog;
   logDestinations: boolean;
   /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
@@ -460,6 +462,15 @@ export const FIELDS = {
     describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
     parse: parseBool,
   }),
+  tunQueueLength: field<number>({
+    key: "tunQueueLength",
+    flag: "tun-queue-length",
+    env: "TUNNAT_TUN_QUEUE_LENGTH",
+    expect: "an integer 1..1000000",
+    describe:
+      "packets the TUN queues for the daemon before the kernel drops (its txqueuelen), set at start; default: the kernel's (500)",
+    parse: intRange(1, 1_000_000),
+  }),
   restoreTtl: field<boolean>({
     key: "restoreTtl",
     flag: "restore-ttl",
@@ -861,6 +872,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     rulePriority: v.rulePriority as number,
     setIpForward: v.setIpForward as boolean,
     offloads: offloadsGiven ?? vnetHdr,
+    tunQueueLength: v.tunQueueLength as number | undefined,
     mappingLog: v.mappingLog as MappingLog,
     logDestinations: v.logDestinations as boolean,
     topHosts: v.topHosts as number,
@@ -900,6 +912,8 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["perHostQuota", false, (c) => String(c.nat.perHostQuota)],
   ["vnetHdr", false, (c) => String(c.nat.vnetHdr)],
   ["offloads", false, (c) => String(c.control.offloads)],
+  // Set once on the new TUN: changing it on a live TUN resizes its rings and drops what is queued.
+  ["tunQueueLength", false, (c) => String(c.control.tunQueueLength ?? "default")],
   ["restoreTtl", false, (c) => String(c.nat.restoreTtl)],
   ["icmpProhibited", false, (c) => String(c.nat.icmpAdminProhibited)],
   ["insideInterface", false, (c) => c.control.insideInterface ?? ""],
