@@ -472,6 +472,32 @@ export function busyWarnings(derived: readonly Derived[], otherPct = 10, stealPc
   return w;
 }
 
+/**
+ * Where a figure may be the load's limit rather than the NAT's: a mode that carried all the UDP
+ * its senders offered (its figure is a lower bound of its capacity), or a sender near a full core.
+ */
+export function limitNotes(rows: readonly Row[]): string[] {
+  const notes: string[] = [];
+  const val = (id: string, mode: string) => rows.find((r) => r.id === id)?.modes[mode]?.median;
+  for (const size of ["64", "1400"])
+    for (const mode of ["kernel", "tunnat", "direct"]) {
+      const loss = val(`udp${size}_nat_loss`, mode);
+      if (loss !== undefined && loss < 1)
+        notes.push(
+          `UDP ${size} B, ${mode}: lost ${fmt(loss)}% of what was offered, so its figure is what the senders offered (a lower bound of what it can carry), not its limit.`,
+        );
+    }
+  for (const id of ["tcp1", "tcp4", "tcp16", "tcp1_full"])
+    for (const mode of ["kernel", "tunnat", "direct"]) {
+      const cpu = val(`${id}_sender_cpu`, mode);
+      if (cpu !== undefined && cpu >= 90)
+        notes.push(
+          `${id}, ${mode}: the iperf3 sender used ${fmt(cpu)}% of a core; the figure may be the sender's limit.`,
+        );
+    }
+  return notes;
+}
+
 /** A number for the table: 3 significant digits, thousands as "k"/"M" above 10,000. */
 export function fmt(x: number | null | undefined): string {
   if (x === null || x === undefined || !Number.isFinite(x)) return "-";
@@ -534,10 +560,14 @@ export function report(lines: string, meta: Meta): { text: string; json: unknown
   const rows = summarize(derived);
   const modes = ["kernel", "tunnat", "direct"].filter((m) => derived.some((d) => d.mode === m));
   const warnings = busyWarnings(derived);
+  const notes = limitNotes(rows);
   const text = [
     "",
     formatTable(rows, modes),
     "",
+    ...(notes.length
+      ? ["Where the load may be the limit:", ...notes.map((n) => `  ${n}`), ""]
+      : []),
     LEGEND,
     "",
     `load average (1, 5, 15 min) before: ${meta.loadBefore}, after: ${meta.loadAfter}`,
@@ -554,6 +584,7 @@ export function report(lines: string, meta: Meta): { text: string; json: unknown
       date: new Date().toISOString(),
     },
     rows,
+    notes,
     warnings,
     runs: derived,
   };
