@@ -19,12 +19,19 @@
  *   natload flow-fill SRC DST SPORT0 NSPORTS DPORT0 NDPORTS PPS SECONDS
  *       One 1-byte UDP datagram for each of NSPORTS x NDPORTS source/destination port pairs
  *       (raw socket, IP_HDRINCL, needs root), paced at PPS: that many distinct flows.
+ *   natload ct-flush
+ *       Empties the kernel's IPv4 connection tracking table of the current network namespace
+ *       (ctnetlink IPCTNL_MSG_CT_DELETE without a tuple, as `conntrack -F` does), so entries of
+ *       one kernel block do not linger into the next.
  *
  * Addresses come from the caller (the lab's addresses live in lab/lab.json); this program
  * sends only to the ADDR/DST it is given.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netlink.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -449,6 +456,41 @@ static int flow_fill(char **v) {
   return 0;
 }
 
+/* ---- ct-flush ---------------------------------------------------------------------------- */
+static int ct_flush(char **v) {
+  (void)v;
+  int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER);
+  if (s < 0) die("netlink socket");
+  struct {
+    struct nlmsghdr nh;
+    struct nfgenmsg nf;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.nh.nlmsg_len = sizeof req;
+  req.nh.nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+  req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  req.nh.nlmsg_seq = 1;
+  req.nf.nfgen_family = AF_INET;
+  req.nf.version = NFNETLINK_V0;
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  if (sendto(s, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+    die("netlink send");
+  struct timeval tv = {10, 0};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  ssize_t n = recv(s, buf, sizeof buf, 0);
+  if (n < (ssize_t)sizeof(struct nlmsghdr)) die("netlink ack");
+  struct nlmsghdr *h = (struct nlmsghdr *)buf;
+  int err = 0;
+  if (h->nlmsg_type == NLMSG_ERROR) err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+  if (err != 0 && err != -ENOENT) {
+    errno = -err;
+    die("conntrack flush");
+  }
+  printf("{\"mode\":\"ct-flush\"}\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -461,6 +503,7 @@ int main(int argc, char **argv) {
   } modes[] = {
       {"rr-server", 3, rr_server}, {"rr-client", 3, rr_client}, {"crr-client", 4, crr_client},
       {"udp-send", 5, udp_send},   {"udp-sink", 4, udp_sink},   {"flow-fill", 8, flow_fill},
+      {"ct-flush", 0, ct_flush},
   };
   for (size_t i = 0; argc >= 2 && i < sizeof modes / sizeof modes[0]; i++)
     if (strcmp(argv[1], modes[i].name) == 0) {
