@@ -84,7 +84,7 @@ export function bitRate(bps: number): string {
 }
 
 /** A count with thousands separators, rounded to an integer. */
-export function count(n: number): string {
+function count(n: number): string {
   return Math.round(n).toLocaleString("en-US");
 }
 
@@ -160,7 +160,7 @@ export function iperfTable(s: IperfSummary): string {
 }
 
 /** Prometheus text exposition -> series ("name{labels}") -> value. */
-export function parseExposition(text: string): Map<string, number> {
+function parseExposition(text: string): Map<string, number> {
   const m = new Map<string, number>();
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("#")) continue;
@@ -244,7 +244,7 @@ export function metricsTable(text: string, nowSec = Date.now() / 1000): string {
 }
 
 /** Left-aligned columns, two spaces apart, indented by two, with a rule under the header. */
-export function table(rows: string[][]): string {
+function table(rows: string[][]): string {
   const widths = (rows[0] ?? []).map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
   const line = (r: string[]) =>
     `  ${r.map((x, c) => (c === r.length - 1 ? x : x.padEnd(widths[c] ?? 0))).join("  ")}`.trimEnd();

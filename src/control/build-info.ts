@@ -41,7 +41,7 @@ function packageVersion(root: string | undefined): string {
 const SHA = /^[0-9a-f]{40}$/;
 
 /** The commit HEAD names in the git folder `git`, or undefined. Reads files only. */
-export function gitCommit(dotGit: string): string | undefined {
+function gitCommit(dotGit: string): string | undefined {
   try {
     let git = dotGit;
     let common = dotGit;

@@ -55,10 +55,10 @@ export interface MetricsOptions {
  * They go to tunnat_inbound_refused_packets_total, so that tunnat_dropped_packets_total (the
  * counterpart of PacketsDropCount) stays 0 on a healthy gateway and a "> 0" alarm means something.
  */
-export const INBOUND_REFUSED_REASONS: ReadonlySet<string> = new Set(["unsolicited", "filtered"]);
+const INBOUND_REFUSED_REASONS: ReadonlySet<string> = new Set(["unsolicited", "filtered"]);
 
 /** Upper bounds (seconds) of the event-loop delay histogram. */
-export const LOOP_DELAY_BUCKETS = [
+const LOOP_DELAY_BUCKETS = [
   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 ] as const;
 /** How often the delay probe runs; each run is one observation of how late it fired. */

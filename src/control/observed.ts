@@ -59,7 +59,7 @@ export interface ReloadCounts {
   lastSuccessAt: number;
 }
 
-export interface ConfigInfo {
+interface ConfigInfo {
   /** managed (tunnat installs routes, rules, guard) or unmanaged (--no-manage-routes). */
   mode: "managed" | "unmanaged";
   mapping: string;
