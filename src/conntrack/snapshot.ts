@@ -81,6 +81,9 @@ const F_PKTS_IN = 36;
 const F_BYTES_OUT = 40;
 const F_BYTES_IN = 48;
 
+/** No timeout is longer than 30 days (control/config.ts), so no flow has more left. */
+const MAX_TTL = 30 * 86400;
+
 /** FlowFlag bits a record may carry (REPLIED, INBOUND, USER). */
 const KNOWN_FLAGS = 0x07;
 
@@ -193,6 +196,7 @@ export function decodeFlow(v: DataView, off: number, into: FlowRecord): string |
   if (proto === Proto.TCP ? state >= TCP_STATE_NAMES.length : state > 1) return "state";
   if ((flags & ~KNOWN_FLAGS) !== 0) return "flags";
   if (proto === Proto.ICMP && into.rport !== 0) return "icmp port";
+  if (into.ttl > MAX_TTL) return "lifetime";
   if (
     !(into.bytesOut >= 0 && into.bytesIn >= 0 && into.bytesOut < 2 ** 53 && into.bytesIn < 2 ** 53)
   )
