@@ -49,6 +49,10 @@ export interface ControlSettings {
   controlSocketGroup: number | undefined;
   /** The plumbing's undo journal: survives a crash so the next start removes the leftovers. */
   stateFile: string;
+  /** The flow table's state file (control/table-state.ts); null = not saved, not restored. */
+  tableStateFile: string | null;
+  /** Seconds between checkpoints of the table while running; 0 = only at SIGTERM. */
+  checkpointInterval: number;
   logLevel: LogLevel;
   preset: Preset;
   manageRoutes: boolean;
@@ -508,6 +512,25 @@ export const FIELDS = {
       "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
     parse: parseAbsPath,
   }),
+  tableStateFile: field<string | null>({
+    key: "tableStateFile",
+    flag: "table-state-file",
+    env: "TUNNAT_TABLE_STATE_FILE",
+    expect: 'an absolute path or "none"',
+    describe:
+      'where the flow table is saved at SIGTERM and by the checkpoint, and restored from at start; "none" = never; default $STATE_DIRECTORY/table.state under systemd, else CONTROL_SOCKET.table.state',
+    parse: (text) => (text === "none" ? null : parseAbsPath(text)),
+  }),
+  checkpointInterval: field<number>({
+    key: "checkpointInterval",
+    flag: "checkpoint-interval",
+    env: "TUNNAT_CHECKPOINT_INTERVAL",
+    def: "30s",
+    expect: "a duration",
+    describe:
+      "how often the table is also saved while running, bounding what a crash or SIGKILL loses (0 = only at SIGTERM)",
+    parse: (text) => (/^0+[smhd]?$/.test(text) ? 0 : parseDuration(text)),
+  }),
   mappingLog: field<MappingLog>({
     key: "mappingLog",
     flag: "mapping-log",
@@ -828,6 +851,13 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     (stateDirectory?.startsWith("/")
       ? `${stateDirectory}/plumbing.json`
       : `${v.controlSocket as string}.plumbing.json`);
+  const tableGiven = v.tableStateFile as string | null | undefined;
+  const tableStateFile =
+    tableGiven !== undefined
+      ? tableGiven
+      : stateDirectory?.startsWith("/")
+        ? `${stateDirectory}/table.state`
+        : `${v.controlSocket as string}.table.state`;
 
   const nat = defaultNatConfig({
     natAddresses,
@@ -854,6 +884,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     controlSocket: v.controlSocket as string,
     controlSocketGroup,
     stateFile,
+    tableStateFile,
+    checkpointInterval: v.checkpointInterval as number,
     logLevel: v.logLevel as LogLevel,
     preset,
     manageRoutes,
@@ -910,6 +942,8 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["controlSocket", false, (c) => c.control.controlSocket],
   ["controlSocketGroup", false, (c) => String(c.control.controlSocketGroup ?? "none")],
   ["stateFile", false, (c) => c.control.stateFile],
+  ["tableStateFile", false, (c) => c.control.tableStateFile ?? "none"],
+  ["checkpointInterval", false, (c) => String(c.control.checkpointInterval)],
   ["manageRoutes", false, (c) => String(c.control.manageRoutes)],
   ["routeTable", false, (c) => String(c.control.routeTable)],
   ["rulePriority", false, (c) => String(c.control.rulePriority)],

@@ -32,6 +32,7 @@ import { socketAnswers } from "./owner.js";
 import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
+import { TableKeeper } from "./table-keeper.js";
 
 /** The options src/io/tun.ts openTun() takes. */
 export interface OpenTunOptions {
@@ -114,7 +115,7 @@ export interface ReloadResult {
 }
 
 export class Daemon {
-  readonly stats = new NatStats();
+  stats = new NatStats();
   readonly clock = new BatchClock();
   translator: Translator | undefined;
   loop: DataLoop | undefined;
@@ -129,6 +130,8 @@ export class Daemon {
   readiness: (() => string | null) | undefined;
   /** The kernel state forwarding needs, polled off the data path (readiness.ts). */
   kernel: KernelMonitor | undefined;
+  /** The table state file: restored at start, checkpointed, saved at stop (table-keeper.ts). */
+  tableKeeper: TableKeeper | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
   /** What the last SIGHUP did, if there was one. */
@@ -180,6 +183,21 @@ export class Daemon {
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
     this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
+    if (c.tableStateFile !== null) {
+      this.tableKeeper = new TableKeeper({
+        file: c.tableStateFile,
+        interval: c.checkpointInterval,
+        nat: cfg.nat,
+        log: this.log,
+        now: () => Math.floor(this.clock.refresh() / 1000),
+      });
+      const r = this.tableKeeper.restore(this.translator.table, this.stats);
+      // A restore cut short by a bug (never by a bad file) must not leave half a table.
+      if (r.kind === "refused" && this.translator.table.active !== 0) {
+        this.stats = new NatStats();
+        this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
+      }
+    }
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -200,6 +218,7 @@ export class Daemon {
       if (this.onFatal) this.onFatal(err);
       else throw err;
     });
+    this.tableKeeper?.start(this.translator.table, this.stats);
     const loop = this.loop;
     this.kernel = new KernelMonitor(
       { tun: c.tun, plumbing: this.plumbing?.spec ?? null },
@@ -251,6 +270,13 @@ export class Daemon {
     }
     this.kernel?.stop();
     this.loop?.stop();
+    // Saved first, while nothing else has been undone: the restart's gap starts here. Only a
+    // daemon that was running saves (a failed start must not replace a good state file).
+    let saved = false;
+    if (this.tableKeeper && this.translator) {
+      await this.tableKeeper.stop();
+      if (this.started) saved = this.tableKeeper.save(this.translator.table, this.stats);
+    }
     if (this.plumbing) {
       // A running daemon leaves the guard in place; a start that failed restores the one before.
       const warnings = this.started ? await this.plumbing.remove() : await this.plumbing.abort();
@@ -261,9 +287,10 @@ export class Daemon {
     } catch (e) {
       this.log.warn({ err: errorMessage(e) }, "closing the TUN failed");
     }
-    // With the TUN closed no packet can make a mapping: log the removal of the live ones.
+    // With the TUN closed no packet can make a mapping: log the removal of the live ones, unless
+    // they were saved for the next start (they go on; their removal is logged when it happens).
     await this.mappingLog
-      ?.close(this.translator?.table, Math.floor(this.clock.refresh() / 1000))
+      ?.close(saved ? undefined : this.translator?.table, Math.floor(this.clock.refresh() / 1000))
       .catch((e: unknown) =>
         this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
       );

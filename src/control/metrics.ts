@@ -26,6 +26,7 @@ import type { Daemon } from "./daemon.js";
 import { GUARD_REASONS } from "./guard.js";
 import { setMetricsProvider } from "./http.js";
 import { PeakRate } from "./peak.js";
+import type { TableStateStats } from "./table-keeper.js";
 import { DEFAULT_TOP_HOSTS, TopHosts } from "./top-hosts.js";
 import { readTunCounters, type TunCounters, type TunDirection } from "./tun-stats.js";
 
@@ -41,6 +42,8 @@ export interface Observed {
   guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
   /** The TUN's own kernel counters (tun-stats.ts), null when unreadable; read at scrape time. */
   tunCounters?: () => TunCounters | null;
+  /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
+  tableState?: TableStateStats;
 }
 
 export interface MetricsOptions {
@@ -568,6 +571,62 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       },
     });
   }
+  if (o.tableState) {
+    const ts = o.tableState;
+    const g = (name: string, help: string, read: () => number) => gauge(reg, name, help, read);
+    g(
+      "tunnat_state_restore_seconds",
+      "Time the table restore at start took.",
+      () => ts.restoreSeconds,
+    );
+    g(
+      "tunnat_state_restored_flows",
+      "Flows restored from the table state file at start.",
+      () => ts.restoredFlows,
+    );
+    g(
+      "tunnat_state_restore_expired_flows",
+      "Saved flows not restored because their lifetime ran out while no daemon ran.",
+      () => ts.restoreExpiredFlows,
+    );
+    g(
+      "tunnat_state_restore_refused",
+      "1 when the table state file was refused at start (corrupt, other version or configuration; the log says why).",
+      () => ts.restoreRefused,
+    );
+    counter(
+      reg,
+      "tunnat_state_checkpoints_total",
+      "Table checkpoints written.",
+      () => ts.checkpoints,
+    );
+    counter(
+      reg,
+      "tunnat_state_checkpoint_failures_total",
+      "Table checkpoints that failed (the log says why).",
+      () => ts.checkpointFailures,
+    );
+    g(
+      "tunnat_state_checkpoint_seconds",
+      "Duration of the last table checkpoint.",
+      () => ts.lastCheckpointSeconds,
+    );
+    g(
+      "tunnat_state_checkpoint_max_slice_seconds",
+      "Longest the last checkpoint held the event loop (one slice of the table).",
+      () => ts.lastCheckpointMaxSliceSeconds,
+    );
+    g(
+      "tunnat_state_checkpoint_flows",
+      "Flows in the last table checkpoint.",
+      () => ts.lastCheckpointFlows,
+    );
+    g(
+      "tunnat_state_last_save_timestamp_seconds",
+      "Wall-clock time of the last table checkpoint or save (0 = none yet).",
+      () => ts.lastSaveTime,
+    );
+  }
   counter(
     reg,
     "tunnat_mapping_log_lines_total",
@@ -626,6 +685,7 @@ export function observe(d: Daemon): Observed {
     guardDrops:
       d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
     tunCounters: () => (d.device ? readTunCounters(d.device.name) : null),
+    tableState: d.tableKeeper?.stats,
     get mappingLog() {
       return d.mappingLog;
     },
