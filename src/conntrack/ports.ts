@@ -340,12 +340,18 @@ export class PortAllocator {
     return true;
   }
 
-  /** Call fn(port, freedAt) for each resting port of (addrIndex, pi), in port order. */
+  /**
+   * Call fn(port, freedAt) for each resting port of (addrIndex, pi), oldest release first, from
+   * the ring (its length, not the port range, bounds the work). A port released twice since it
+   * left the ring may come twice; the caller keeps the first.
+   */
   forEachResting(addrIndex: number, pi: number, fn: (port: number, freedAt: number) => void): void {
-    const base = (addrIndex * PROTO_SLOTS + pi) << 16;
-    const slots = this.slots;
-    for (let p = 0; p < 65536; p++) {
-      const v = slots[base | p];
+    const g = addrIndex * PROTO_SLOTS + pi;
+    const base = g << 16;
+    const head = this.restHead[g];
+    for (let k = 0; k < this.restLen[g]; k++) {
+      const p = this.rest[base | ((head + k) & 0xffff)];
+      const v = this.slots[base | p];
       if (v < 0) fn(p, -v - 1);
     }
   }

@@ -247,8 +247,10 @@ function counterNames(stats: NatStats): string[] {
 }
 const GAUGES = new Set(["tcpEstablishedNow"]);
 
+const EMPTY = new Uint8Array(0);
+
 /** Slots (flows, mappings, hosts) a writer slice looks at, at most. */
-const SLICE_SLOTS = 32768;
+const SLICE_SLOTS = 4096;
 
 /**
  * The whole table as body bytes, one slice per next() call (null once done). Each slice is a
@@ -269,13 +271,15 @@ export class SnapshotWriter {
     private readonly now: () => number,
   ) {}
 
+  /** The next slice; empty when a bounded amount of work found nothing to write; null at the end. */
   next(): Uint8Array | null {
-    for (;;) {
+    for (let empty = 0; empty < 8; empty++) {
       const out = this.step();
       if (out === undefined) continue;
       if (out !== null) this.bytes += out.byteLength;
       return out;
     }
+    return EMPTY;
   }
 
   /** One slice, undefined to go on to the next phase, null when everything is written. */
@@ -335,7 +339,10 @@ export class SnapshotWriter {
         const pi = this.cursor % PROTO_SLOTS;
         this.cursor++;
         const found: number[] = [];
+        const seen = new Set<number>();
         t.ports.forEachResting(a, pi, (port, freedAt) => {
+          if (seen.has(port)) return;
+          seen.add(port);
           found.push(port, freedAt);
         });
         const n = found.length / 2;

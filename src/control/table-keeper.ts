@@ -106,6 +106,7 @@ export class TableKeeper {
           downSeconds: Number(r.elapsed.toFixed(3)),
           clockWentBack: r.clockWentBack || undefined,
           ms: Number(r.ms.toFixed(1)),
+          processUptimeMs: Math.round(process.uptime() * 1000),
         },
         `restored ${rep.flows} flows in ${r.ms.toFixed(1)} ms (${rep.expired} expired while down)`,
       );
