@@ -10,10 +10,10 @@ import type { Clock } from "../conntrack/clock.js";
  * stamps from before this process began (a mapping made an hour ago, a port freed a minute ago);
  * starting high keeps them positive in the table's unsigned seconds.
  */
-export const MONOTONIC_BASE_MS = 1e9;
+const MONOTONIC_BASE_MS = 1e9;
 
 /** Milliseconds from performance.now() + MONOTONIC_BASE_MS: monotonic, sub-millisecond. */
-export class MonotonicClock implements Clock {
+class MonotonicClock implements Clock {
   now(): number {
     return performance.now() + MONOTONIC_BASE_MS;
   }

@@ -5,10 +5,10 @@
  */
 import { renameSync } from "node:fs";
 import type { Logger } from "pino";
+import { errorMessage } from "../base/errors.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { NatConfig } from "../nat/config.js";
 import type { NatStats } from "../nat/stats.js";
-import { errorMessage } from "./errors.js";
 import {
   checkpointTableState,
   type LoadResult,

@@ -171,7 +171,7 @@ else {
       t.equal(await lab.stopDaemon(), 0);
       const d = await lab.startDaemon([...STATE, "--ports", "20000-60000"]);
       const log = d.out();
-    t.comment(log.split("\n").find((l) => l.includes("refused")) ?? "");
+      t.comment(log.split("\n").find((l) => l.includes("refused")) ?? "");
       t.match(
         log,
         /table state file refused: written with another configuration \(ports \\"1-65535\\" -> \\"20000-60000\\"\)/,
