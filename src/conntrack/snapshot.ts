@@ -26,13 +26,12 @@
  *   HOSTS      40 B  addr u32, 0 u32, pkts out/in f64, bytes out/in f64: traffic of an inside
  *                    host's ended flows (its quota counts follow from the flows)
  *   DEPARTED   32 B  pkts out/in, bytes out/in of hosts no longer tracked (one record)
- *   COUNTERS   40 B  name (32 B ASCII, NUL-padded), value f64: one NatStats counter; drops are
- *                    named "drops.<reason>"
+ *   COUNTERS   40 B  name (32 B ASCII, NUL-padded), value f64: one counter of the CounterSet the
+ *                    caller hands in (the table's and the translator's counters)
  * A fuzzy snapshot (flows taken slice by slice while traffic goes on) may hold two flows that no
  * longer agree (a mapping re-made on another port between slices): the later one is refused as a
  * conflict and counted, the rest is restored.
  */
-import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { PROTO_SLOTS, protoIndex } from "./ports.js";
 import { ADOPT_CONFLICT, ADOPT_FULL, type FlowTable, Proto } from "./table.js";
 import { TCP_STATE_NAMES } from "./tcp-state.js";
@@ -238,14 +237,52 @@ export function applyFlow(table: FlowTable, r: FlowRecord, now: number): number 
   return f;
 }
 
-/** The NatStats fields that are counters (gauges follow from the restored flows). */
-function counterNames(stats: NatStats): string[] {
-  const out: string[] = [];
-  for (const [k, v] of Object.entries(stats))
-    if (typeof v === "number" && !GAUGES.has(k)) out.push(k);
-  return out;
+/**
+ * Named counters saved with the table and put back at restore, so `_total` series go on where
+ * they were. The caller decides which (gauges follow from the restored flows and are left out).
+ */
+export interface CounterSet {
+  read(): [string, number][];
+  /** Put back a saved value; false for a name this version does not know (it is skipped). */
+  write(name: string, value: number): boolean;
 }
-const GAUGES = new Set(["tcpEstablishedNow"]);
+
+/** The numeric fields of `obj` as counters named prefix + field, except those in `skip`. */
+export function fieldCounters(
+  prefix: string,
+  obj: object,
+  skip: readonly string[] = [],
+): CounterSet {
+  const o = obj as Record<string, unknown>;
+  const names = Object.keys(o).filter((k) => typeof o[k] === "number" && !skip.includes(k));
+  return {
+    read: () => names.map((k) => [prefix + k, o[k] as number]),
+    write(name, value) {
+      if (!name.startsWith(prefix)) return false;
+      const k = name.slice(prefix.length);
+      if (!names.includes(k)) return false;
+      o[k] = value;
+      return true;
+    },
+  };
+}
+
+/** Several counter sets as one (names must not collide: give each its own prefix). */
+export function counterSets(...sets: CounterSet[]): CounterSet {
+  return {
+    read: () => sets.flatMap((c) => c.read()),
+    write: (name, value) => sets.some((c) => c.write(name, value)),
+  };
+}
+
+/** The table's own counters that a restore adjusts for what did not come back. */
+export interface TableCounters {
+  flowsCreated: number;
+  flowsRemoved: number;
+  mappingsCreated: number;
+  mappingsRemoved: number;
+  idleTimeouts: number;
+}
 
 const EMPTY = new Uint8Array(0);
 
@@ -267,7 +304,7 @@ export class SnapshotWriter {
 
   constructor(
     private readonly table: FlowTable,
-    private readonly stats: NatStats,
+    private readonly counters: CounterSet,
     private readonly now: () => number,
   ) {}
 
@@ -392,12 +429,9 @@ export class SnapshotWriter {
         return section(buf, SectionTag.DEPARTED, 1, DEPARTED_BYTES);
       }
       case 5: {
-        const names = counterNames(this.stats);
-        const values = names.map((k) => (this.stats as unknown as Record<string, number>)[k] ?? 0);
-        for (let i = 0; i < DROP_REASON_NAMES.length; i++) {
-          names.push(`drops.${DROP_REASON_NAMES[i]}`);
-          values.push(this.stats.drops[i] ?? 0);
-        }
+        const all = this.counters.read();
+        const names = all.map((c) => c[0]);
+        const values = all.map((c) => c[1]);
         const buf = new Uint8Array(SECTION_HEADER + names.length * COUNTER_BYTES);
         const v = new DataView(buf.buffer);
         for (let i = 0; i < names.length; i++) {
@@ -429,8 +463,8 @@ function section(buf: Uint8Array, tag: number, count: number, size: number): Uin
 }
 
 /** The whole body in one buffer (tests, and a caller that does not need slices). */
-export function snapshotTable(table: FlowTable, stats: NatStats, now: number): Uint8Array {
-  const w = new SnapshotWriter(table, stats, () => now);
+export function snapshotTable(table: FlowTable, counters: CounterSet, now: number): Uint8Array {
+  const w = new SnapshotWriter(table, counters, () => now);
   const parts: Uint8Array[] = [];
   for (let p = w.next(); p !== null; p = w.next()) parts.push(p);
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
@@ -487,14 +521,15 @@ export function checkBody(body: Uint8Array): string | null {
 }
 
 /**
- * Restore a body into an empty `table` (and `stats`) at `now`, `elapsed` seconds after it was
+ * Restore a body into an empty `table` (its counters `stats`, the saved `counters`) at `now`, `elapsed` seconds after it was
  * written (the time nobody held the table): lifetimes and rest times are shortened by that much,
  * and a flow whose lifetime ran out is not restored. Returns the report, or why the body was
  * refused (then the table is untouched). Never throws on any input.
  */
 export function restoreTable(
   table: FlowTable,
-  stats: NatStats,
+  stats: TableCounters,
+  counters: CounterSet,
   body: Uint8Array,
   now: number,
   elapsed: number,
@@ -611,8 +646,6 @@ export function restoreTable(
       h.departedBytesIn += vals[3] ?? 0;
     }
   }
-  const known = new Set(counterNames(stats));
-  const s = stats as unknown as Record<string, number>;
   for (const o of counterRecs) {
     let name = "";
     for (let j = 0; j < COUNTER_NAME; j++) {
@@ -621,17 +654,7 @@ export function restoreTable(
       name += String.fromCharCode(c);
     }
     const value = v.getFloat64(o + COUNTER_NAME, true);
-    if (!(value >= 0 && value < 2 ** 53)) continue;
-    if (name.startsWith("drops.")) {
-      const i = DROP_REASON_NAMES.indexOf(name.slice(6));
-      if (i >= 0) stats.drops[i] = value;
-      else continue;
-    } else if (known.has(name)) {
-      s[name] = value;
-    } else {
-      continue;
-    }
-    r.counters++;
+    if (value >= 0 && value < 2 ** 53 && counters.write(name, value)) r.counters++;
   }
   if (r.counters > 0) {
     // The saved counters describe the old table; what did not come back has ended.

@@ -38,10 +38,17 @@ import {
 import { open } from "node:fs/promises";
 import { dirname } from "node:path";
 import { performance } from "node:perf_hooks";
-import { type RestoreReport, restoreTable, SnapshotWriter } from "../conntrack/snapshot.js";
+import {
+  type CounterSet,
+  counterSets,
+  fieldCounters,
+  type RestoreReport,
+  restoreTable,
+  SnapshotWriter,
+} from "../conntrack/snapshot.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { NatConfig } from "../nat/config.js";
-import type { NatStats } from "../nat/stats.js";
+import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
 
 export const STATE_MAGIC = "TUNNATST";
@@ -49,6 +56,23 @@ export const FORMAT_VERSION = 1;
 export const HEADER_BYTES = 72;
 /** A fingerprint is a few hundred bytes; more means the header is not ours. */
 const MAX_FINGERPRINT = 1 << 20;
+
+/**
+ * The counters saved with the table: every counter of NatStats by its field name, the drops by
+ * reason name ("drops.<reason>"). tcpEstablishedNow is a gauge the restored flows rebuild.
+ */
+export function savedCounters(stats: NatStats): CounterSet {
+  const drops: CounterSet = {
+    read: () => DROP_REASON_NAMES.map((n, i) => [`drops.${n}`, stats.drops[i] ?? 0]),
+    write(name, value) {
+      const i = name.startsWith("drops.") ? DROP_REASON_NAMES.indexOf(name.slice(6)) : -1;
+      if (i < 0) return false;
+      stats.drops[i] = value;
+      return true;
+    },
+  };
+  return counterSets(fieldCounters("", stats, ["tcpEstablishedNow"]), drops);
+}
 
 /** The settings a saved flow's meaning depends on, as canonical JSON text. */
 export function fingerprint(nat: NatConfig): string {
@@ -188,7 +212,7 @@ export function saveTableState(s: SaveInput): SaveResult {
     let pos = HEADER_BYTES;
     writeSync(fd, fp, 0, fp.byteLength, pos);
     pos += fp.byteLength;
-    const w = new SnapshotWriter(s.table, s.stats, () => s.now);
+    const w = new SnapshotWriter(s.table, savedCounters(s.stats), () => s.now);
     let slices = 0;
     for (let c = w.next(); c !== null; c = w.next()) {
       hash.update(c);
@@ -235,7 +259,7 @@ export async function checkpointTableState(s: SaveInput): Promise<SaveResult> {
     let pos = HEADER_BYTES;
     await fh.write(fp, 0, fp.byteLength, pos);
     pos += fp.byteLength;
-    const w = new SnapshotWriter(s.table, s.stats, () => s.now);
+    const w = new SnapshotWriter(s.table, savedCounters(s.stats), () => s.now);
     let maxSliceMs = 0;
     let slices = 0;
     for (;;) {
@@ -328,7 +352,14 @@ export function loadTableState(l: LoadInput): LoadResult {
     if (typeof parsed === "string") return { kind: "refused", why: parsed };
     const back = l.wallMs < parsed.savedAtMs;
     const elapsed = back ? 0 : (l.wallMs - parsed.savedAtMs) / 1000;
-    const report = restoreTable(l.table, l.stats, parsed.body, l.now, elapsed);
+    const report = restoreTable(
+      l.table,
+      l.stats,
+      savedCounters(l.stats),
+      parsed.body,
+      l.now,
+      elapsed,
+    );
     if (typeof report === "string") return { kind: "refused", why: `corrupt body: ${report}` };
     return {
       kind: "restored",
