@@ -32,7 +32,7 @@
  * longer agree (a mapping re-made on another port between slices): the later one is refused as a
  * conflict and counted, the rest is restored.
  */
-import { PROTO_SLOTS, protoIndex } from "./ports.js";
+import { PROTO_SLOTS, PROTOCOLS, protoSlot } from "../base/protocols.js";
 import { ADOPT_CONFLICT, ADOPT_FULL, type FlowTable, Proto } from "./table.js";
 import { TCP_STATE_NAMES } from "./tcp-state.js";
 
@@ -386,7 +386,7 @@ export class SnapshotWriter {
         if (n === 0) return undefined;
         const buf = new Uint8Array(SECTION_HEADER + n * RESTING_BYTES);
         const v = new DataView(buf.buffer);
-        const proto = [Proto.TCP, Proto.UDP, Proto.ICMP][pi] ?? 0;
+        const proto = PROTOCOLS[pi]?.number ?? 0;
         for (let i = 0; i < n; i++) {
           const o = SECTION_HEADER + i * RESTING_BYTES;
           v.setUint32(o, t.pool.addrs[a], true);
@@ -588,7 +588,7 @@ export function restoreTable(
         const age = v.getUint32(o + 8, true) + gone;
         resting.push({
           a,
-          pi: protoIndex(proto),
+          pi: protoSlot(proto),
           port: v.getUint16(o + 6, true),
           freedAt: now - age,
         });
