@@ -31,6 +31,8 @@ interface ClientResult {
   udpSent: number;
   udpAnswered: number;
   udpMaxSilenceMs: number;
+  tcpStaleAtEnd: number;
+  udpStaleAtEnd: number;
 }
 
 const reason = missing(["curl"]);
@@ -57,7 +59,10 @@ else {
     return m ? Number(m[1]) : Number.NaN;
   };
 
-  /** Traffic for `seconds`; `during` runs once it is flowing. */
+  /**
+   * Traffic from 1.5 s before `during` until 2.5 s after it (at most `seconds`, so a machine too
+   * slow to restart in time ends the test instead of hanging it).
+   */
   const withTraffic = async (seconds: number, during: () => Promise<void>) => {
     const mark = server.out().length;
     const client = lab.spawn("p1", [
@@ -72,6 +77,8 @@ else {
     ]);
     await sleep(1500);
     await during();
+    await sleep(2500);
+    client.child.kill("SIGTERM");
     await client.exited;
     const line = client.out().trim().split("\n").pop() ?? "{}";
     const res = JSON.parse(line) as ClientResult;
@@ -90,7 +97,7 @@ else {
     await lab.startDaemon(STATE);
     let restoreLine = "";
     let stopMs = 0;
-    const { res, accepts, udpPorts } = await withTraffic(7, async () => {
+    const { res, accepts, udpPorts } = await withTraffic(40, async () => {
       const t0 = Date.now();
       t.equal(await lab.stopDaemon(), 0, "the old daemon exits 0");
       stopMs = Date.now() - t0;
@@ -109,6 +116,8 @@ else {
     t.equal(res.tcpOpen, TCP, "every connection opened");
     t.same(res.tcpErrors, [], "no connection reset or failed");
     t.equal(res.tcpClosed, 0, "no connection closed");
+    t.equal(res.tcpStaleAtEnd, 0, "every connection is exchanging lines again after the restart");
+    t.equal(res.udpStaleAtEnd, 0, "every UDP socket is answered again after the restart");
     t.equal(accepts, TCP, "the server accepted each connection once: no reconnect");
     t.equal(udpPorts.size, UDP, "every UDP client reached the server");
     t.ok(
@@ -124,7 +133,7 @@ else {
   t.test("kill -9 with a checkpoint: the next start cleans up and restores it", async (t) => {
     await lab.startDaemon([...STATE, "--checkpoint-interval", "1s"]);
     let restoreLine = "";
-    const { res, accepts, udpPorts } = await withTraffic(7, async () => {
+    const { res, accepts, udpPorts } = await withTraffic(40, async () => {
       // Wait for a checkpoint holding the flows, then kill without warning.
       for (
         let i = 0;
@@ -154,6 +163,8 @@ else {
     });
     t.match(restoreLine, /restored \d+ flows/);
     t.same(res.tcpErrors, [], "no connection reset");
+    t.equal(res.tcpStaleAtEnd, 0, "every connection goes on after the restart");
+    t.equal(res.udpStaleAtEnd, 0, "every UDP socket is answered after the restart");
     t.equal(accepts, TCP, "no reconnect");
     t.ok(
       [...udpPorts.values()].every((s) => s.size === 1),

@@ -6,9 +6,11 @@
  *                          client the first time a source port is seen for it {"udp": id, "port"}.
  *   client ADDR PORT TCP UDP SECONDS
  *                          TCP connections sending a line every 100 ms, and UDP sockets sending a
- *                          numbered datagram every 100 ms, to ADDR:PORT, for SECONDS; then prints
- *                          one JSON summary: connections reset or closed, the longest wait for an
- *                          echo (ms), UDP datagrams sent and answered, the longest UDP silence.
+ *                          numbered datagram every 100 ms, to ADDR:PORT, until SIGTERM (at most
+ *                          SECONDS); then prints one JSON summary: connections reset or closed,
+ *                          the longest wait for an echo (ms), UDP datagrams sent and answered, the
+ *                          longest UDP silence, and how many TCP connections and UDP sockets had
+ *                          no echo in the last 1.5 s (not going on at the end).
  *
  * Only the lab's own addresses are given to it. Every loop is bounded by SECONDS.
  */
@@ -44,7 +46,10 @@ function server(port: number): void {
 }
 
 function client(addr: string, port: number, nTcp: number, nUdp: number, seconds: number): void {
-  const end = Date.now() + seconds * 1000;
+  let end = Date.now() + seconds * 1000;
+  process.on("SIGTERM", () => {
+    end = Date.now();
+  });
   const out = {
     tcpOpen: 0,
     tcpErrors: [] as string[],
@@ -54,7 +59,11 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
     udpAnswered: 0,
     udpMaxSilenceMs: 0,
     localPorts: [] as number[],
+    tcpStaleAtEnd: 0,
+    udpStaleAtEnd: 0,
   };
+  const lastTcp: number[] = [];
+  const lastUdp: number[] = [];
   const timers: NodeJS.Timeout[] = [];
   const socks: Socket[] = [];
   for (let i = 0; i < nTcp; i++) {
@@ -77,6 +86,7 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
         const now = Date.now();
         if (last > 0) out.tcpMaxWaitMs = Math.max(out.tcpMaxWaitMs, now - last);
         last = now;
+        lastTcp[i] = now;
         buf = buf.slice(k + 1);
         k = buf.indexOf("\n");
       }
@@ -95,6 +105,7 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
       out.udpAnswered++;
       out.udpMaxSilenceMs = Math.max(out.udpMaxSilenceMs, now - last);
       last = now;
+      lastUdp[i] = now;
     });
     u.on("error", () => undefined);
     u.bind(0, () => {
@@ -104,9 +115,14 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
       }, 100);
       timers.push(t);
     });
-    setTimeout(() => u.close(), seconds * 1000 + 300).unref();
   }
-  setTimeout(() => {
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    const now = Date.now();
+    for (let i = 0; i < nTcp; i++) if (!(now - (lastTcp[i] ?? 0) < 1500)) out.tcpStaleAtEnd++;
+    for (let i = 0; i < nUdp; i++) if (!(now - (lastUdp[i] ?? 0) < 1500)) out.udpStaleAtEnd++;
     for (const t of timers) clearInterval(t);
     // The last echoes are in flight for a moment.
     setTimeout(() => {
@@ -114,7 +130,9 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
       for (const s of socks) s.destroy();
       process.exit(0);
     }, 300);
-  }, seconds * 1000);
+  };
+  process.on("SIGTERM", finish);
+  setTimeout(finish, seconds * 1000);
 }
 
 if (mode === "server") server(Number(args[0]));
