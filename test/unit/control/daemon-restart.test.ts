@@ -76,7 +76,9 @@ function udp(dev: MemoryDevice, n: number): void {
 function ports(d: Daemon): Map<number, number> {
   const tb = d.translator?.table;
   const m = new Map<number, number>();
-  tb?.forEach((f) => m.set(tb.iport(f), tb.oport(f)));
+  tb?.forEach((f) => {
+    m.set(tb.iport(f), tb.oport(f));
+  });
   return m;
 }
 
