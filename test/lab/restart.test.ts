@@ -60,10 +60,12 @@ else {
   };
 
   /**
-   * Traffic from 1.5 s before `during` until 2.5 s after it (at most `seconds`, so a machine too
-   * slow to restart in time ends the test instead of hanging it).
+   * Traffic from 1.5 s before `during` until well after it: `during` returns how long forwarding
+   * stopped, and a TCP sender backs off exponentially while it is stopped, so its next
+   * retransmission may come up to that long after forwarding resumes; then 2.5 s more. At most
+   * `seconds` in all, so a machine too slow to restart ends the test instead of hanging it.
    */
-  const withTraffic = async (seconds: number, during: () => Promise<void>) => {
+  const withTraffic = async (seconds: number, during: () => Promise<number>) => {
     const mark = server.out().length;
     const client = lab.spawn("p1", [
       process.execPath,
@@ -76,8 +78,8 @@ else {
       String(seconds),
     ]);
     await sleep(1500);
-    await during();
-    await sleep(2500);
+    const outage = await during();
+    await sleep(outage + 2500);
     client.child.kill("SIGTERM");
     await client.exited;
     const line = client.out().trim().split("\n").pop() ?? "{}";
@@ -108,6 +110,7 @@ else {
           .out()
           .split("\n")
           .find((l) => l.includes("restored")) ?? "";
+      return Date.now() - t0;
     });
     t.match(restoreLine, /restored \d+ flows/, "the new daemon says what it restored");
     const restored = Number(/"flows":(\d+)/.exec(restoreLine)?.[1] ?? 0);
@@ -160,6 +163,7 @@ else {
           .out()
           .split("\n")
           .find((l) => l.includes("restored")) ?? "";
+      return Date.now() - t0;
     });
     t.match(restoreLine, /restored \d+ flows/);
     t.same(res.tcpErrors, [], "no connection reset");
