@@ -134,7 +134,7 @@ function mappingAge(table: FlowTable, f: number, now: number): number {
   if (!table.keepsRemovalLog) return 0;
   if (table.endpointIndependent) {
     const m = table.mappingOf(f);
-    return m < 0 ? 0 : Math.max(0, now - table.mCreated[m]);
+    return m < 0 ? 0 : Math.max(0, now - table.maps.created[m]);
   }
   return Math.max(0, now - table.fCreated[f]);
 }
@@ -229,7 +229,7 @@ export function applyFlow(table: FlowTable, r: FlowRecord, now: number): number 
     if (table.endpointIndependent) {
       const m = table.mappingOf(f);
       // The mapping's first restored flow sets its age; later ones share the mapping.
-      if (m >= 0 && table.mCreated[m] === now) table.mCreated[m] = created;
+      if (m >= 0 && table.maps.created[m] === now) table.maps.created[m] = created;
     } else {
       table.fCreated[f] = created;
     }
@@ -345,20 +345,20 @@ export class SnapshotWriter {
           this.advance();
           return undefined;
         }
-        const cap = t.mProto.length;
+        const cap = t.maps.proto.length;
         const end = Math.min(cap, this.cursor + SLICE_SLOTS);
         let n = 0;
-        for (let m = this.cursor; m < end; m++) if (t.mProto[m] !== 0) n++;
+        for (let m = this.cursor; m < end; m++) if (t.maps.proto[m] !== 0) n++;
         const buf = new Uint8Array(SECTION_HEADER + n * MAPPING_BYTES);
         const v = new DataView(buf.buffer);
         let o = SECTION_HEADER;
         for (let m = this.cursor; m < end; m++) {
-          if (t.mProto[m] === 0) continue;
-          v.setUint8(o, t.mProto[m]);
-          v.setUint16(o + 2, t.mIport[m], true);
-          v.setUint32(o + 4, t.mIaddr[m], true);
-          v.setFloat64(o + 8, t.mBytesOut[m], true);
-          v.setFloat64(o + 16, t.mBytesIn[m], true);
+          if (t.maps.proto[m] === 0) continue;
+          v.setUint8(o, t.maps.proto[m]);
+          v.setUint16(o + 2, t.maps.iport[m], true);
+          v.setUint32(o + 4, t.maps.iaddr[m], true);
+          v.setFloat64(o + 8, t.maps.bytesOut[m], true);
+          v.setFloat64(o + 16, t.maps.bytesIn[m], true);
           o += MAPPING_BYTES;
         }
         this.cursor = end;
@@ -632,8 +632,8 @@ export function restoreTable(
       const bo = v.getFloat64(o + 8, true);
       const bi = v.getFloat64(o + 16, true);
       if (bo >= 0 && bi >= 0 && bo < 2 ** 53 && bi < 2 ** 53) {
-        table.mBytesOut[m] = bo;
-        table.mBytesIn[m] = bi;
+        table.maps.bytesOut[m] = bo;
+        table.maps.bytesIn[m] = bi;
       }
     }
   }

@@ -16,9 +16,10 @@
  */
 import { join } from "node:path";
 import t from "tap";
-import { Lab, missing, ROOT, sleep } from "./helpers/lab.js";
+import { HELPERS, Lab, missing, sleep } from "./helpers/lab.js";
 
-const PEER = join(ROOT, "dist", "test", "lab", "helpers", "restart-peer.js");
+// HELPERS is the source folder (for .py files); the compiled peer sits under dist/.
+const PEER = join(HELPERS, "..", "..", "..", "dist", "test", "netns", "helpers", "restart-peer.js");
 const PORT = 7777;
 const TCP = 50;
 const UDP = 20;

@@ -1,5 +1,5 @@
 /**
- * Traffic for test/lab/restart.test.ts, run in a lab namespace with `node restart-peer.js`:
+ * Traffic for test/netns/restart.test.ts, run in a lab namespace with `node restart-peer.js`:
  *
  *   server PORT            TCP echo of lines and UDP echo of datagrams on PORT. Prints one JSON
  *                          line per accepted TCP connection {"accept": remote port} and per UDP
