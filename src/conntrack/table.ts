@@ -64,7 +64,7 @@ export { Refusal } from "./refusal.js";
 /** FlowTable.adopt() results other than a flow id. */
 export const ADOPT_FULL = -1;
 export const ADOPT_CONFLICT = -2;
-export const ADOPT_NOT_OURS = -3;
+const ADOPT_NOT_OURS = -3;
 
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
