@@ -12,6 +12,7 @@ import type { LoopStats } from "../datapath/loop.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
+import type { TableStateStats } from "./table-keeper.js";
 import type { TunCounters } from "./tun-stats.js";
 
 /** [number, name] per protocol, derived from base/protocols.ts. */
@@ -48,6 +49,8 @@ export interface Observed {
   reloads?: () => ReloadCounts;
   /** Settings tunnat_config_info shows (fixed until a restart). */
   config?: ConfigInfo;
+  /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
+  tableState?: TableStateStats;
 }
 
 export interface ReloadCounts {

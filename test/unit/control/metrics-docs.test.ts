@@ -4,11 +4,13 @@
  * the page mentions exists (histogram and summary series by their family name). The old names
  * (--metrics-legacy-names) are registered too: the page lists them in its renaming table.
  */
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
+import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
@@ -39,6 +41,7 @@ async function registered(): Promise<string[]> {
       tunCounters: () => null,
       reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
       config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "none" },
+      tableState: new TableStateStats(),
     },
     { defaultMetrics: false, legacyNames: true },
   );
