@@ -139,7 +139,7 @@ async function checkCommand(argv: Record<string, unknown>): Promise<number> {
 }
 
 /** flows/stats talk to the daemon's control socket (control/control-socket.ts). */
-async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknown>) {
+async function clientCommand(cmd: "flows" | "stats" | "ha", argv: Record<string, unknown>) {
   const socket = String(
     argv.socket ?? process.env.TUNNAT_CONTROL_SOCKET ?? "/run/tunnat/tunnat.sock",
   );
@@ -157,6 +157,7 @@ async function clientCommand(cmd: "flows" | "stats", argv: Record<string, unknow
     return 1;
   }
   if (cmd === "flows") return (await import("./flows.js")).flowsCommand({ ...argv, socket });
+  if (cmd === "ha") return (await import("./ha.js")).haCommand({ ...argv, socket });
   return (await import("./stats.js")).statsCommand({ ...argv, socket });
 }
 
@@ -226,6 +227,22 @@ export async function main(args: string[] = hideBin(process.argv)): Promise<numb
       "print the running daemon's counters",
       (y) => clientOptions(y),
       (a) => set(clientCommand("stats", a as Record<string, unknown>)),
+    )
+    .command("ha", "an HA pair's gateway: its role and sync state (docs/ha.md)", (y) =>
+      y
+        .command(
+          "role <state>",
+          "set the role: active | standby, or keepalived's MASTER | BACKUP | FAULT | STOP",
+          (z) => clientOptions(z).positional("state", { type: "string" }),
+          (a) => set(clientCommand("ha", a as Record<string, unknown>)),
+        )
+        .command(
+          "status",
+          "print the role, the peer and the sync counters",
+          (z) => clientOptions(z),
+          (a) => set(clientCommand("ha", a as Record<string, unknown>)),
+        )
+        .demandCommand(1),
     )
     .command("lab", "the network-namespace lab (root)", (y) =>
       y

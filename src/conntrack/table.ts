@@ -75,6 +75,11 @@ const FILTER_APDF = 0;
 const FILTER_ADF = 1;
 const FILTER_EIF = 2;
 
+/** FlowTable.install() results besides a flow id. */
+export const INSTALL_BAD_ADDRESS = -1;
+export const INSTALL_CONFLICT = -2;
+export const INSTALL_FULL = -3;
+
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
 
@@ -103,7 +108,16 @@ export interface FlowHooks {
     bytesOut: number,
     bytesIn: number,
   ): void;
+  /**
+   * A flow was created (FlowEvent.CREATED), changed its TCP state or saw its first reply
+   * (CHANGED), or is about to be removed (REMOVED: its fields are still readable). Called on
+   * those transitions only, never per packet; the HA sync (src/ha/events.ts) appends to a ring.
+   */
+  flowEvent?(kind: number, flow: number): void;
 }
+
+/** Kinds of FlowHooks.flowEvent. */
+export const FlowEvent = { CREATED: 0, CHANGED: 1, REMOVED: 2 } as const;
 
 /**
  * Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport), read from the flow
@@ -507,6 +521,7 @@ export class FlowTable implements TupleProbe {
     if ((this.rec[i] & FlowFlag.REPLIED) !== 0) return;
     this.unlinkEvictable(f);
     this.rec[i] |= FlowFlag.REPLIED;
+    this.hooks.flowEvent?.(FlowEvent.CHANGED, f);
   }
 
   // ---------------------------------------------------------------- lookups (per packet)
@@ -757,6 +772,7 @@ export class FlowTable implements TupleProbe {
         stats.connectionAttempts++;
       }
       this.setExpires(flow, now + this.timeouts.tcp[next]);
+      this.hooks.flowEvent?.(FlowEvent.CHANGED, flow);
     } else if (next !== TcpState.FIN_BOTH && next !== TcpState.RST) {
       this.setExpires(flow, now + this.timeouts.tcp[next]);
     }
@@ -785,6 +801,107 @@ export class FlowTable implements TupleProbe {
     }
     this.sweepCursor = c;
     return removed;
+  }
+
+  // ---------------------------------------------------------------- installing a known flow
+
+  /**
+   * Install a flow whose outside address and port were chosen elsewhere (the active of an HA
+   * pair; a saved table), with its TCP state (or 1 = replied for UDP/ICMP), FlowFlag bits and
+   * last live second. An existing flow with the same inside tuple and outside endpoint is
+   * updated in place; one with another outside endpoint is replaced. Control plane only (one
+   * call per synced flow, never per packet); no quota applies (the source enforced it).
+   * Returns the flow id, or: INSTALL_BAD_ADDRESS (oaddr is not one of our NAT addresses: another
+   * configuration), INSTALL_CONFLICT (the inside endpoint is mapped to another port, or the
+   * outside port is held by another mapping: the caller removes the stale flows and retries),
+   * INSTALL_FULL (no free slot and nothing evictable).
+   */
+  install(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    state: number,
+    flags: number,
+    expires: number,
+    now: number,
+  ): number {
+    const ia = iaddr >>> 0;
+    const oa = oaddr >>> 0;
+    const ra = raddr >>> 0;
+    let f = this.inIdx.find(proto, ia, iport, ra, rport);
+    if (f >= 0 && (this.oaddr(f) !== oa || this.oport(f) !== oport)) {
+      this.removeFlow(f, now);
+      f = -1;
+    }
+    if (f >= 0) {
+      this.applyInstalled(f, state, flags, expires);
+      return f;
+    }
+    const a = this.pool.indexOf(oa);
+    if (a < 0) return INSTALL_BAD_ADDRESS;
+    const pi = protoIndex(proto);
+    const v = this.ports.get(a, pi, oport);
+    let m = -1;
+    if (this.eim) {
+      m = this.mapIdx.find(proto, ia, iport);
+      if (m >= 0 ? this.mAddr[m] !== a || this.mOport[m] !== oport : v > 0) return INSTALL_CONFLICT;
+    } else if (this.outIdx.find(proto, oa, oport, ra, rport) >= 0) {
+      return INSTALL_CONFLICT;
+    }
+    f = this.takeSlot(now);
+    if (f < 0) return INSTALL_FULL;
+    // The eviction may have ended the mapping found above.
+    if (m >= 0 && this.mProto[m] === 0) m = -1;
+    let newMapping = false;
+    if (this.eim) {
+      if (m < 0) {
+        if (this.ports.get(a, pi, oport) > 0) {
+          this.setExpires(f, this.freeHead + 1);
+          this.freeHead = f;
+          return INSTALL_CONFLICT;
+        }
+        m = this.newMapping(proto, ia, iport, a, oport, now);
+        this.ports.take(a, pi, oport, m + 1);
+        newMapping = true;
+      }
+      this.mRefs[m]++;
+    } else {
+      this.ports.take(a, pi, oport, 1);
+      newMapping = true;
+      if (this.logRemovals) this.fCreated[f] = now;
+    }
+    this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, flags & FlowFlag.INBOUND);
+    this.hosts.addFlow(ia, pi, newMapping);
+    if (this.remotes !== null) this.remotes.add(m, ra);
+    if (newMapping) {
+      this.stats.mappingsCreated++;
+      this.hooks.mappingCreated?.(proto, ia, iport, oa, oport, ra, rport, now);
+    }
+    this.applyInstalled(f, state, flags, expires);
+    return f;
+  }
+
+  /** Set the state, reply flag and expiry of an installed flow, keeping the counters true. */
+  private applyInstalled(f: number, state: number, flags: number, expires: number): void {
+    const stats = this.stats;
+    const prev = this.state(f);
+    if (this.proto(f) === Proto.TCP && prev !== state) {
+      if (prev === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
+      if (state === TcpState.ESTABLISHED) stats.tcpEstablishedNow++;
+    }
+    this.setState(f, state & 0xff);
+    if ((flags & FlowFlag.REPLIED) !== 0) {
+      const i = f * REC + R_FLAGS;
+      if ((this.rec[i] & FlowFlag.REPLIED) === 0) {
+        this.unlinkEvictable(f);
+        this.rec[i] |= FlowFlag.REPLIED;
+      }
+    }
+    this.setExpires(f, expires >>> 0);
   }
 
   // ---------------------------------------------------------------- control plane (may allocate)
@@ -970,6 +1087,7 @@ export class FlowTable implements TupleProbe {
     this.pushEvictable(f);
     this.active++;
     this.stats.flowsCreated++;
+    this.hooks.flowEvent?.(FlowEvent.CREATED, f);
   }
 
   private newMapping(
@@ -1001,6 +1119,7 @@ export class FlowTable implements TupleProbe {
   private removeFlow(f: number, now: number): void {
     const p = this.proto(f);
     if (p === 0) return;
+    this.hooks.flowEvent?.(FlowEvent.REMOVED, f);
     if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.unlinkEvictable(f);
     this.inIdx.delete(f);
     this.outIdx.delete(f);

@@ -59,6 +59,8 @@ export interface ControlSettings {
   setIpForward: boolean;
   offloads: boolean;
   mappingLog: MappingLog;
+  /** The HA settings file (src/ha/config.ts); undefined = a single gateway. */
+  haFile: string | undefined;
   logDestinations: boolean;
   /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
   topHosts: number;
@@ -508,6 +510,15 @@ export const FIELDS = {
       "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
     parse: parseAbsPath,
   }),
+  ha: field<string>({
+    key: "ha",
+    flag: "ha",
+    env: "TUNNAT_HA",
+    expect: "an absolute path",
+    describe:
+      "run as one gateway of an active/standby pair with state sync: the HA settings file (docs/ha.md)",
+    parse: parseAbsPath,
+  }),
   mappingLog: field<MappingLog>({
     key: "mappingLog",
     flag: "mapping-log",
@@ -862,6 +873,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     setIpForward: v.setIpForward as boolean,
     offloads: offloadsGiven ?? vnetHdr,
     mappingLog: v.mappingLog as MappingLog,
+    haFile: v.ha as string | undefined,
     logDestinations: v.logDestinations as boolean,
     topHosts: v.topHosts as number,
   };

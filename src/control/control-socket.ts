@@ -82,7 +82,10 @@ export interface FlowRecord {
   inbound: boolean;
 }
 
-export type ControlRequest = ({ cmd: "flows" } & FlowFilter) | { cmd: "stats" };
+export type ControlRequest =
+  | ({ cmd: "flows" } & FlowFilter)
+  | { cmd: "stats" }
+  | { cmd: "ha"; action: "role" | "status"; state?: string };
 
 /** What the socket answers from. */
 export interface ControlSource {
@@ -91,6 +94,8 @@ export interface ControlSource {
   nowSec(): number;
   /** The counters `tunnat stats` prints. */
   stats(): Record<string, unknown>;
+  /** `tunnat ha` (src/ha), when this daemon is one of a pair. */
+  ha?(req: { action?: unknown; state?: unknown }): Promise<Record<string, unknown>>;
 }
 
 export function stateName(table: FlowTable, f: number): string {
@@ -380,7 +385,10 @@ async function answer(sock: Socket, src: ControlSource, line: string): Promise<v
   try {
     if (req.cmd === "flows") await streamFlows(src, req, sock);
     else if (req.cmd === "stats") await send(sock, { type: "stats", stats: src.stats() });
-    else throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+    else if (req.cmd === "ha") {
+      if (!src.ha) throw badRequest("this daemon is not one of an HA pair (no --ha)");
+      await send(sock, { type: "ha", ha: await src.ha(req) });
+    } else throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
   } catch (e) {
     const code = e instanceof TunnatError ? e.code : ErrorCode.Control;
     await send(sock, { type: "error", code, error: errorMessage(e) });
@@ -445,6 +453,7 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
       errorsFromDaemon: tun.fromDaemon.errors,
       fifoErrorsFromDaemon: tun.fromDaemon.fifoErrors,
     };
+  if (d.ha) out.ha = d.ha.snapshot();
   if (d.lastReload) out.lastReload = d.lastReload;
   out.ready = d.readiness ? d.readiness() === null : true;
   return out;
@@ -460,6 +469,7 @@ export async function controlSocketExtension(d: Daemon): Promise<() => Promise<v
       table: t,
       nowSec: () => Math.floor(d.clock.now() / 1000),
       stats: () => statsSnapshot(d),
+      ...(d.ha ? { ha: (req) => (d.ha as NonNullable<typeof d.ha>).command(req) } : {}),
     },
     d.log,
     { group: d.config.control.controlSocketGroup },
@@ -532,7 +542,7 @@ export function request(
           return;
         }
         onLine(obj);
-        if (obj.type === "end" || obj.type === "stats") finish();
+        if (obj.type === "end" || obj.type === "stats" || obj.type === "ha") finish();
       }
     });
     sock.on("close", () =>

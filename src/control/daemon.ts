@@ -16,6 +16,8 @@
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import type { Logger } from "pino";
 import { DataLoop } from "../datapath/loop.js";
+import { loadHaSettings } from "../ha/config.js";
+import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
@@ -129,6 +131,8 @@ export class Daemon {
   readiness: (() => string | null) | undefined;
   /** The kernel state forwarding needs, polled off the data path (readiness.ts). */
   kernel: KernelMonitor | undefined;
+  /** The HA pair's runtime (src/ha) when started with --ha. */
+  ha: HaRuntime | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
   /** What the last SIGHUP did, if there was one. */
@@ -163,6 +167,8 @@ export class Daemon {
     const cfg = this.config;
     const c = cfg.control;
     if (this.deps.preflight) preflight();
+    // A bad HA file or key is a refused start: read it before anything is touched.
+    const haSettings = c.haFile !== undefined ? loadHaSettings(c.haFile) : undefined;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
     if (await socketAnswers(c.controlSocket))
       throw new TunnatError(
@@ -179,7 +185,11 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
+    const ring = haSettings ? createRing(haSettings) : undefined;
+    const hooks = ring
+      ? { ...this.mappingLog?.hooks, flowEvent: (k: number, f: number) => ring.flowEvent(k, f) }
+      : this.mappingLog?.hooks;
+    this.translator = new Translator(cfg.nat, this.clock, this.stats, hooks);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -196,6 +206,8 @@ export class Daemon {
         );
     }
     this.loop = new DataLoop(this.device, this.translator, this.clock);
+    // A gateway of a pair starts as the standby: it forwards once it is made active.
+    this.loop.forwarding = haSettings === undefined;
     this.loop.start((err) => {
       if (this.onFatal) this.onFatal(err);
       else throw err;
@@ -209,6 +221,25 @@ export class Daemon {
     );
     await this.kernel.poll();
     this.kernel.start();
+    if (haSettings && ring) {
+      const table = this.translator.table;
+      const clock = this.clock;
+      this.ha = await startHa(haSettings, {
+        table,
+        ring,
+        nowSec: () => Math.floor(clock.refresh() / 1000),
+        nowMs: () => clock.refresh(),
+        setForwarding: (on) => {
+          loop.forwarding = on;
+        },
+        runner: this.deps.runner,
+        outsideInterface: c.outsideInterface,
+        natAddresses: cfg.nat.natAddresses,
+        log: this.log,
+      });
+      const ha = this.ha;
+      this.disposers.push(() => ha.stop());
+    }
     this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
     for (const ext of extensions) {

@@ -20,6 +20,7 @@ import {
 } from "prom-client";
 import type { FlowTable } from "../conntrack/table.js";
 import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
+import { registerHaMetrics } from "../ha/metrics.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
@@ -635,6 +636,7 @@ export function observe(d: Daemon): Observed {
 /** Daemon extension: serve /metrics from a tunnat registry while the daemon runs. */
 export function metricsExtension(d: Daemon): () => void {
   const m = createMetrics(observe(d), { topHosts: d.config.control.topHosts });
+  if (d.ha) registerHaMetrics(m.registry, d.ha);
   setMetricsProvider(m.registry);
   return () => {
     m.stop();

@@ -1,0 +1,72 @@
+/**
+ * The NAT addresses on an L2 network (the lab, on-premises). The daemon's plumbing answers ARP
+ * for them by proxy ARP on the outside interface; in a pair only the active may, so the standby
+ * removes those entries and the new active puts them back and announces them with gratuitous
+ * ARP (iputils arping -U, a few times), which moves the neighbours' cache entries to its MAC at
+ * once instead of after their entries go stale. The inside gateway address is keepalived's VIP
+ * and moves with VRRP, which sends its own gratuitous ARP.
+ *
+ * arping binds its probe socket to the announced address, which is not local (it is routed to
+ * the TUN), so net.ipv4.ip_nonlocal_bind is set for the moments arping runs and put back.
+ */
+import { CommandError, execCommand, type Runner } from "../control/runner.js";
+import type { Takeover } from "./controller.js";
+
+export interface L2Spec {
+  outsideInterface: string;
+  natAddresses: string[];
+  /** Gratuitous ARPs per address (200 ms apart). */
+  count?: number;
+}
+
+const GONE = /No such file or directory|Cannot find|does not exist|No such device/i;
+
+export class L2Takeover implements Takeover {
+  readonly name = "garp";
+  constructor(
+    private readonly spec: L2Spec,
+    private readonly runner: Runner,
+    private readonly exec: (file: string, args: string[]) => Promise<string> = (f, a) =>
+      execCommand(f, a, 10_000),
+  ) {}
+
+  async active(): Promise<void> {
+    const s = this.spec;
+    for (const a of s.natAddresses)
+      await this.runner.ip(["neigh", "replace", "proxy", a, "dev", s.outsideInterface]);
+    const key = "net/ipv4/ip_nonlocal_bind";
+    const old = await this.runner.readSysctl(key).catch(() => "0");
+    if (old !== "1") await this.runner.writeSysctl(key, "1");
+    try {
+      await Promise.all(
+        s.natAddresses.map((a) =>
+          this.exec("arping", [
+            "-q",
+            "-U",
+            "-c",
+            String(s.count ?? 3),
+            "-i",
+            "0.2",
+            "-I",
+            s.outsideInterface,
+            "-s",
+            a,
+            a,
+          ]),
+        ),
+      );
+    } finally {
+      if (old !== "1") await this.runner.writeSysctl(key, old).catch(() => undefined);
+    }
+  }
+
+  async standby(): Promise<void> {
+    const s = this.spec;
+    for (const a of s.natAddresses)
+      await this.runner
+        .ip(["neigh", "del", "proxy", a, "dev", s.outsideInterface])
+        .catch((e: unknown) => {
+          if (!(e instanceof CommandError && GONE.test(e.stderr))) throw e;
+        });
+  }
+}
