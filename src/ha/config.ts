@@ -14,6 +14,9 @@
  *     "priority": 100,                    0..255; the heartbeat arbiter prefers the higher
  *     "windowMessages": 512, "resendMs": 250, "maxBytesPerSec": 20000000,
  *     "ringEvents": 65536, "refreshSec": 10,
+ *     "keepalivedFifo": "/run/tunnat/keepalived.fifo",   keepalived's vrrp_notify_fifo, read
+ *                                         for the role (else its notify script runs `tunnat ha
+ *                                         role`); "keepalivedInstance": "inside" filters lines
  *     "garp": true,                       L2: the NAT addresses' proxy ARP follows the role and
  *                                         the new active announces them with gratuitous ARP
  *     "ec2": { "region": "eu-west-1", "networkInterfaceId": "eni-…", "routeTables": ["rtb-…"],
@@ -49,6 +52,10 @@ export interface HaSettings {
   sync: SyncOptions;
   ringEvents: number;
   garp: boolean;
+  /** keepalived's vrrp_notify_fifo, read for the role (keepalived.ts); undefined = none. */
+  keepalivedFifo: string | undefined;
+  /** Only this VRRP instance's lines count; undefined = any. */
+  keepalivedInstance: string | undefined;
   ec2: Ec2Settings | undefined;
 }
 
@@ -138,6 +145,8 @@ export function parseHaSettings(file: string, o: unknown): HaSettings {
     "refreshSec",
     "tickMs",
     "garp",
+    "keepalivedFifo",
+    "keepalivedInstance",
     "ec2",
   ]);
   for (const k of Object.keys(r)) if (!known.has(k)) throw bad(file, k, r[k], "no such field");
@@ -203,7 +212,26 @@ export function parseHaSettings(file: string, o: unknown): HaSettings {
       checkMs: int(file, e, "checkMs", 5000, 500, 600_000),
     };
   }
-  return { file, arbiter, listen, peer, sync, ringEvents, garp, ec2 };
+  const keepalivedFifo =
+    r.keepalivedFifo === undefined ? undefined : str(file, r, "keepalivedFifo", /^\/./);
+  const keepalivedInstance =
+    r.keepalivedInstance === undefined
+      ? undefined
+      : str(file, r, "keepalivedInstance", /^[^"\s]{1,64}$/);
+  if (keepalivedFifo !== undefined && arbiter !== "keepalived")
+    throw bad(file, "keepalivedFifo", keepalivedFifo, 'nothing unless "arbiter" is "keepalived"');
+  return {
+    file,
+    arbiter,
+    listen,
+    peer,
+    sync,
+    ringEvents,
+    garp,
+    keepalivedFifo,
+    keepalivedInstance,
+    ec2,
+  };
 }
 
 export function loadHaSettings(file: string): HaSettings {

@@ -8,6 +8,7 @@ import { formatIpv4 } from "../wire/addr.js";
 import type { HaSettings } from "./config.js";
 import { HaController, type HaRole, type Takeover } from "./controller.js";
 import { EventRing, type FlowFields } from "./events.js";
+import { type FifoReader, readKeepalivedFifo } from "./keepalived.js";
 import { L2Takeover } from "./l2.js";
 import { Role } from "./protocol.js";
 import { SyncEndpoint, type SyncTable, type Transport, udpTransport } from "./sync.js";
@@ -53,6 +54,7 @@ export class HaRuntime {
     readonly sync: SyncEndpoint,
     readonly controller: HaController,
     readonly takeovers: Takeover[],
+    private readonly fifo: FifoReader | undefined,
   ) {}
 
   /** The `ha` group of `tunnat stats` (and what `tunnat ha status` prints). */
@@ -108,6 +110,7 @@ export class HaRuntime {
   }
 
   async stop(): Promise<void> {
+    this.fifo?.close();
     this.controller.stop();
     await this.sync.stop();
   }
@@ -166,6 +169,13 @@ export async function startHa(s: HaSettings, host: HaHost): Promise<HaRuntime> {
       .catch((e: unknown) =>
         host.log.warn({ takeover: t.name, err: String(e) }, "HA: letting go failed"),
       );
+  let fifo: FifoReader | undefined;
+  if (s.keepalivedFifo !== undefined) {
+    fifo = await readKeepalivedFifo(s.keepalivedFifo, s.keepalivedInstance, (state) => {
+      const role = roleFromState(state);
+      if (role !== null) void controller.setRole(role, `keepalived ${state}`);
+    });
+  }
   sync.start();
   controller.start();
   host.log.info(
@@ -176,5 +186,5 @@ export async function startHa(s: HaSettings, host: HaHost): Promise<HaRuntime> {
     },
     "HA: standby, syncing",
   );
-  return new HaRuntime(s, sync, controller, takeovers);
+  return new HaRuntime(s, sync, controller, takeovers, fifo);
 }

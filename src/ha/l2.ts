@@ -15,7 +15,7 @@ import type { Takeover } from "./controller.js";
 export interface L2Spec {
   outsideInterface: string;
   natAddresses: string[];
-  /** Gratuitous ARPs per address (200 ms apart). */
+  /** Gratuitous ARPs per address (250 ms apart). */
   count?: number;
 }
 
@@ -38,23 +38,17 @@ export class L2Takeover implements Takeover {
     const old = await this.runner.readSysctl(key).catch(() => "0");
     if (old !== "1") await this.runner.writeSysctl(key, "1");
     try {
-      await Promise.all(
-        s.natAddresses.map((a) =>
-          this.exec("arping", [
-            "-q",
-            "-U",
-            "-c",
-            String(s.count ?? 3),
-            "-i",
-            "0.2",
-            "-I",
-            s.outsideInterface,
-            "-s",
-            a,
-            a,
-          ]),
-        ),
-      );
+      // arping's -i takes whole seconds and each run waits a second for answers that never come:
+      // start one run per announcement, 250 ms apart, and wait for them all at the end.
+      const runs: Promise<string>[] = [];
+      for (let i = 0; i < (s.count ?? 3); i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 250));
+        for (const a of s.natAddresses)
+          runs.push(
+            this.exec("arping", ["-q", "-U", "-c", "1", "-I", s.outsideInterface, "-s", a, a]),
+          );
+      }
+      await Promise.all(runs);
     } finally {
       if (old !== "1") await this.runner.writeSysctl(key, old).catch(() => undefined);
     }
