@@ -195,7 +195,8 @@ export class HaController {
           const owns = await t.owns?.().catch(() => undefined);
           if (owns === false && this.role === "active") {
             this.fenced = peer !== "up";
-            await this.setRole("standby", `${t.name}: the addresses point to the peer (fenced)`);
+            // Not awaited: setRole chains onto `busy`, which is this very callback.
+            void this.setRole("standby", `${t.name}: the addresses point to the peer (fenced)`);
           }
         });
       }

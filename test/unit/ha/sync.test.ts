@@ -239,3 +239,66 @@ t.test("refreshes keep the standby's timers ahead of the active's", async (t) =>
     if (b.table.expires(f) < a.table.expires(g)) t.fail("standby expires before the active");
   });
 });
+
+t.test("per-destination mapping syncs the same way", async (t) => {
+  const { clock, a, b } = pair({ mapping: "per-destination" });
+  traffic(a.table, clock.sec, 100);
+  run(clock, [a, b], 100);
+  t.same(diff(a.table, b.table, clock.sec), []);
+});
+
+t.test(
+  "the table reports transitions only: a packet of a known, replied flow records nothing",
+  async (t) => {
+    const { clock, a } = pair();
+    traffic(a.table, clock.sec, 5);
+    const n = a.ring.recorded;
+    a.table.forEach((f) => {
+      if (a.table.proto(f) === Proto.UDP)
+        for (let i = 0; i < 100; i++) a.table.touch(f, i % 2 === 0, clock.sec);
+      else for (let i = 0; i < 100; i++) a.table.tcpUpdate(f, ACK, i % 2 === 0, clock.sec);
+    });
+    t.equal(a.ring.recorded, n, "1,000 packets, no event");
+  },
+);
+
+t.test("install resolves a conflict with a stale flow on the standby", async (t) => {
+  const { clock, b } = pair();
+  // b holds a stale mapping of (H, 20000) to some port; the active says another.
+  const f = b.table.createOutbound(Proto.UDP, H, 20000, S, 53, clock.sec);
+  const stalePort = b.table.oport(f);
+  const port = stalePort === 30000 ? 30001 : 30000;
+  const r = b.table.install(
+    Proto.UDP,
+    H,
+    20000,
+    b.table.oaddr(f),
+    port,
+    S,
+    54,
+    1,
+    1,
+    clock.sec + 60,
+    clock.sec,
+  );
+  t.equal(r, -2, "INSTALL_CONFLICT: the inside endpoint is mapped elsewhere");
+  const g = b.table.install(
+    Proto.UDP,
+    H,
+    20000,
+    b.table.oaddr(f),
+    stalePort,
+    S,
+    54,
+    1,
+    1,
+    clock.sec + 60,
+    clock.sec,
+  );
+  t.ok(g >= 0, "the same mapping's port installs a second flow on it");
+  t.equal(
+    b.table.install(Proto.UDP, H, 20000, 12345, stalePort, S, 55, 1, 1, clock.sec + 60, clock.sec),
+    -1,
+    "INSTALL_BAD_ADDRESS",
+  );
+});
