@@ -7,6 +7,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -23,7 +24,6 @@ import {
   parseCidr,
   parseIpv4,
 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
 export type Preset = "default" | "aws";

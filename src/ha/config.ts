@@ -25,7 +25,7 @@
  *   }
  */
 import { readFileSync, statSync } from "node:fs";
-import { ErrorCode, errorMessage, TunnatError } from "../control/errors.js";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { parseIpv4 } from "../wire/addr.js";
 import { MIN_KEY_BYTES } from "./protocol.js";
 import { DEFAULT_SYNC, type SyncOptions } from "./sync.js";

@@ -3,14 +3,16 @@
  * over UDP, the controller and the takeovers for this network (L2, EC2). The daemon hands it
  * only what it needs (HaHost); nothing here reaches into the daemon.
  */
-import type { Runner } from "../control/runner.js";
+
 import { formatIpv4 } from "../wire/addr.js";
 import type { HaSettings } from "./config.js";
 import { HaController, type HaRole, type Takeover } from "./controller.js";
 import { EventRing, type FlowFields } from "./events.js";
 import { type FifoReader, readKeepalivedFifo } from "./keepalived.js";
+import type { CommandRunner } from "./l2.js";
 import { L2Takeover } from "./l2.js";
 import { Role } from "./protocol.js";
+import type { HaSnapshot } from "./snapshot.js";
 import { SyncEndpoint, type SyncTable, type Transport, udpTransport } from "./sync.js";
 
 export interface HaHost {
@@ -21,7 +23,7 @@ export interface HaHost {
   nowMs(): number;
   /** Turn the data path's forwarding on (active) or off (standby). */
   setForwarding(on: boolean): void;
-  runner: Runner;
+  runner: CommandRunner;
   outsideInterface: string | undefined;
   /** The NAT addresses (host order numbers). */
   natAddresses: number[];
@@ -58,7 +60,7 @@ export class HaRuntime {
   ) {}
 
   /** The `ha` group of `tunnat stats` (and what `tunnat ha status` prints). */
-  snapshot(): Record<string, unknown> {
+  snapshot(): HaSnapshot {
     const s = this.sync;
     const st = s.stats;
     const c = this.controller;
@@ -87,7 +89,7 @@ export class HaRuntime {
       overflows: st.overflows,
       gaps: st.gaps,
       applyFailures: st.applyFailures,
-      rejected: st.rejected,
+      rejected: { ...st.rejected },
       lagSeconds: s.lagSeconds(),
       queuedMessages: s.queued.messages,
       queuedEvents: s.queued.events,
@@ -95,7 +97,7 @@ export class HaRuntime {
   }
 
   /** `tunnat ha role STATE` (keepalived's notify script) and `tunnat ha status`. */
-  async command(req: { action?: unknown; state?: unknown }): Promise<Record<string, unknown>> {
+  async command(req: { action?: unknown; state?: unknown }): Promise<HaSnapshot> {
     if (req.action === "role") {
       const role = roleFromState(String(req.state ?? ""));
       if (role === null)

@@ -9,8 +9,25 @@
  * arping binds its probe socket to the announced address, which is not local (it is routed to
  * the TUN), so net.ipv4.ip_nonlocal_bind is set for the moments arping runs and put back.
  */
-import { CommandError, execCommand, type Runner } from "../control/runner.js";
+import { execFile } from "node:child_process";
 import type { Takeover } from "./controller.js";
+
+/** How the takeover reaches the kernel (control/runner.ts's Runner is one). */
+export interface CommandRunner {
+  ip(args: string[]): Promise<string>;
+  readSysctl(key: string): Promise<string>;
+  writeSysctl(key: string, value: string): Promise<void>;
+}
+
+function run(file: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(file, args, { timeout: 10_000, encoding: "utf8" }, (e, out, err) =>
+      e
+        ? reject(new Error(`"${file} ${args.join(" ")}" failed: ${err.trim() || e.message}`))
+        : resolve(out),
+    ),
+  );
+}
 
 export interface L2Spec {
   outsideInterface: string;
@@ -25,9 +42,8 @@ export class L2Takeover implements Takeover {
   readonly name = "garp";
   constructor(
     private readonly spec: L2Spec,
-    private readonly runner: Runner,
-    private readonly exec: (file: string, args: string[]) => Promise<string> = (f, a) =>
-      execCommand(f, a, 10_000),
+    private readonly runner: CommandRunner,
+    private readonly exec: (file: string, args: string[]) => Promise<string> = run,
   ) {}
 
   async active(): Promise<void> {
@@ -60,7 +76,7 @@ export class L2Takeover implements Takeover {
       await this.runner
         .ip(["neigh", "del", "proxy", a, "dev", s.outsideInterface])
         .catch((e: unknown) => {
-          if (!(e instanceof CommandError && GONE.test(e.stderr))) throw e;
+          if (!GONE.test(e instanceof Error ? e.message : String(e))) throw e;
         });
   }
 }

@@ -4,7 +4,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
-import { exitCodeFor } from "../../../src/control/errors.js";
+import { exitCodeFor } from "../../../src/base/errors.js";
 import { loadHaSettings, parseHaSettings } from "../../../src/ha/config.js";
 import { parseFifoLine, readKeepalivedFifo } from "../../../src/ha/keepalived.js";
 
