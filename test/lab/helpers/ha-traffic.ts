@@ -27,7 +27,7 @@ interface Track {
   maxGapAt: number;
   errors: string[];
   closed: boolean;
-  /** Gaps longer than 3 intervals: [ms since start when it ended, its length]. */
+  /** Gaps longer than 1.5 intervals: [ms since start when it ended, its length]. */
   gaps: [number, number][];
 }
 
@@ -71,7 +71,7 @@ if (mode === "server") {
       t.maxGap = gap;
       t.maxGapAt = now - t0;
     }
-    if (t.answers > 0 && gap > 3 * interval) t.gaps.push([now - t0, gap]);
+    if (t.answers > 0 && gap > 1.5 * interval) t.gaps.push([now - t0, gap]);
     t.last = now;
     t.answers++;
     if (Number.isInteger(port)) t.ports.add(port);
