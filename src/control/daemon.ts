@@ -22,6 +22,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
 import { loadHaSettings } from "../ha/config.js";
 import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
@@ -186,7 +187,8 @@ export class Daemon {
     const hooks = ring
       ? { ...this.mappingLog?.hooks, flowEvent: (k: number, f: number) => ring.flowEvent(k, f) }
       : this.mappingLog?.hooks;
-    this.translator = new Translator(cfg.nat, this.clock, this.stats, hooks);
+    const table = new FlowTable(cfg.nat, this.stats, hooks);
+    this.translator = new Translator(cfg.nat, table, this.clock, this.stats);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,

@@ -113,6 +113,7 @@ export function decodeRecord(buf: Buffer, off: number, r: FlowRecordFields): boo
   r.remaining = buf.readUInt32BE(off + 24);
   if (r.op !== OP_UPSERT && r.op !== OP_DELETE) return false;
   if (r.proto !== 1 && r.proto !== 6 && r.proto !== 17) return false;
-  if (r.op === OP_UPSERT && r.proto === 6 && r.state > 8) return false;
+  // TCP states 0..8 (tcp-state.ts); UDP and ICMP: 0, or 1 once replied.
+  if (r.op === OP_UPSERT && r.state > (r.proto === 6 ? 8 : 1)) return false;
   return true;
 }
