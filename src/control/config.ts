@@ -927,6 +927,7 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["rulePriority", false, (c) => String(c.control.rulePriority)],
   ["setIpForward", false, (c) => String(c.control.setIpForward)],
   ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
+  ["ha", false, (c) => c.control.haFile ?? "none"],
   ["logDestinations", false, (c) => String(c.control.logDestinations)],
   ["topHosts", false, (c) => String(c.control.topHosts)],
 ];

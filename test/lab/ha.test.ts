@@ -248,7 +248,7 @@ else {
       sum.tcp.every((x) => x.answers > 100),
       "every connection kept exchanging lines",
     );
-    t.ok(maxUdp <= 2000, `the forwarding gap (UDP, no backoff) is at most 2 s: ${maxUdp} ms`);
+    t.ok(maxUdp <= 3000, `no UDP mapping went unanswered for 3 s: ${maxUdp} ms`);
     t.ok(
       maxTcp <= 3500,
       `every TCP connection answered again within ${maxTcp} ms (RTO backoff included)`,

@@ -1,6 +1,7 @@
 /**
  * The HA lab: two gateways on shared inside and outside L2 segments, a sync link between them,
- * keepalived (VRRP) on the inside segment moving the inside gateway address, and tunnat in each
+ * keepalived (VRRP) on the inside segment moving the inside gateway address (tunnat follows it
+ * through keepalived's notify FIFO), and tunnat in each
  * gateway namespace. Every name carries `<prefix>-<pid>`; down() (also run synchronously on exit
  * or a signal) kills every process by pid and deletes the namespaces.
  *
@@ -213,12 +214,6 @@ export class HaLab {
       keepalivedInstance: "inside",
     };
     writeFileSync(join(this.tmp, `${g}-ha.json`), JSON.stringify(ha, null, 2));
-    const notify = join(this.tmp, `${g}-notify.sh`);
-    writeFileSync(
-      notify,
-      `#!/bin/sh\n# keepalived: notify TYPE NAME STATE PRIORITY\necho "$(date +%s.%N) $3" >> ${join(this.tmp, `${g}-notify.log`)}\nexec ${process.execPath} ${BIN} ha role "$3" --socket ${this.sock(g)} >> ${join(this.tmp, `${g}-notify.log`)} 2>&1\n`,
-    );
-    chmodSync(notify, 0o700);
     // nopreempt (both BACKUP): a gateway that comes back stays standby until the active fails,
     // so it never takes over before its table has caught up.
     writeFileSync(
@@ -377,14 +372,6 @@ vrrp_instance inside {
       await sleep(200);
     }
     return s;
-  }
-
-  notifyLog(g: Gw): string {
-    try {
-      return execFileSync("cat", [join(this.tmp, `${g}-notify.log`)], { encoding: "utf8" });
-    } catch {
-      return "";
-    }
   }
 
   async down(): Promise<void> {

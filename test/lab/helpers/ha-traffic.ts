@@ -130,7 +130,7 @@ if (mode === "server") {
       gaps: t.gaps,
     });
     process.stdout.write(
-      `${JSON.stringify({ connected, tcp: tcp.map(show), udp: udp.map(show) })}\n`,
+      `${JSON.stringify({ t0, connected, tcp: tcp.map(show), udp: udp.map(show) })}\n`,
     );
     for (const c of closers) c();
     setTimeout(() => process.exit(0), 100);

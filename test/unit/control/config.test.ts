@@ -144,6 +144,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["control-socket-group", "no such:group", /group name or number/],
     ["state-file", "plumbing.json", /absolute path/],
     ["mapping-log", "", /off|stdout/],
+    ["ha", "ha.json", /absolute path/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
   ];
