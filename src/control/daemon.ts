@@ -48,7 +48,7 @@ import { statsSnapshot } from "./stats-snapshot.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
-export interface OpenTunOptions {
+interface OpenTunOptions {
   name: string;
   vnetHdr: boolean;
   offloads: boolean;
@@ -165,7 +165,7 @@ export class Daemon {
     const c = cfg.control;
     if (this.deps.preflight) preflight();
     // A bad HA file or key is a refused start: read it before anything is touched.
-    const haSettings = c.haFile !== undefined ? loadHaSettings(c.haFile) : undefined;
+    const haSettings = c.ha !== undefined ? loadHaSettings(c.ha) : undefined;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
     if (await socketAnswers(c.controlSocket))
       throw new TunnatError(

@@ -13,7 +13,7 @@ import { FlowFlag } from "../conntrack/table.js";
 
 export const RECORD_BYTES = 28;
 export const OP_UPSERT = 1;
-export const OP_DELETE = 2;
+const OP_DELETE = 2;
 
 /** What the encoder reads a live flow from (a FlowTable). */
 export interface FlowView {

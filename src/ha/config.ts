@@ -30,7 +30,7 @@ import { parseIpv4 } from "../wire/addr.js";
 import { MIN_KEY_BYTES } from "./protocol.js";
 import { DEFAULT_SYNC, type SyncOptions } from "./sync.js";
 
-export type Arbiter = "keepalived" | "heartbeat";
+type Arbiter = "keepalived" | "heartbeat";
 
 export interface Ec2Settings {
   region: string | undefined;
@@ -96,7 +96,7 @@ function str(file: string, o: Record<string, unknown>, field: string, re: RegExp
 }
 
 /** Read the shared key; refuses a missing, short, or group/other-readable file. */
-export function readKey(file: string, keyFile: unknown): Buffer {
+function readKey(file: string, keyFile: unknown): Buffer {
   if (typeof keyFile !== "string" || !keyFile.startsWith("/"))
     throw bad(file, "keyFile", keyFile, "an absolute path");
   let key: Buffer;

@@ -55,7 +55,7 @@ export interface ControllerOptions {
   retryMs: number;
 }
 
-export class HaStats {
+class HaStats {
   failovers = 0;
   demotions = 0;
   /** Takeover steps that failed (each retried), by takeover name. */

@@ -77,7 +77,7 @@ export function retryable(e: unknown): boolean {
   return status !== undefined && status >= 500;
 }
 
-export class Ec2Stats {
+class Ec2Stats {
   calls = 0;
   retries = 0;
   failures = 0;

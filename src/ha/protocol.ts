@@ -17,8 +17,8 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { RECORD_BYTES } from "./codec.js";
 
-export const MAGIC = 0x544e4841; // "TNHA"
-export const VERSION = 1;
+const MAGIC = 0x544e4841; // "TNHA"
+const VERSION = 1;
 export const HEADER_BYTES = 32;
 export const MAC_BYTES = 32;
 /** A datagram's largest size: fits a 1500-byte MTU with the IPv4 and UDP headers and room. */

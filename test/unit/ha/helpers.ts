@@ -13,7 +13,7 @@ import { defaultNatConfig, type NatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
 
 export const ip = (s: string): number => s.split(".").reduce((a, o) => a * 256 + Number(o), 0);
-export const NAT = ip("198.51.100.1");
+const NAT = ip("198.51.100.1");
 export const KEY = Buffer.alloc(32, 7);
 
 export class Clock {

@@ -11,12 +11,13 @@
  *
  * Needs root, keepalived, arping, curl, iperf3. Namespaces `tnha-<pid>-*`, removed in teardown.
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import t from "tap";
 import { A, type Gw, HaLab, type Proc } from "./helpers/ha-lab.js";
-import { missing, ROOT, sleep } from "./helpers/lab.js";
+import { BIN, missing, sleep } from "./helpers/lab.js";
 
-const TRAFFIC = join(ROOT, "dist", "test", "lab", "helpers", "ha-traffic.js");
+const TRAFFIC = join(dirname(fileURLToPath(import.meta.url)), "helpers", "ha-traffic.js");
 const TCP_PORT = 7000;
 const UDP_PORT = 7001;
 
@@ -65,7 +66,7 @@ else {
     t.equal(a?.peer, "up", "ga hears gb");
     const stats = await lab.exec("ga", [
       process.execPath,
-      join(ROOT, "bin", "tunnat.js"),
+      BIN,
       "stats",
       "--socket",
       lab.sock("ga"),
@@ -107,7 +108,7 @@ else {
     t.ok(Number(a?.eventsSent) >= 70, `the active sent them: ${a?.eventsSent}`);
     const flows = await lab.exec("gb", [
       process.execPath,
-      join(ROOT, "bin", "tunnat.js"),
+      BIN,
       "flows",
       "--json",
       "--socket",
