@@ -1,6 +1,6 @@
 import t from "tap";
 import yargs from "yargs";
-import { ErrorCode, TunnatError } from "../../../src/base/errors.js";
+import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 import {
   describeConfig,
   FIELDS,
@@ -146,10 +146,13 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["control-socket", "relative.sock", /absolute path/],
     ["control-socket-group", "no such:group", /group name or number/],
     ["state-file", "plumbing.json", /absolute path/],
+    ["table-state-file", "table.state", /absolute path or "none"|absolute path/],
+    ["checkpoint-interval", "soon", /duration/],
     ["mapping-log", "", /off|stdout/],
     ["ha", "ha.json", /absolute path/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
+    ["tun-queue-length", "0", /1\.\.1000000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);
@@ -160,6 +163,29 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.match(e.message, why, flag);
   }
 });
+
+t.test(
+  "--tun-queue-length: unset leaves the kernel's, a value is kept, too large exits 2",
+  async (t) => {
+    t.equal(load({}).control.tunQueueLength, undefined, "default: the kernel's queue length");
+    t.equal(load({ "tun-queue-length": "16" }).control.tunQueueLength, 16);
+    t.equal(
+      loadConfig({ flags: BASE, env: { TUNNAT_TUN_QUEUE_LENGTH: "4096" } }).control.tunQueueLength,
+      4096,
+      "from the environment",
+    );
+    const e = errorOf(() => load({ "tun-queue-length": "1000001" }));
+    t.equal(e.code, ErrorCode.Config);
+    t.equal(exitCodeFor(e.code), 2, "exits 2");
+    t.match(e.message, /--tun-queue-length "1000001"/);
+    const r = reloadChanges(load({}), load({ "tun-queue-length": "64" }));
+    t.same(
+      r.needRestart.map((c) => c.field),
+      ["tunQueueLength"],
+      "a changed queue length needs a restart",
+    );
+  },
+);
 
 t.test(
   "the plumbing state file: $STATE_DIRECTORY under systemd, else next to the socket",
@@ -174,6 +200,16 @@ t.test(
     t.equal(given.control.stateFile, "/srv/p.json", "an explicit --state-file wins");
   },
 );
+
+t.test("the table state file sits beside the plumbing journal; none turns it off", async (t) => {
+  t.equal(load({}).control.tableStateFile, "/run/tunnat/tunnat.sock.table.state");
+  t.equal(load({}).control.checkpointInterval, 30, "a checkpoint every 30 s by default");
+  const sd = loadConfig({ flags: BASE, env: { STATE_DIRECTORY: "/var/lib/tunnat" } });
+  t.equal(sd.control.tableStateFile, "/var/lib/tunnat/table.state");
+  t.equal(load({ "table-state-file": "none" }).control.tableStateFile, null);
+  t.equal(load({ "checkpoint-interval": "0" }).control.checkpointInterval, 0, "0 = at stop only");
+  t.equal(load({ "checkpoint-interval": "2m" }).control.checkpointInterval, 120);
+});
 
 t.test("the control socket group is resolved to a gid, or the start is refused", async (t) => {
   const group = "root:x:0:\ntunnat:x:997:\n";

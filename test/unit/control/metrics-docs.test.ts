@@ -3,11 +3,13 @@
  * error codes: every metric the daemon registers is documented by name, and every tunnat_ name
  * the page mentions exists (histogram and summary series by their family name).
  */
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
+import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { emptyHaSnapshot } from "../../../src/ha/snapshot.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
@@ -38,6 +40,7 @@ async function registered(): Promise<string[]> {
       tunName: "tun-test",
       tunCounters: () => null,
       ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
+      tableState: new TableStateStats(),
     },
     { defaultMetrics: false },
   );
