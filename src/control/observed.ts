@@ -9,6 +9,7 @@
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
+import type { HaSnapshot } from "../ha/snapshot.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
@@ -49,6 +50,8 @@ export interface Observed {
   reloads?: () => ReloadCounts;
   /** Settings tunnat_config_info shows (fixed until a restart). */
   config?: ConfigInfo;
+  /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */
+  ha?: (() => HaSnapshot) | undefined;
   /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
   tableState?: TableStateStats;
 }

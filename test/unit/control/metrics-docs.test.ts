@@ -12,6 +12,7 @@ import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
+import { emptyHaSnapshot } from "../../../src/ha/snapshot.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
 import { newTranslator } from "../../helpers/nat.js";
@@ -41,6 +42,7 @@ async function registered(): Promise<string[]> {
       tunCounters: () => null,
       reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
       config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "none" },
+      ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },
     { defaultMetrics: false, legacyNames: true },
