@@ -7,6 +7,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -58,6 +59,10 @@ export interface ControlSettings {
   /** Set net.ipv4.ip_forward=1 when it is 0 instead of refusing to start. */
   setIpForward: boolean;
   offloads: boolean;
+  /** TUN queues, one native I/O thread each (1 = the single-queue loop on the main thread). */
+  queues: number;
+  /** Microseconds the I/O threads and the main thread spin for more packets before sleeping. */
+  pollUs: number;
   mappingLog: MappingLog;
   logDestinations: boolean;
   /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
@@ -118,6 +123,12 @@ function parseBool(text: string): Parsed<boolean> {
 }
 
 const MAX_TIMEOUT = 30 * 86400;
+
+/**
+ * Default --poll-us: see native-notes/README.md "Latency" for the figures behind it (idle ping
+ * and the CPU the spin costs).
+ */
+export const DEFAULT_POLL_US = 50;
 /** Seconds, optionally with an s/m/h/d suffix ("2h4m" is not accepted; "124m" is). */
 function parseDuration(text: string): Parsed<number> {
   const m = /^([0-9]+)([smhd]?)$/.exec(text);
@@ -459,6 +470,26 @@ export const FIELDS = {
     expect: "true or false",
     describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
     parse: parseBool,
+  }),
+  queues: field<number>({
+    key: "queues",
+    flag: "queues",
+    env: "TUNNAT_QUEUES",
+    def: "auto",
+    expect: "auto or an integer 1..256",
+    describe:
+      "TUN queues (IFF_MULTI_QUEUE), one I/O thread each; auto: the CPUs this process may run on",
+    parse: (text) => (text === "auto" ? availableParallelism() : intRange(1, 256)(text)),
+  }),
+  pollUs: field<number>({
+    key: "pollUs",
+    flag: "poll-us",
+    env: "TUNNAT_POLL_US",
+    def: String(DEFAULT_POLL_US),
+    expect: "an integer 0..10000 (microseconds)",
+    describe:
+      "with --queues 2 or more: how long an idle I/O thread spins for the next packet before sleeping (0: never spin)",
+    parse: intRange(0, 10_000),
   }),
   restoreTtl: field<boolean>({
     key: "restoreTtl",
@@ -861,6 +892,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     rulePriority: v.rulePriority as number,
     setIpForward: v.setIpForward as boolean,
     offloads: offloadsGiven ?? vnetHdr,
+    queues: Math.min(256, v.queues as number),
+    pollUs: v.pollUs as number,
     mappingLog: v.mappingLog as MappingLog,
     logDestinations: v.logDestinations as boolean,
     topHosts: v.topHosts as number,
@@ -900,6 +933,8 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["perHostQuota", false, (c) => String(c.nat.perHostQuota)],
   ["vnetHdr", false, (c) => String(c.nat.vnetHdr)],
   ["offloads", false, (c) => String(c.control.offloads)],
+  ["queues", false, (c) => String(c.control.queues)],
+  ["pollUs", false, (c) => String(c.control.pollUs)],
   ["restoreTtl", false, (c) => String(c.nat.restoreTtl)],
   ["icmpProhibited", false, (c) => String(c.nat.icmpAdminProhibited)],
   ["insideInterface", false, (c) => c.control.insideInterface ?? ""],

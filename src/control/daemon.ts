@@ -40,6 +40,9 @@ export interface OpenTunOptions {
   offloads: boolean;
   multiQueue?: boolean;
   slots?: number;
+  /** 2 or more: one native I/O thread per queue (src/io/queues.ts). */
+  queues?: number;
+  pollUs?: number;
 }
 
 export interface DaemonDeps {
@@ -50,6 +53,10 @@ export interface DaemonDeps {
 }
 
 async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
+  if ((opts.queues ?? 1) > 1) {
+    const q = await import("../io/queues.js");
+    return q.openQueuedTun({ ...opts, queues: opts.queues!, pollUs: opts.pollUs ?? 0 });
+  }
   const tun = await import("../io/tun.js");
   return tun.openTun(opts);
 }
@@ -184,6 +191,8 @@ export class Daemon {
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
       offloads: c.offloads,
+      queues: c.queues,
+      pollUs: c.pollUs,
     });
     if (this.plumbing) {
       await this.plumbing.apply();
