@@ -24,12 +24,14 @@
  * partial request never finished, or an answer the client never reads) is destroyed, which frees
  * its slot and ends a listing that waits for it to drain.
  */
+
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
+import { queueStats } from "../io/queues.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
@@ -430,6 +432,9 @@ export function statsSnapshot(d: Daemon): Record<string, unknown> {
   const guard = d.kernel?.guardCounters;
   if (guard)
     out.guardDrops = Object.fromEntries(Object.entries(guard).map(([k, v]) => [k, v.packets]));
+  // A multi-queue TUN: one row per queue (io/queues.ts).
+  const queues = queueStats(d.device);
+  if (queues) out.tunQueues = queues;
   const tun = d.device ? readTunCounters(d.device.name) : null;
   if (tun)
     // The TUN's own kernel counters: to_daemon drops are packets lost before tunnat could read them.

@@ -20,6 +20,7 @@ import {
 } from "prom-client";
 import type { FlowTable } from "../conntrack/table.js";
 import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
+import { type QueueStats, queueStats } from "../io/queues.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
@@ -41,6 +42,8 @@ export interface Observed {
   guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
   /** The TUN's own kernel counters (tun-stats.ts), null when unreadable; read at scrape time. */
   tunCounters?: () => TunCounters | null;
+  /** Per-queue counters of a multi-queue TUN (io/queues.ts), null with one queue. */
+  tunQueues?: () => QueueStats[] | null;
 }
 
 export interface MetricsOptions {
@@ -550,6 +553,9 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     );
   }
 
+  // --- the queues of a multi-queue TUN (io/queues.ts): how the kernel spread the flows
+  if (o.tunQueues) registerQueueMetrics(reg, o.tunQueues);
+
   // --- the daemon itself
   gauge(reg, "tunnat_ready", "1 while the data path is forwarding (as /readyz).", () =>
     o.readiness ? (o.readiness() === null ? 1 : 0) : 1,
@@ -606,6 +612,65 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
   };
 }
 
+function registerQueueMetrics(reg: Registry, read: () => QueueStats[] | null): void {
+  // One read of the native counters serves every queue metric of a scrape.
+  let at = -1;
+  let rows: QueueStats[] | null = null;
+  const now = (): QueueStats[] => {
+    const t = performance.now();
+    if (t - at > 100) {
+      rows = read();
+      at = t;
+    }
+    return rows ?? [];
+  };
+  const per = (f: (r: QueueStats) => [Labels, number][]) => (): [Labels, number][] =>
+    now().flatMap(f);
+  const q = (r: QueueStats) => String(r.queue);
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_packets_total",
+    "Packets per TUN queue: read (the kernel chose this queue for them) and written (by this queue's I/O thread).",
+    ["queue", "direction"],
+    per((r) => [
+      [{ queue: q(r), direction: "read" }, r.read],
+      [{ queue: q(r), direction: "written" }, r.written],
+    ]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_write_drops_total",
+    "Translated packets a queue's I/O thread could not write: queue_full (EAGAIN/ENOBUFS), rejected (EINVAL/EIO for that packet), oversize (a length beyond the slot).",
+    ["queue", "reason"],
+    per((r) => [
+      [{ queue: q(r), reason: "queue_full" }, r.writeDropped],
+      [{ queue: q(r), reason: "rejected" }, r.writeRejected],
+      [{ queue: q(r), reason: "oversize" }, r.writeOversize],
+    ]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_ring_full_total",
+    "Times a queue's ring to the translator was full, so its I/O thread stopped reading until the translator caught up (the kernel queue then fills: see tunnat_tun_packets_dropped_total).",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.ringFull]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_wakeups_total",
+    "Times a queue's I/O thread slept in poll() and was woken.",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.wakeups]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_spin_hits_total",
+    "Times a queue's I/O thread found work while spinning (--poll-us), a wakeup saved.",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.spinHits]]),
+  );
+}
+
 function camel(dir: string): string {
   return dir
     .split("_")
@@ -626,6 +691,7 @@ export function observe(d: Daemon): Observed {
     guardDrops:
       d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
     tunCounters: () => (d.device ? readTunCounters(d.device.name) : null),
+    tunQueues: () => queueStats(d.device),
     get mappingLog() {
       return d.mappingLog;
     },

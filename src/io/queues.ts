@@ -88,6 +88,8 @@ export class QueuedTunDevice {
   #closed = false;
   #onBatch: ((count: number) => void) | undefined;
   #onError: ((err: Error) => void) | undefined;
+  #faultSignal: NodeJS.Signals | undefined;
+  readonly #onFaultSignal = () => this.injectFault(this.queues.length - 1);
 
   /** @internal use openQueuedTun() */
   constructor(queues: TunDevice[], pollUs: number, ringSlots: number) {
@@ -134,6 +136,13 @@ export class QueuedTunDevice {
       () => this.#drain(),
     );
     this.#native.start();
+    // Test hook (test/lab/queues.test.ts): with TUNNAT_TEST_FAULT_SIGNAL=SIGUSR2 that signal ends
+    // the last queue's I/O thread, to show what a dying thread does to the daemon.
+    const sig = process.env.TUNNAT_TEST_FAULT_SIGNAL;
+    if (sig === "SIGUSR1" || sig === "SIGUSR2") {
+      this.#faultSignal = sig;
+      process.on(sig, this.#onFaultSignal);
+    }
   }
 
   /** Called by the native side (on this thread) when a ring has packets or a thread ended. */
@@ -211,6 +220,7 @@ export class QueuedTunDevice {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#faultSignal) process.off(this.#faultSignal, this.#onFaultSignal);
     this.#native?.stop();
     for (const q of this.queues) q.close();
   }
@@ -227,4 +237,21 @@ export class QueuedTunDevice {
     if (this.#onError === undefined) throw err;
     this.#onError(err);
   }
+}
+
+/** One queue's counters, as /metrics and `tunnat stats` show them. */
+export type QueueStats = { queue: number } & Record<QueueCounter, number>;
+
+/** Per-queue counters of a multi-queue device, or null for any other device. */
+export function queueStats(dev: unknown): QueueStats[] | null {
+  if (!(dev instanceof QueuedTunDevice)) return null;
+  const c = dev.readCounters();
+  const k = QUEUE_COUNTERS.length;
+  const out: QueueStats[] = [];
+  for (let q = 0; q < dev.queues.length; q++) {
+    const row = { queue: q } as QueueStats;
+    for (let i = 0; i < k; i++) row[QUEUE_COUNTERS[i]!] = c[q * k + i]!;
+    out.push(row);
+  }
+  return out;
 }
