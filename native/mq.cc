@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,6 +130,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     slots_ = static_cast<uint32_t>(slots);
     slot_size_ = static_cast<size_t>(slot_size);
     poll_ns_ = static_cast<uint64_t>(poll_us * 1000.0);
+    js_budget_ = poll_ns_;
     queues_ = std::vector<Queue>(n);
     for (uint32_t i = 0; i < n; i++) {
       Queue& q = queues_[i];
@@ -288,6 +290,9 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     bool full = false;
     uint64_t last_work = NowNs();
     bool spinning = false;
+    // Adaptive: a spin that found nothing halves the next budget (down to 1/16 of pollUs), one
+    // that found work restores it; so a queue whose traffic is sparse stops burning a core.
+    uint64_t budget = poll_ns_;
     int exit_errno = 0;
     while (!stop_.load(std::memory_order_relaxed)) {
       if (q.fault.load(std::memory_order_relaxed)) {
@@ -351,17 +356,24 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
         full = false;
       }
       if (work) {
-        if (spinning) q.Add(kSpinHits, 1);
+        if (spinning) {
+          q.Add(kSpinHits, 1);
+          budget = poll_ns_;
+        }
+        spinning = false;
         last_work = NowNs();
         continue;
       }
       // 3. Nothing to do: spin a little (the answer to what we just sent is often on its way),
-      //    then sleep in poll() on the TUN (unless the ring is full) and the eventfd.
-      if (poll_ns_ > 0 && NowNs() - last_work < poll_ns_) {
+      //    then sleep in poll() on the TUN (unless the ring is full) and the eventfd. The spin
+      //    yields the core each round, so on a busy machine it does not starve whoever would
+      //    produce that answer.
+      if (budget > 0 && NowNs() - last_work < budget) {
         spinning = true;
-        CpuRelax();
+        sched_yield();
         continue;
       }
+      if (spinning && budget > poll_ns_ / 16) budget /= 2;
       spinning = false;
       StoreSeqCst(ctl + kCtlSleeping, 1);
       if (LoadSeqCst(ctl + kCtlDone) != free || stop_.load() || q.fault.load()) {
@@ -452,12 +464,17 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       if (!started_) break;  // JS stopped us
       bool more = AnyPending();
-      if (!more && poll_ns_ > 0) {
+      if (!more && js_budget_ > 0) {
         last = NowNs();
-        while (!more && NowNs() - last < poll_ns_) {
-          CpuRelax();
+        while (!more && NowNs() - last < js_budget_) {
+          sched_yield();
           more = AnyPending();
         }
+        // The same adaptive budget as the I/O threads'.
+        if (more)
+          js_budget_ = poll_ns_;
+        else if (js_budget_ > poll_ns_ / 16)
+          js_budget_ /= 2;
       }
       if (!more) {
         js_awake_.store(false);
@@ -474,6 +491,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
   uint32_t slots_ = 0;
   size_t slot_size_ = 0;
   uint64_t poll_ns_ = 0;
+  uint64_t js_budget_ = 0;  // main thread only
   bool started_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<bool> js_awake_{false};
