@@ -8,6 +8,7 @@
  */
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -24,7 +25,6 @@ import {
   parseCidr,
   parseIpv4,
 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
 export type Preset = "default" | "aws";

@@ -1,5 +1,5 @@
 /**
- * The kernel plumbing of DESIGN.md §1, applied and removed with iproute2 (`ip`, run with execFile,
+ * The kernel plumbing of docs/architecture.md §Packet path, applied and removed with iproute2 (`ip`, run with execFile,
  * never a shell), like wg-quick does for WireGuard:
  *
  *   TUN:   ip addr add TUNADDR dev TUN; ip link set dev TUN mtu <outside MTU> up
@@ -26,14 +26,12 @@
  */
 import { readFileSync, rmSync } from "node:fs";
 import type { Logger } from "pino";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
 import { writeJsonAtomic } from "./state-file.js";
-
-export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
 
 /** The guard's part (interfaces, prefixes, NAT addresses, table and priority) and the rest. */
 export interface PlumbingSpec extends GuardSpec {
@@ -340,7 +338,7 @@ export class Plumbing {
     return info;
   }
 
-  /** Dedicated-address mode: the host must not own the NAT address (DESIGN.md §1). */
+  /** Dedicated-address mode: the host must not own the NAT address (docs/architecture.md §Packet path). */
   private async refuseLocalNatAddresses(): Promise<void> {
     const out = await this.runner.ip(["-j", "-4", "addr", "show"]);
     const local = new Set<string>();

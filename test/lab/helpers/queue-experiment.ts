@@ -166,7 +166,9 @@ if (!isMainThread) {
         moved = counts.reduce((a, b) => a + b, 0);
       }
       const c1 = cpu();
-      (result[variant] ??= []).push({
+      const rows = result[variant] ?? [];
+      result[variant] = rows;
+      rows.push({
         packetsPerSecond: Math.round(moved / seconds),
         processCpuSeconds: Number(((c1.user - c0.user + c1.system - c0.system) / 1e6).toFixed(2)),
       });
