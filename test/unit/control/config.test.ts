@@ -146,6 +146,8 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
+    ["queues", "0", /integer 1\.\.256/],
+    ["poll-us", "fast", /0\.\.10000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);
@@ -155,6 +157,16 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.ok(e.message.startsWith(`invalid --${flag} ${JSON.stringify(value)}: `), e.message);
     t.match(e.message, why, flag);
   }
+});
+
+t.test("--queues: auto is the CPUs this process may use; a number is taken as given", async (t) => {
+  const { availableParallelism } = await import("node:os");
+  t.equal(load({}).control.queues, availableParallelism(), "default auto");
+  t.equal(load({ queues: "1" }).control.queues, 1);
+  t.equal(load({ queues: "4" }).control.queues, 4);
+  t.equal(errorOf(() => load({ queues: "257" })).code, ErrorCode.Config);
+  t.equal(load({}).control.pollUs, 50, "--poll-us defaults to 50");
+  t.equal(load({ "poll-us": "0" }).control.pollUs, 0);
 });
 
 t.test(
