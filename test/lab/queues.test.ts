@@ -188,7 +188,9 @@ print(ok)`,
     await lab.sh("inet", ["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"]);
     const before = await queuePackets();
     // 24 UDP flows to a closed port: each must see inet's port unreachable, translated back to
-    // it, as ECONNREFUSED on its connected socket.
+    // it, as ECONNREFUSED on its connected socket. The flows hash over both queues, but every
+    // error is an ICMP packet from inet to the NAT address, one hash, so all errors arrive on one
+    // queue: the flows on the other queue get their error across queues.
     const r = await lab.exec(
       "p1",
       [
@@ -242,7 +244,9 @@ print(ok)`,
   );
 
   t.test("hairpinning between p1 and p2 through the NAT address, over many flows", async (t) => {
-    // p2 serves UDP; p1 reaches it at the NAT address and the port p2's mapping got.
+    // p2 serves UDP; p1 reaches it at the NAT address and the port p2's mapping got. The mapping
+    // is made on the queue p2's first packet used; p1's 16 flows hash over both queues, so some
+    // hairpin through a mapping made on the other queue.
     const echo = lab.spawn("p2", [
       "python3",
       "-c",
