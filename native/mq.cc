@@ -200,6 +200,9 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     started_ = true;
     stop_.store(false);
     for (Queue& q : queues_) q.thread = std::thread(&IoQueues::Run, this, &q);
+    // At env teardown (process exit without stop(), a worker's end) the threads must be joined
+    // before the shared buffers they write go away.
+    napi_add_env_cleanup_hook(env, &IoQueues::EnvCleanup, this);
     Ref();
     return env.Undefined();
   }
@@ -243,6 +246,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
 
   // stop(): end and join every thread, close the async handle. Idempotent; the fds stay open.
   Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (started_) napi_remove_env_cleanup_hook(info.Env(), &IoQueues::EnvCleanup, this);
     if (Join() && async_ != nullptr) {
       uv_close(reinterpret_cast<uv_handle_t*>(async_), &IoQueues::FreeAsync);
       async_ = nullptr;
@@ -251,6 +255,16 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       Unref();
     }
     return info.Env().Undefined();
+  }
+
+  static void EnvCleanup(void* arg) {
+    auto* self = static_cast<IoQueues*>(arg);
+    // Only OS resources: the loop and JS references are being torn down.
+    self->Join();
+    if (self->async_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(self->async_), &IoQueues::FreeAsync);
+      self->async_ = nullptr;
+    }
   }
 
   bool Join() {
