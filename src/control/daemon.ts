@@ -244,6 +244,8 @@ export class Daemon {
         metrics: `${this.http.address.host}:${this.http.address.port}`,
         manageRoutes: c.manageRoutes,
         vnetHdr: cfg.nat.vnetHdr,
+        queues: c.queues,
+        pollUs: c.queues > 1 ? c.pollUs : undefined,
         maxFlows: cfg.nat.maxFlows,
         mapping: cfg.nat.mapping,
         filtering: cfg.nat.filtering,
