@@ -128,7 +128,7 @@ const MAX_TIMEOUT = 30 * 86400;
  * Default --poll-us: see native-notes/README.md "Latency" for the figures behind it (idle ping
  * and the CPU the spin costs).
  */
-export const DEFAULT_POLL_US = 50;
+export const DEFAULT_POLL_US = 0;
 /** Seconds, optionally with an s/m/h/d suffix ("2h4m" is not accepted; "124m" is). */
 function parseDuration(text: string): Parsed<number> {
   const m = /^([0-9]+)([smhd]?)$/.exec(text);
@@ -488,7 +488,7 @@ export const FIELDS = {
     def: String(DEFAULT_POLL_US),
     expect: "an integer 0..10000 (microseconds)",
     describe:
-      "with --queues 2 or more: how long an idle I/O thread spins for the next packet before sleeping (0: never spin)",
+      "with --queues 2 or more: how long an idle I/O thread spins for the next packet before sleeping (0: never; 50-200 trade CPU for idle latency)",
     parse: intRange(0, 10_000),
   }),
   restoreTtl: field<boolean>({

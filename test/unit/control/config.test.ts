@@ -165,8 +165,8 @@ t.test("--queues: auto is the CPUs this process may use; a number is taken as gi
   t.equal(load({ queues: "1" }).control.queues, 1);
   t.equal(load({ queues: "4" }).control.queues, 4);
   t.equal(errorOf(() => load({ queues: "257" })).code, ErrorCode.Config);
-  t.equal(load({}).control.pollUs, 50, "--poll-us defaults to 50");
-  t.equal(load({ "poll-us": "0" }).control.pollUs, 0);
+  t.equal(load({}).control.pollUs, 0, "--poll-us defaults to 0 (no spinning)");
+  t.equal(load({ "poll-us": "50" }).control.pollUs, 50);
 });
 
 t.test(
