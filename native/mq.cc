@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -26,6 +27,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -297,6 +299,10 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
   // The thread of one queue. Nothing here allocates, logs or takes a lock.
   void Run(Queue* qp) {
     Queue& q = *qp;
+    // "tunnat-q<N>" in top -H, ps -L and /proc/<pid>/task/*/comm.
+    char tname[16];
+    snprintf(tname, sizeof(tname), "tunnat-q%u", static_cast<unsigned>(qp - queues_.data()));
+    pthread_setname_np(pthread_self(), tname);
     const uint32_t n = slots_;
     int32_t* ctl = q.ctl;
     uint32_t fill = LoadAcquire(ctl + kCtlFill);
