@@ -136,7 +136,7 @@ export class QueuedTunDevice {
       () => this.#drain(),
     );
     this.#native.start();
-    // Test hook (test/lab/queues.test.ts): with TUNNAT_TEST_FAULT_SIGNAL=SIGUSR2 that signal ends
+    // Test hook (test/netns/queues.test.ts): with TUNNAT_TEST_FAULT_SIGNAL=SIGUSR2 that signal ends
     // the last queue's I/O thread, to show what a dying thread does to the daemon.
     const sig = process.env.TUNNAT_TEST_FAULT_SIGNAL;
     if (sig === "SIGUSR1" || sig === "SIGUSR2") {

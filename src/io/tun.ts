@@ -58,7 +58,7 @@ export interface TunOffloads {
 }
 
 /** Counters of the device itself; plain numbers, read at scrape time. */
-export interface TunStats {
+interface TunStats {
   batches: number;
   packetsRead: number;
   packetsWritten: number;

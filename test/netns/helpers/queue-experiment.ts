@@ -9,7 +9,7 @@
  * kernel's work happens in the write, as for the daemon: the answer is delivered locally to a
  * closed port and the kernel answers it with an ICMP port unreachable (dropped by the reflector).
  *
- * Usage (root): node dist/test/lab/helpers/queue-experiment.js [seconds]
+ * Usage (root): node dist/test/netns/helpers/queue-experiment.js [seconds]
  * It makes a namespace tnqx-<pid>, runs itself inside it with two `hping3 --flood` UDP senders
  * bounded by `timeout` for each variant (twice, alternating), and removes the namespace at the
  * end, also on failure. Prints one JSON line.
