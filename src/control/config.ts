@@ -542,6 +542,15 @@ export const FIELDS = {
     describe:
       "with --queues 2 or more: microseconds an idle I/O thread spins for the next packet before sleeping (0: never; 50-200 trade CPU for idle latency)",
   },
+  tunQueueLength: {
+    key: "tunQueueLength",
+    flag: "tun-queue-length",
+    env: "TUNNAT_TUN_QUEUE_LENGTH",
+    kind: intRange(1, 1_000_000),
+    to: "control",
+    describe:
+      "packets the TUN queues for the daemon before the kernel drops (its txqueuelen), set at start; default: the kernel's (500)",
+  },
   restoreTtl: {
     key: "restoreTtl",
     flag: "restore-ttl",
