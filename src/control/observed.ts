@@ -13,6 +13,7 @@ import type { QueueStats } from "../io/queues.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
+import type { TableStateStats } from "./table-keeper.js";
 import type { TunCounters } from "./tun-stats.js";
 
 /** [number, name] per protocol, derived from base/protocols.ts. */
@@ -47,6 +48,8 @@ export interface Observed {
   tunQueues?: () => QueueStats[] | null;
   /** What the last SIGHUP did, if there was one. */
   lastReload?: () => ReloadResult | undefined;
+  /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
+  tableState?: TableStateStats;
 }
 
 export interface PortUsage {

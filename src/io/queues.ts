@@ -25,12 +25,12 @@ import {
 } from "./tun.js";
 
 /** Slots per queue ring: with 65,600-byte slots, 8.4 MB per queue. */
-export const DEFAULT_RING_SLOTS = 128;
+const DEFAULT_RING_SLOTS = 128;
 /** Slots of each queue's arena for packets sent outside a run (fragments, timers). */
 const EMIT_SLOTS = 16;
 
 /** Per-queue counters (native/mq.cc Counter), in this order. */
-export const QUEUE_COUNTERS = [
+const QUEUE_COUNTERS = [
   "read",
   "written",
   "writeDropped",
@@ -40,7 +40,7 @@ export const QUEUE_COUNTERS = [
   "wakeups",
   "spinHits",
 ] as const;
-export type QueueCounter = (typeof QUEUE_COUNTERS)[number];
+type QueueCounter = (typeof QUEUE_COUNTERS)[number];
 
 export interface QueuedTunOptions extends TunOptions {
   /** Number of queues (I/O threads), 1..256. */

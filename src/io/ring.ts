@@ -15,7 +15,7 @@ export const CTL_FILL = 0;
 export const CTL_DONE = 16;
 export const CTL_SLEEPING = 32;
 export const CTL_EXIT = 48;
-export const CTL_LEN = 64;
+const CTL_LEN = 64;
 
 export class SlotRing {
   readonly slots: number;
