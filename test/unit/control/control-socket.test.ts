@@ -275,7 +275,7 @@ const closed = (s: Socket) =>
 const connections = (srv: { server: import("node:net").Server }) =>
   new Promise<number>((resolve) => srv.server.getConnections((_e, n) => resolve(n)));
 
-/** Poll until the server holds at most `n` connections (bounded: 100 polls of 100 ms). */
+/** Poll until the server holds at most `n` connections (bounded: 200 polls of 100 ms). */
 async function until(srv: { server: import("node:net").Server }, n: number): Promise<number> {
   let c = await connections(srv);
   for (let i = 0; i < 200 && c > n; i++) {
