@@ -42,6 +42,7 @@ async function registered(): Promise<string[]> {
       tunCounters: () => null,
       reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
       config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "none" },
+      tunQueues: () => null,
       ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },
