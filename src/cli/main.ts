@@ -66,6 +66,7 @@ async function runCommand(argv: Record<string, unknown>): Promise<number> {
   const { registerExtension } = await import("../control/daemon.js");
   registerExtension((await import("../control/metrics.js")).metricsExtension);
   registerExtension((await import("../control/control-socket.js")).controlSocketExtension);
+  registerExtension((await import("../control/egress-log.js")).egressLogExtension);
   const { SystemdNotifier } = await import("../control/systemd.js");
   const log = createLogger({ level: cfg.control.logLevel });
   const notifier = new SystemdNotifier({ log });

@@ -42,6 +42,11 @@ export function protoIndex(proto: number): number {
 }
 
 export const PROTO_SLOTS = 3;
+/**
+ * Slot value of a port reserved for a static forward: in use for ever, never handed out, never
+ * shared, never released (above every mapping id + 1, which MAX_CAPACITY bounds).
+ */
+export const RESERVED = 0x7fffffff;
 const ICMP_SLOT = 2;
 
 export class NatPool {
@@ -244,7 +249,7 @@ export class PortAllocator {
       this.examined++;
       const v = this.slots[base | want];
       if (v === 0) return want;
-      if (v > 0 && this.probe !== null) {
+      if (v > 0 && v !== RESERVED && this.probe !== null) {
         this.probes++;
         if (this.probe.outsideTupleFree(want)) return want;
       }
@@ -275,6 +280,22 @@ export class PortAllocator {
     return this.oldestResting(g);
   }
 
+  /**
+   * Reserve a port for a static forward before any mapping exists: it leaves the free bitmap and
+   * is never offered, kept or shared (see RESERVED). Returns false if it was already taken.
+   */
+  reserve(addrIndex: number, pi: number, port: number): boolean {
+    const g = addrIndex * PROTO_SLOTS + pi;
+    const i = (g << 16) | port;
+    if (this.slots[i] !== 0) return false;
+    if (this.inRange(pi, port)) {
+      this.unmark(this.free, this.freeSum, this.freeCount, g, pi, port);
+      this.used[g]++;
+    }
+    this.slots[i] = RESERVED;
+    return true;
+  }
+
   /** Mark a port taken: `value` is the mapping id + 1 (EIM); per-destination counts users. */
   take(addrIndex: number, pi: number, port: number, value: number): void {
     const g = addrIndex * PROTO_SLOTS + pi;
@@ -303,7 +324,7 @@ export class PortAllocator {
     const g = addrIndex * PROTO_SLOTS + pi;
     const i = (g << 16) | port;
     const v = this.slots[i];
-    if (v <= 0) return;
+    if (v <= 0 || v === RESERVED) return;
     if (this.probe !== null && v > 1) {
       this.slots[i] = v - 1;
       return;

@@ -26,7 +26,14 @@ import type { NatConfig, Timeouts } from "../nat/config.js";
 import { DropReason, type NatStats } from "../nat/stats.js";
 import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
 import { HostTable } from "./hosts.js";
-import { NatPool, PortAllocator, PROTO_SLOTS, protoIndex, type TupleProbe } from "./ports.js";
+import {
+  NatPool,
+  PortAllocator,
+  PROTO_SLOTS,
+  protoIndex,
+  RESERVED,
+  type TupleProbe,
+} from "./ports.js";
 import { RemoteSet } from "./remotes.js";
 import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
@@ -43,6 +50,11 @@ export const FlowFlag = {
   INBOUND: 0x02,
   /** Free for translate.ts. */
   USER: 0x04,
+  /**
+   * Opened by an inbound connection to a static forward (createForward): it holds no mapping and
+   * its outside port is reserved, so removing it releases nothing.
+   */
+  FORWARD: 0x08,
 } as const;
 
 /**
@@ -412,6 +424,14 @@ export class FlowTable implements TupleProbe {
       this.prng,
       this.eim ? null : this,
     );
+    // Static forwards: their outside ports are never handed out to a dynamic mapping.
+    for (const fw of cfg.forwards ?? []) {
+      const pi = protoIndex(fw.proto);
+      for (let a = 0; a < this.pool.size; a++) {
+        if (fw.natAddress !== null && this.pool.addrs[a] !== fw.natAddress >>> 0) continue;
+        this.ports.reserve(a, pi, fw.port);
+      }
+    }
     // Hosts: one slot per 32 flows (a 16 k-host table at the default 262,144 flows), at most 256 k.
     this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
   }
@@ -676,7 +696,7 @@ export class FlowTable implements TupleProbe {
     if (a < 0) return -1 - DropReason.Unsolicited;
     const pi = protoIndex(proto);
     const v = this.ports.get(a, pi, oport);
-    if (v <= 0) return -1 - DropReason.Unsolicited;
+    if (v <= 0 || v === RESERVED) return -1 - DropReason.Unsolicited;
     if (!this.eim || this.filtering === FILTER_APDF) return -1 - DropReason.Filtered;
     const m = v - 1;
     const ra = raddr >>> 0;
@@ -704,6 +724,42 @@ export class FlowTable implements TupleProbe {
     );
     this.hosts.addFlow(ia, pi, false);
     if (this.remotes !== null) this.remotes.add(m, ra);
+    return f;
+  }
+
+  /**
+   * Inbound connection to a static forward's (oaddr, oport) from (raddr, rport), to reach (iaddr,
+   * iport): a flow of its own, with no mapping (the port is reserved). Never evicts (outsiders
+   * must not push out the inside's flows). Returns the flow id or -(1 + TableFull). Counts nothing.
+   */
+  createForward(
+    proto: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    iaddr: number,
+    iport: number,
+    now: number,
+  ): number {
+    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
+    const f = this.freeHead;
+    if (f < 0) return -1 - DropReason.TableFull;
+    this.freeHead = this.expires(f) - 1;
+    const ia = iaddr >>> 0;
+    this.initFlow(
+      f,
+      proto,
+      ia,
+      iport,
+      oaddr >>> 0,
+      oport,
+      raddr >>> 0,
+      rport,
+      now,
+      FlowFlag.INBOUND | FlowFlag.FORWARD,
+    );
+    this.hosts.addFlow(ia, protoIndex(proto), false);
     return f;
   }
 
@@ -1013,8 +1069,11 @@ export class FlowTable implements TupleProbe {
     const ra = this.raddr(f);
     const a = this.pool.indexOf(oa);
     let mappingGone = true;
-    const m = this.eim ? this.ports.get(a, pi, op) - 1 : -1;
-    if (m >= 0) {
+    const forward = (this.rec[f * REC + R_FLAGS] & FlowFlag.FORWARD) !== 0;
+    const m = this.eim && !forward ? this.ports.get(a, pi, op) - 1 : -1;
+    if (forward) {
+      mappingGone = false;
+    } else if (m >= 0) {
       if (this.remotes !== null) this.remotes.remove(m, ra);
       if (this.logRemovals) {
         this.mBytesOut[m] += this.bytesOut(f);

@@ -7,6 +7,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import type { Forward } from "../nat/config.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -14,6 +15,7 @@ import {
   defaultNatConfig,
   type NatConfig,
 } from "../nat/config.js";
+import type { EgressRule } from "../nat/egress.js";
 import {
   type Cidr,
   cidrContains,
@@ -24,6 +26,7 @@ import {
   parseIpv4,
 } from "../wire/addr.js";
 import { ErrorCode, TunnatError } from "./errors.js";
+import { egressRuleText, parseEgressRule, parseForward, RuleError } from "./policy-config.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
 export type Preset = "default" | "aws";
@@ -89,6 +92,11 @@ interface Field<T> {
   describe: string;
   boolean?: boolean;
   repeatable?: boolean;
+  /**
+   * A list whose entries may contain commas and are numbered in errors ("rule 3"); file entries
+   * that are not strings go through fromFile (null = impossible shape).
+   */
+  list?: { noun: string; fromFile?: (v: unknown) => string | null };
   /** Default as the user would write it (parsed like any other input), or undefined. */
   def?: string;
   parse(text: string): Parsed<T>;
@@ -234,6 +242,14 @@ function parseRouteTable(text: string): Parsed<number> {
   // 253/254/255 are the kernel's default, main and local tables (RT_TABLE_*): never ours.
   if (n < 1 || n > 4294967295 || n === 253 || n === 254 || n === 255) return new Bad(why);
   return n;
+}
+
+/** A RuleError as a Bad naming the field. */
+function ruleParse<T>(parse: (text: string) => T | RuleError) {
+  return (text: string): Parsed<T> => {
+    const r = parse(text);
+    return r instanceof RuleError ? new Bad(String(r)) : r;
+  };
 }
 
 function field<T>(f: Field<T>): Field<T> {
@@ -527,6 +543,28 @@ export const FIELDS = {
       'inside hosts (by bytes) with their own tunnat_host_* series; the rest are summed as host="other", which bounds the scrape',
     parse: intRange(0, 1000),
   }),
+  egress: field<EgressRule>({
+    key: "egress",
+    flag: "egress",
+    env: "TUNNAT_EGRESS",
+    repeatable: true,
+    list: { noun: "egress rule", fromFile: egressRuleText },
+    expect: "an egress rule",
+    describe:
+      'egress rule, first match decides (repeatable): "allow|deny [to=PREFIX] [from=PREFIX] [proto=tcp|udp|icmp|any] [ports=LO-HI] [answer=icmp|rst|silent]"; reloaded on SIGHUP',
+    parse: ruleParse(parseEgressRule),
+  }),
+  forward: field<Forward>({
+    key: "forwards",
+    flag: "forward",
+    env: "TUNNAT_FORWARD",
+    repeatable: true,
+    list: { noun: "forward" },
+    expect: "PROTO:[NATADDR:]PORT=INSIDEADDR[:PORT]",
+    describe:
+      "static port forward, the only inbound (repeatable), e.g. tcp:443=10.0.1.10:8443; its port is never given to a dynamic mapping",
+    parse: ruleParse(parseForward),
+  }),
   logDestinations: field<boolean>({
     key: "logDestinations",
     flag: "log-destinations",
@@ -543,7 +581,7 @@ export type FieldName = keyof typeof FIELDS;
 type FieldValue<K extends FieldName> = (typeof FIELDS)[K] extends Field<infer T> ? T : never;
 
 /** Fields that may be given several times (their value is an array). */
-type RepeatableName = "inside" | "natAddress";
+type RepeatableName = "inside" | "natAddress" | "egress" | "forward";
 
 /** The --config flag is not a setting itself; it says where the file is. */
 export const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
@@ -584,8 +622,21 @@ function toTexts(v: unknown, repeatable: boolean): string[] | null {
   return null;
 }
 
-function splitList(texts: string[], repeatable: boolean): string[] {
+/** File entries of a list field: strings, or what fromFile makes of other shapes. */
+function listTexts(v: unknown, fromFile?: (v: unknown) => string | null): string[] | null {
+  const items = Array.isArray(v) ? v : [v];
+  const out: string[] = [];
+  for (const x of items) {
+    const t = typeof x === "string" ? x : fromFile ? fromFile(x) : null;
+    if (t === null) return null;
+    out.push(t);
+  }
+  return out;
+}
+
+function splitList(texts: string[], repeatable: boolean, list = false): string[] {
   if (!repeatable) return texts;
+  if (list) return texts.map((t) => t.trim()).filter((t) => t !== "");
   const out: string[] = [];
   for (const t of texts)
     for (const part of t.split(",")) if (part.trim() !== "") out.push(part.trim());
@@ -673,15 +724,17 @@ export function resolveSettings(input: LoadInput): Resolved {
     if (flagVal !== undefined) {
       const texts = toTexts(flagVal, repeatable);
       if (texts === null) throw configError(`--${f.flag}`, flagVal, `expected ${f.expect}`);
-      raw = { texts: splitList(texts, repeatable), source: "flag", where: `--${f.flag}` };
+      raw = { texts: splitList(texts, repeatable, !!f.list), source: "flag", where: `--${f.flag}` };
     } else if (env[f.env] !== undefined) {
-      raw = { texts: splitList([env[f.env] ?? ""], repeatable), source: "env", where: f.env };
+      // A list in the environment: one entry per line.
+      const texts = f.list ? (env[f.env] ?? "").split("\n") : [env[f.env] ?? ""];
+      raw = { texts: splitList(texts, repeatable, !!f.list), source: "env", where: f.env };
     } else if (file.has(f.key)) {
       const v = file.get(f.key)?.value;
-      const texts = toTexts(v, repeatable);
+      const texts = f.list ? listTexts(v, f.list.fromFile) : toTexts(v, repeatable);
       const where = `"${f.key}" in ${configFile}`;
       if (texts === null) throw configError(where, v, `expected ${f.expect}`);
-      raw = { texts: splitList(texts, repeatable), source: "file", where };
+      raw = { texts: splitList(texts, repeatable, !!f.list), source: "file", where };
     } else if (f.def !== undefined) {
       raw = { texts: [f.def], source: "default", where: `default of --${f.flag}` };
     }
@@ -691,9 +744,14 @@ export function resolveSettings(input: LoadInput): Resolved {
     }
     if (!repeatable && raw.texts.length === 0) raw.texts = [""];
     const parsed: unknown[] = [];
-    for (const text of raw.texts) {
+    for (const [i, text] of raw.texts.entries()) {
       const p = f.parse(text);
-      if (p instanceof Bad) throw configError(raw.where, text, p.why);
+      if (p instanceof Bad)
+        throw configError(
+          f.list ? `${f.list.noun} ${i + 1} (${raw.where})` : raw.where,
+          text,
+          p.why,
+        );
       parsed.push(p);
     }
     (values as Record<string, unknown>)[name] = repeatable ? parsed : parsed[parsed.length - 1];
@@ -704,6 +762,47 @@ export function resolveSettings(input: LoadInput): Resolved {
     };
   }
   return { values, origin, configFile };
+}
+
+/**
+ * A forward's inside host must be in an inside prefix (its replies come through the TUN only
+ * from there), its NAT address one of --nat-address, and no two forwards may claim the same
+ * protocol and port on the same NAT address.
+ */
+function validateForwards(
+  forwards: Forward[],
+  inside: Cidr[],
+  natAddresses: number[],
+  where: string,
+): void {
+  forwards.forEach((fw, i) => {
+    const at = `forward ${i + 1} (${where})`;
+    if (!inside.some((p) => cidrContains(p, fw.inside)))
+      throw configError(
+        at,
+        fw.text,
+        `field "inside address": ${formatIpv4(fw.inside)} is in no --inside prefix (${inside.map(formatCidr).join(", ")})`,
+      );
+    if (fw.natAddress !== null && !natAddresses.includes(fw.natAddress))
+      throw configError(
+        at,
+        fw.text,
+        `field "nat address": ${formatIpv4(fw.natAddress)} is not one of --nat-address (${natAddresses.map(formatIpv4).join(", ")})`,
+      );
+    for (let j = 0; j < i; j++) {
+      const o = forwards[j] as Forward;
+      if (
+        o.proto === fw.proto &&
+        o.port === fw.port &&
+        (o.natAddress === null || fw.natAddress === null || o.natAddress === fw.natAddress)
+      )
+        throw configError(
+          at,
+          fw.text,
+          `field "port": forward ${j + 1} (${o.text}) already uses it`,
+        );
+    }
+  });
 }
 
 /** RFC minimums for the timeouts, and why (checked unless the aws preset is chosen). */
@@ -761,6 +860,10 @@ export function loadConfig(input: LoadInput): TunnatConfig {
           `overlaps ${formatCidr(a)}; list each inside prefix once`,
         );
     }
+
+  const forwards = (v.forward as Forward[] | undefined) ?? [];
+  validateForwards(forwards, inside, natAddresses, origin.forward?.where ?? "--forward");
+  const egress = (v.egress as EgressRule[] | undefined) ?? [];
 
   const preset = v.preset as Preset;
   const base = preset === "aws" ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS;
@@ -843,6 +946,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     vnetHdr,
     restoreTtl: v.restoreTtl as boolean,
     icmpAdminProhibited: v.icmpProhibited as boolean,
+    egress,
+    forwards,
   });
   const control: ControlSettings = {
     configFile,
@@ -916,6 +1021,8 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["setIpForward", false, (c) => String(c.control.setIpForward)],
   ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
   ["logDestinations", false, (c) => String(c.control.logDestinations)],
+  ["egress", true, (c) => c.nat.egress.map((r) => r.text).join("; ")],
+  ["forwards", false, (c) => c.nat.forwards.map((f) => f.text).join("; ")],
   ["topHosts", false, (c) => String(c.control.topHosts)],
 ];
 
@@ -950,6 +1057,8 @@ export function describeConfig(c: TunnatConfig): Record<string, unknown> {
     maxFlows: c.nat.maxFlows,
     perHostQuota: c.nat.perHostQuota,
     vnetHdr: c.nat.vnetHdr,
+    egress: c.nat.egress.map((r) => r.text),
+    forwards: c.nat.forwards.map((f) => f.text),
     ...c.control,
     tunAddress: c.control.tunAddress ? formatCidr(c.control.tunAddress) : null,
     metrics: `${c.control.metrics.host}:${c.control.metrics.port}`,

@@ -19,6 +19,7 @@ import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
+import { EgressPolicy } from "../nat/egress.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
@@ -282,6 +283,12 @@ export class Daemon {
     const t = this.config.nat.timeouts;
     Object.assign(t, next.nat.timeouts);
     this.translator?.table.setTimeouts(t);
+    // Egress rules: a new policy; live flows it denies are ended, the others go on.
+    let egressEnded = 0;
+    if (applied.some((c) => c.field === "egress")) {
+      this.config.nat.egress = next.nat.egress;
+      egressEnded = this.translator?.setEgress(new EgressPolicy(next.nat.egress)) ?? 0;
+    }
     const result: ReloadResult = {
       at: new Date(this.clock.refresh()).toISOString(),
       applied,
@@ -289,7 +296,7 @@ export class Daemon {
     };
     this.lastReload = result;
     this.log.info(
-      { logLevel: next.control.logLevel, timeouts: t, applied, needRestart },
+      { logLevel: next.control.logLevel, timeouts: t, applied, needRestart, egressEnded },
       needRestart.length === 0
         ? "reloaded configuration"
         : `reloaded configuration; needs a restart to take effect: ${needRestart

@@ -20,6 +20,8 @@ import {
 } from "prom-client";
 import type { FlowTable } from "../conntrack/table.js";
 import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
+import type { EgressPolicy } from "../nat/egress.js";
+import type { Forwards } from "../nat/forwards.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { Daemon } from "./daemon.js";
@@ -41,6 +43,9 @@ export interface Observed {
   guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
   /** The TUN's own kernel counters (tun-stats.ts), null when unreadable; read at scrape time. */
   tunCounters?: () => TunCounters | null;
+  /** The egress rules in force (a reload swaps them) and the static forwards. */
+  egress?: () => EgressPolicy;
+  forwards?: Forwards;
 }
 
 export interface MetricsOptions {
@@ -270,6 +275,73 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     ["reason"],
     () => DROP_REASON_NAMES.map((reason, i) => [{ reason }, s.drops[i] ?? 0]),
   );
+  // --- egress policy and static forwards (nat/egress.ts, nat/forwards.ts)
+  const egress = o.egress;
+  if (egress) {
+    const perRule = (read: (p: EgressPolicy, i: number) => number, denyOnly: boolean) => () => {
+      const p = egress();
+      const out: [Labels, number][] = [];
+      p.rules.forEach((r, i) => {
+        if (denyOnly && r.allow) return;
+        out.push([
+          { rule: String(i + 1), action: r.allow ? "allow" : "deny", text: r.text },
+          read(p, i),
+        ]);
+      });
+      return out;
+    };
+    labelledCounter(
+      reg,
+      "tunnat_egress_rule_flows_total",
+      "New flows an egress rule matched, by rule (number, action and text as configured): refused for a deny rule, let through for an allow rule. Since the rules were last loaded.",
+      ["rule", "action", "text"],
+      perRule((p, i) => p.matched[i] ?? 0, false),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_egress_rule_flows_ended_total",
+      "Live flows a deny rule ended when a reload (SIGHUP) brought it in.",
+      ["rule", "action", "text"],
+      perRule((p, i) => p.ended[i] ?? 0, true),
+    );
+    counter(
+      reg,
+      "tunnat_egress_flows_ended_total",
+      "Live flows ended because reloaded egress rules deny them (all rules, since start).",
+      () => s.egressFlowsEnded,
+    );
+    gauge(reg, "tunnat_egress_rules", "Egress rules in force.", () => egress().size);
+  }
+  const fw = o.forwards;
+  if (fw && fw.size > 0) {
+    const perForward = (a: Float64Array) => () =>
+      fw.list.map((f, i): [Labels, number] => [{ forward: f.text }, a[i] ?? 0]);
+    labelledCounter(
+      reg,
+      "tunnat_forward_flows_total",
+      "Inbound connections (TCP) or UDP flows opened through a static forward.",
+      ["forward"],
+      perForward(fw.flows),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_forward_refused_total",
+      "Inbound connections to a static forward refused because the connection table was full.",
+      ["forward"],
+      perForward(fw.refused),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_forward_packets_total",
+      "Packets of static-forward flows, by direction: in = from outside to the inside host, out = its replies.",
+      ["forward", "direction"],
+      () =>
+        fw.list.flatMap((f, i): [Labels, number][] => [
+          [{ forward: f.text, direction: "in" }, fw.packetsIn[i] ?? 0],
+          [{ forward: f.text, direction: "out" }, fw.packetsOut[i] ?? 0],
+        ]),
+    );
+  }
   const peak = new PeakRate();
   gauge(
     reg,
@@ -626,6 +698,8 @@ export function observe(d: Daemon): Observed {
     guardDrops:
       d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
     tunCounters: () => (d.device ? readTunCounters(d.device.name) : null),
+    egress: () => tr.egress,
+    forwards: tr.forwards,
     get mappingLog() {
       return d.mappingLog;
     },

@@ -2,6 +2,7 @@
  * The core's view of configuration: already parsed and validated (control/config.ts does that and
  * names bad fields). Addresses are host-order uint32 numbers; times are seconds.
  */
+import type { EgressRule } from "./egress.js";
 
 export type MappingMode = "endpoint-independent" | "per-destination";
 export type FilteringMode =
@@ -14,6 +15,20 @@ export interface Prefix {
   addr: number;
   /** Prefix length 0..32. */
   len: number;
+}
+
+/** A static port forward: inbound to (NAT address, port) reaches (inside, insidePort). */
+export interface Forward {
+  /** 6 (TCP) or 17 (UDP). */
+  proto: number;
+  /** The NAT address it listens on (host order), or null for every NAT address. */
+  natAddress: number | null;
+  port: number;
+  /** Inside host, host order; lies in an inside prefix. */
+  inside: number;
+  insidePort: number;
+  /** As written, for metrics labels and logs. */
+  text: string;
 }
 
 export interface Timeouts {
@@ -52,6 +67,10 @@ export interface NatConfig {
   restoreTtl: boolean;
   /** Answer packets that cannot get a mapping with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b). */
   icmpAdminProhibited: boolean;
+  /** Egress rules, first match decides, evaluated when a flow is created (nat/egress.ts). */
+  egress: EgressRule[];
+  /** Static port forwards; their ports are never handed out to dynamic mappings. */
+  forwards: Forward[];
   /** Hash seed; undefined draws a random one per process. Tests pin it. */
   hashSeed?: number;
 }
@@ -94,6 +113,8 @@ export function defaultNatConfig(over: Partial<NatConfig> = {}): NatConfig {
     vnetHdr: false,
     restoreTtl: true,
     icmpAdminProhibited: true,
+    egress: [],
+    forwards: [],
     ...over,
   };
 }

@@ -56,6 +56,8 @@ export const DropReason = {
    * count means something reaches inside hosts by another way.
    */
   TcpSynAckNoFlow: 18,
+  /** An outbound packet would have opened a flow that an egress rule denies (nat/egress.ts). */
+  EgressDenied: 19,
 } as const;
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 
@@ -80,6 +82,7 @@ export const DROP_REASON_NAMES: readonly string[] = [
   "spoofed",
   "fragment_stash_full",
   "tcp_syn_ack_no_flow",
+  "egress_denied",
 ];
 
 /** Protocol slots used by the per-protocol counters below. */
@@ -128,6 +131,9 @@ export class NatStats {
   fragmentsHeld = 0;
   /** Held fragments translated and queued for output once their first fragment came. */
   fragmentsReleased = 0;
+
+  /** Live flows ended because reloaded egress rules deny them. */
+  egressFlowsEnded = 0;
 
   /** Drops, one slot per DropReason. */
   readonly drops = new Float64Array(DROP_REASON_NAMES.length);
