@@ -65,6 +65,11 @@ export interface ControlSettings {
   logDestinations: boolean;
   /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
   topHosts: number;
+  /** Shared-address mode: the address tunnat translates to, routed into the TUN. */
+  internalAddress: number;
+  /** --ports as given (null = its default), and where: shared-address mode checks it. */
+  portsGiven: [number, number] | null;
+  portsWhere: string;
 }
 
 export interface TunnatConfig {
@@ -543,6 +548,16 @@ export const FIELDS = {
       'inside hosts (by bytes) with their own tunnat_host_* series; the rest are summed as host="other", which bounds the scrape',
     parse: intRange(0, 1000),
   }),
+  internalAddress: field<number>({
+    key: "internalAddress",
+    flag: "internal-address",
+    env: "TUNNAT_INTERNAL_ADDRESS",
+    def: "169.254.77.2",
+    expect: "an IPv4 address",
+    describe:
+      "shared-address mode (a --nat-address that is the outside interface's own): the address the host does not own that tunnat translates to; the kernel maps it to the shared address",
+    parse: parseNatAddress,
+  }),
   egress: field<EgressRule>({
     key: "egress",
     flag: "egress",
@@ -969,6 +984,9 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     mappingLog: v.mappingLog as MappingLog,
     logDestinations: v.logDestinations as boolean,
     topHosts: v.topHosts as number,
+    internalAddress: v.internalAddress as number,
+    portsGiven: origin.ports?.source === "default" ? null : (v.ports as [number, number]),
+    portsWhere: origin.ports?.where ?? "--ports",
   };
   return { nat, control };
 }
@@ -1021,6 +1039,7 @@ export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) =
   ["setIpForward", false, (c) => String(c.control.setIpForward)],
   ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
   ["logDestinations", false, (c) => String(c.control.logDestinations)],
+  ["internalAddress", false, (c) => formatIpv4(c.control.internalAddress)],
   ["egress", true, (c) => c.nat.egress.map((r) => r.text).join("; ")],
   ["forwards", false, (c) => c.nat.forwards.map((f) => f.text).join("; ")],
   ["topHosts", false, (c) => String(c.control.topHosts)],

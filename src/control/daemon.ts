@@ -101,6 +101,10 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
     stateFile: c.stateFile,
     guardStateFile: guardStateFile(c.stateFile),
     controlSocket: c.controlSocket,
+    internalAddress: c.internalAddress,
+    ports: c.portsGiven,
+    portsWhere: c.portsWhere,
+    forwards: cfg.nat.forwards.map((f) => ({ proto: f.proto, port: f.port })),
   };
 }
 
@@ -164,6 +168,8 @@ export class Daemon {
     const cfg = this.config;
     const c = cfg.control;
     if (this.deps.preflight) preflight();
+    // What the core is built with: the config's, except in shared-address mode (below).
+    let core = cfg.nat;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
     if (await socketAnswers(c.controlSocket))
       throw new TunnatError(
@@ -173,6 +179,27 @@ export class Daemon {
     if (c.manageRoutes) {
       this.plumbing = new Plumbing(plumbingSpec(cfg), { runner: this.deps.runner, log: this.log });
       await this.plumbing.check();
+      const sh = this.plumbing.shared;
+      if (sh) {
+        // Shared-address mode: the core translates to the internal address within the reserved
+        // range; the kernel maps that to the shared address (shared-address.ts). The config keeps
+        // the address as given (a reload compares against it).
+        core = {
+          ...cfg.nat,
+          natAddresses: [sh.internal],
+          portLo: sh.portLo,
+          portHi: sh.portHi,
+          forwards: cfg.nat.forwards.map((f) => ({ ...f, natAddress: null })),
+        };
+        this.log.info(
+          {
+            sharedAddress: formatIpv4(sh.shared),
+            internalAddress: formatIpv4(sh.internal),
+            ports: `${sh.portLo}-${sh.portHi}`,
+          },
+          "shared-address mode: the NAT address is the outside interface's own",
+        );
+      }
     }
     // Then listen: a taken port fails before the kernel is touched, and /healthz answers 503
     // while the rest comes up.
@@ -180,7 +207,7 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
+    this.translator = new Translator(core, this.clock, this.stats, this.mappingLog?.hooks);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -203,7 +230,7 @@ export class Daemon {
     });
     const loop = this.loop;
     this.kernel = new KernelMonitor(
-      { tun: c.tun, plumbing: this.plumbing?.spec ?? null },
+      { tun: c.tun, plumbing: this.plumbing?.readinessSpec() ?? null },
       this.deps.runner,
       this.plumbing?.guard ?? null,
       () => loop.loopStats.packets,

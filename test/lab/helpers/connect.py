@@ -3,6 +3,8 @@
 
   connect.py HOST PORT TIMEOUT            -> "ok <first line read>", an errno name
                                              (ECONNREFUSED, EHOSTUNREACH, ...) or "timeout"
+  connect.py --serve-peer HOST PORT       -> a server that answers each connection with the
+                                             client's address as it sees it, "ADDR:PORT"
   connect.py --hold HOST PORT SECONDS     -> keep one connection to an echo server, send a line
                                              every 0.2 s and check it comes back; print
                                              "ok <n>" after SECONDS, or "<errno> <n>" when the
@@ -67,8 +69,24 @@ def hold(host, port, seconds):
         print(name(e), n)
 
 
+def serve_peer(host, port):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(16)
+    while True:
+        c, peer = srv.accept()
+        try:
+            c.sendall(b"%s:%d\n" % (peer[0].encode(), peer[1]))
+        except OSError:
+            pass
+        c.close()
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--hold":
+    if sys.argv[1] == "--serve-peer":
+        serve_peer(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "--hold":
         hold(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     else:
         once(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
