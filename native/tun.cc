@@ -422,7 +422,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("TUN_F_CSUM", Napi::Number::New(env, TUN_F_CSUM));
   c.Set("TUN_F_TSO4", Napi::Number::New(env, TUN_F_TSO4));
   c.Set("TUN_F_TSO6", Napi::Number::New(env, TUN_F_TSO6));
-  c.Set("TUN_F_TSO_ECN", Napi::Number::New(env, TUN_F_TSO_ECN));
   c.Set("TUN_F_USO4", Napi::Number::New(env, TUN_F_USO4));
   c.Set("TUN_F_USO6", Napi::Number::New(env, TUN_F_USO6));
   c.Set("STATUS_WRITTEN", Napi::Number::New(env, kStatusWritten));

@@ -5,20 +5,30 @@
  * (config file, environment, flags). Refuses while a daemon of this configuration runs.
  * Idempotent: a second run says there is nothing to remove and exits 0.
  */
-import type { LoadInput } from "../control/config.js";
-import { loadConfig } from "../control/config.js";
-import { plumbingSpec } from "../control/daemon.js";
-import { ErrorCode, TunnatError } from "../control/errors.js";
-import { socketAnswers } from "../control/owner.js";
-import { Plumbing } from "../control/plumbing.js";
-import { hostRunner, type Runner } from "../control/runner.js";
 
-export async function downCommand(
+import { ErrorCode, TunnatError } from "../base/errors.js";
+import { type LoadInput, loadConfig } from "../control/config.js";
+import type { Runner } from "../control/runner.js";
+import { type Command, inputFrom, settingsOptions } from "./command.js";
+
+export const down: Command = {
+  command: "down",
+  describe:
+    "remove the guard that keeps a stopped gateway closed, and a stopped run's leftovers (same settings as run)",
+  builder: settingsOptions,
+  run: (argv) => downCommand(inputFrom(argv)),
+};
+
+async function downCommand(
   input: LoadInput,
   out: (s: string) => void = (s) => process.stdout.write(s),
-  runner: Runner = hostRunner(),
+  runner?: Runner,
 ): Promise<number> {
   const cfg = loadConfig(input);
+  const { socketAnswers } = await import("../control/owner.js");
+  const { Plumbing } = await import("../control/plumbing.js");
+  const { plumbingSpec } = await import("../control/daemon.js");
+  const { hostRunner } = await import("../control/runner.js");
   if (!cfg.control.manageRoutes) {
     out("tunnat down: with --no-manage-routes tunnat installs nothing; nothing to remove\n");
     return 0;
@@ -28,7 +38,7 @@ export async function downCommand(
       ErrorCode.Prereq,
       `a tunnat daemon answers on ${cfg.control.controlSocket}: stop it first (systemctl stop tunnat), then run tunnat down`,
     );
-  const p = new Plumbing(plumbingSpec(cfg), { runner });
+  const p = new Plumbing(plumbingSpec(cfg), { runner: runner ?? hostRunner() });
   const r = await p.down();
   if (r.done.length === 0) out("tunnat down: nothing to remove\n");
   else out(`tunnat down: removed\n${r.done.map((d) => `  ${d}\n`).join("")}`);

@@ -4,7 +4,10 @@
  * --json. Filters (--host, --proto, --state, --limit) run in the daemon, so only matches cross
  * the socket.
  */
-import { type FlowFilter, type FlowRecord, request } from "../control/control-socket.js";
+import { request } from "../control/control-client.js";
+import type { FlowFilter, FlowRecord } from "../control/control-protocol.js";
+import { clientOptions, reachableSocket } from "./client.js";
+import type { Command } from "./command.js";
 
 const PROTO_NUM: Record<string, number> = { tcp: 6, udp: 17, icmp: 1 };
 
@@ -21,7 +24,7 @@ export function formatFlow(r: FlowRecord): string {
   return `${head} ${orig}${r.replied ? "" : " [UNREPLIED]"} ${reply}${r.replied ? " [ASSURED]" : ""}`;
 }
 
-export async function flowsCommand(argv: Record<string, unknown>): Promise<number> {
+async function flowsCommand(argv: Record<string, unknown>): Promise<number> {
   const filter: FlowFilter = {};
   if (argv.host !== undefined) filter.host = String(argv.host);
   if (argv.proto !== undefined) filter.proto = String(argv.proto) as FlowFilter["proto"];
@@ -44,3 +47,21 @@ export async function flowsCommand(argv: Record<string, unknown>): Promise<numbe
   if (!json) process.stderr.write(`tunnat: ${matched} flow entries have been shown.\n`);
   return 0;
 }
+
+export const flows: Command = {
+  command: "flows",
+  describe: "list the running daemon's flows",
+  builder: (y) =>
+    clientOptions(y)
+      .option("host", { type: "string", describe: "only flows of this inside host" })
+      .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
+      .option("state", {
+        type: "string",
+        describe: "only flows in this state (TCP state name, or REPLIED/UNREPLIED)",
+      })
+      .option("limit", { type: "number", describe: "show at most this many flows" }),
+  async run(argv) {
+    const socket = reachableSocket(argv);
+    return socket === undefined ? 1 : flowsCommand({ ...argv, socket });
+  },
+};

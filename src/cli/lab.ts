@@ -1,5 +1,5 @@
 /**
- * `tunnat lab up|down|demo`: the three-role namespace lab of DESIGN.md §6 (two private hosts, the
+ * `tunnat lab up|down|demo`: the three-role namespace lab of docs/architecture.md §Packet path (two private hosts, the
  * NAT host, an internet host), built with iproute2 from lab/lab.json, which holds every lab
  * address (none lives in src/). Namespaces are named `<prefix>-<pid>-{p1,p2,nat,inet}` so runs
  * cannot collide; a state file under the lab's stateDir lets `down` find them. Everything the
@@ -17,10 +17,12 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ErrorCode, errorMessage, TunnatError } from "../control/errors.js";
-import { execCommand } from "../control/plumbing.js";
+import type { Argv } from "yargs";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { execCommand } from "../control/runner.js";
+import { packageRoot } from "../io/package-root.js";
 import { parseCidr, parseIpv4 } from "../wire/addr.js";
+import type { Command } from "./command.js";
 
 export interface LabFile {
   prefix: string;
@@ -44,25 +46,20 @@ export interface LabState {
   ns: { p1: string; p2: string; nat: string; inet: string };
 }
 
-/** The package root (bin/, lab/, package.json), found from this module's location. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "bin"))) return dir;
-    dir = dirname(dir);
-  }
-  return process.cwd();
+/** The package root (bin/, lab/, package.json); the working directory outside the package. */
+function root(): string {
+  return packageRoot() ?? process.cwd();
 }
 
-export function defaultLabFile(): string {
-  return join(packageRoot(), "lab", "lab.json");
+function defaultLabFile(): string {
+  return join(root(), "lab", "lab.json");
 }
 
 function labError(msg: string): TunnatError {
   return new TunnatError(ErrorCode.Lab, msg);
 }
 
-export function readLabFile(path: string): LabFile {
+function readLabFile(path: string): LabFile {
   let lab: LabFile;
   try {
     lab = JSON.parse(readFileSync(path, "utf8")) as LabFile;
@@ -281,7 +278,7 @@ function section(title: string): void {
   process.stdout.write(`\n== ${title}\n`);
 }
 
-export async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
+async function labDemo(opts: { labFile?: string; prefix?: string }): Promise<number> {
   const { lab, state, stateFile } = await labUp({ ...opts, print: true });
   const ns = state.ns;
   const children: ChildProcess[] = [];
@@ -309,7 +306,7 @@ export async function labDemo(opts: { labFile?: string; prefix?: string }): Prom
   process.on("SIGTERM", onSignal);
   try {
     const inet = lab.outside.inet[0] ?? "";
-    const bin = join(packageRoot(), "bin", "tunnat.js");
+    const bin = join(root(), "bin", "tunnat.js");
     const ctl = join(lab.stateDir, `${state.name}.sock`);
     section(`tunnat run in ${ns.nat}`);
     const args = ["netns", "exec", ns.nat, process.execPath, bin, "run", ...daemonArgs(lab, ctl)];
@@ -458,3 +455,52 @@ export async function labDemo(opts: { labFile?: string; prefix?: string }): Prom
     process.off("SIGTERM", onSignal);
   }
 }
+
+const labOptions = (y: Argv) =>
+  y
+    .option("lab-file", { type: "string", describe: "lab description (default lab/lab.json)" })
+    .option("prefix", { type: "string", describe: "namespace name prefix (default tnlab)" });
+
+export const lab: Command = {
+  command: "lab",
+  describe: "the network-namespace lab (root)",
+  subcommands: [
+    {
+      command: "up",
+      describe: "create the lab namespaces and print their names",
+      builder: labOptions,
+      async run(a) {
+        await labUp({
+          labFile: a["lab-file"] as string | undefined,
+          prefix: a.prefix as string | undefined,
+        });
+        return 0;
+      },
+    },
+    {
+      command: "down",
+      describe: "remove a lab (--name) or every lab recorded",
+      builder: (z) =>
+        z
+          .option("name", { type: "string", describe: "lab name printed by up" })
+          .option("lab-file", { type: "string", describe: "lab description" }),
+      async run(a) {
+        await labDown({
+          name: a.name as string | undefined,
+          labFile: a["lab-file"] as string | undefined,
+        });
+        return 0;
+      },
+    },
+    {
+      command: "demo",
+      describe: "up, run tunnat, send ping/HTTP/iperf3 through it, show metrics, down",
+      builder: labOptions,
+      run: (a) =>
+        labDemo({
+          labFile: a["lab-file"] as string | undefined,
+          prefix: a.prefix as string | undefined,
+        }),
+    },
+  ],
+};

@@ -2,7 +2,9 @@
  * `tunnat stats`: the running daemon's counters, grouped and aligned for reading, or the raw
  * snapshot with --json (the same numbers /metrics exports, without Prometheus).
  */
-import { request } from "../control/control-socket.js";
+import { request } from "../control/control-client.js";
+import { clientOptions, reachableSocket } from "./client.js";
+import type { Command } from "./command.js";
 
 /** A value in a group: a list of setting changes reads "field old -> new", anything else as JSON. */
 function show(x: unknown): string {
@@ -41,7 +43,7 @@ export function formatStats(stats: Record<string, unknown>): string {
   return `${lines.join("\n")}\n`;
 }
 
-export async function statsCommand(argv: Record<string, unknown>): Promise<number> {
+async function statsCommand(argv: Record<string, unknown>): Promise<number> {
   let stats: Record<string, unknown> = {};
   await request(String(argv.socket), { cmd: "stats" }, (obj) => {
     if (obj.type === "stats") stats = obj.stats as Record<string, unknown>;
@@ -51,3 +53,13 @@ export async function statsCommand(argv: Record<string, unknown>): Promise<numbe
   );
   return 0;
 }
+
+export const stats: Command = {
+  command: "stats",
+  describe: "print the running daemon's counters",
+  builder: clientOptions,
+  async run(argv) {
+    const socket = reachableSocket(argv);
+    return socket === undefined ? 1 : statsCommand({ ...argv, socket });
+  },
+};

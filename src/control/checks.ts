@@ -3,14 +3,14 @@
  * (read-only `ip` queries, /proc reads). The daemon refuses to start on the same conditions.
  */
 import { accessSync, constants as fsConstants, readFileSync, statSync } from "node:fs";
+import { errorMessage } from "../base/errors.js";
 import { cidrContains, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { type LoadInput, loadConfig, resolveSettings, type TunnatConfig } from "./config.js";
-import { errorMessage } from "./errors.js";
 import { guardTableName } from "./guard.js";
 import { execCommand, hostRunner, type Runner } from "./runner.js";
 
 /** CAP_NET_ADMIN is bit 12 of the effective capability set (include/uapi/linux/capability.h). */
-export const CAP_NET_ADMIN = 12;
+const CAP_NET_ADMIN = 12;
 
 export function hasCapNetAdmin(status = readFileSync("/proc/self/status", "utf8")): boolean {
   const m = /^CapEff:\s*([0-9a-fA-F]+)$/m.exec(status);

@@ -6,7 +6,7 @@ import { performance } from "node:perf_hooks";
 import type { Clock } from "../conntrack/clock.js";
 
 /** Milliseconds from performance.now(): monotonic, sub-millisecond. */
-export class MonotonicClock implements Clock {
+class MonotonicClock implements Clock {
   now(): number {
     return performance.now();
   }

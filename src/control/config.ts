@@ -7,6 +7,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { Forward } from "../nat/config.js";
 import {
   AWS_PORTS,
@@ -25,7 +26,6 @@ import {
   parseCidr,
   parseIpv4,
 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 import { egressRuleText, parseEgressRule, parseForward, RuleError } from "./policy-config.js";
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";

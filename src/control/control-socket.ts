@@ -2,13 +2,9 @@
  * The control socket behind `tunnat flows` and `tunnat stats`: a unix stream socket for its owner
  * only (0600; its directory is created 0700 when missing) or, with --control-socket-group, for
  * that group too (0660, group set with chown; the unit's RuntimeDirectory /run/tunnat is 0750
- * with the daemon's group), speaking newline-delimited JSON. A request is one line:
- *
- *   {"cmd":"flows","host":"10.0.0.5","proto":"tcp","state":"ESTABLISHED","limit":100}
- *   {"cmd":"stats"}
- *
- * and every answer line is an object with a "type": "flow" (one per flow), "stats", "end" (after
- * the last flow: how many matched) or "error" (with a TunnatError code).
+ * with the daemon's group), speaking the newline-delimited JSON of control-protocol.ts. The
+ * client is control-client.ts; what `stats` answers is stats-snapshot.ts. A request names its
+ * `cmd`; HANDLERS below maps each to its answer (adding one is one entry there).
  *
  * Listing a full table (millions of slots) must not stall forwarding: the table is scanned in
  * chunks of 16 k slots with setImmediate between them, so batches from the TUN are handled in
@@ -25,22 +21,20 @@
  * its slot and ends a listing that waits for it to drain.
  */
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
-import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
-import type { Daemon } from "./daemon.js";
-import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
+import type { ControlRequest, FlowFilter, FlowRecord } from "./control-protocol.js";
 import { protoName } from "./mapping-log.js";
-import { PROTOCOLS } from "./metrics.js";
+import { PROTOCOLS } from "./observed.js";
 import { socketAnswers } from "./owner.js";
-import { readTunCounters } from "./tun-stats.js";
 
 /** Slots scanned between two turns of the event loop. */
-export const SCAN_CHUNK = 16384;
+const SCAN_CHUNK = 16384;
 /** Longest request line accepted. */
 const MAX_REQUEST = 64 * 1024;
 /** Connections served at once; more are refused (a listing costs a table walk). */
@@ -49,40 +43,9 @@ export const MAX_CLIENTS = 16;
  * A connection with no traffic either way for this long is destroyed: a request not finished, or
  * an answer not read. Generous, since `tunnat flows | less` may sit on a backed-up listing a while.
  */
-export const IDLE_TIMEOUT_MS = 30_000;
+const IDLE_TIMEOUT_MS = 30_000;
 /** How long a refused ("busy") connection may take to read its one error line. */
 const BUSY_LINGER_MS = 1000;
-
-export interface FlowFilter {
-  /** Inside host (dotted quad). */
-  host?: string;
-  proto?: "tcp" | "udp" | "icmp";
-  /** TCP state name (ESTABLISHED, SYN_SENT, ...) or, for UDP and ICMP, UNREPLIED / REPLIED. */
-  state?: string;
-  limit?: number;
-}
-
-export interface FlowRecord {
-  type: "flow";
-  proto: string;
-  state: string;
-  /** Seconds until the flow expires if idle. */
-  timeout: number;
-  insideAddr: string;
-  insidePort: number;
-  outsideAddr: string;
-  outsidePort: number;
-  remoteAddr: string;
-  remotePort: number;
-  pktsOut: number;
-  bytesOut: number;
-  pktsIn: number;
-  bytesIn: number;
-  replied: boolean;
-  inbound: boolean;
-}
-
-export type ControlRequest = ({ cmd: "flows" } & FlowFilter) | { cmd: "stats" };
 
 /** What the socket answers from. */
 export interface ControlSource {
@@ -93,14 +56,14 @@ export interface ControlSource {
   stats(): Record<string, unknown>;
 }
 
-export function stateName(table: FlowTable, f: number): string {
+function stateName(table: FlowTable, f: number): string {
   const p = table.proto(f);
   const st = table.state(f);
   if (p === 6) return TCP_STATE_NAMES[st] ?? String(st);
   return st !== 0 ? "REPLIED" : "UNREPLIED";
 }
 
-export function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
+function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
   const fl = table.flags(f);
   return {
     type: "flow",
@@ -127,7 +90,7 @@ function badRequest(msg: string): TunnatError {
 }
 
 /** Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. */
-export function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
+function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
   let host = -1;
   if (r.host !== undefined) {
     host = parseIpv4(String(r.host));
@@ -177,7 +140,7 @@ function send(sock: Socket, obj: unknown): Promise<void> | undefined {
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Stream the flows that match `req` to `sock`, SCAN_CHUNK slots per event-loop turn. */
-export async function streamFlows(
+async function streamFlows(
   src: ControlSource,
   req: FlowFilter,
   sock: Socket,
@@ -364,6 +327,17 @@ function serve(sock: Socket, src: ControlSource, log?: Logger): void {
   });
 }
 
+/** What each request answers, by its cmd. */
+const HANDLERS: Record<
+  ControlRequest["cmd"],
+  (src: ControlSource, req: ControlRequest, sock: Socket) => Promise<void>
+> = {
+  flows: (src, req, sock) => streamFlows(src, req as FlowFilter, sock),
+  stats: async (src, _req, sock) => {
+    await send(sock, { type: "stats", stats: src.stats() });
+  },
+};
+
 async function answer(sock: Socket, src: ControlSource, line: string): Promise<void> {
   let req: ControlRequest;
   try {
@@ -378,165 +352,11 @@ async function answer(sock: Socket, src: ControlSource, line: string): Promise<v
     return;
   }
   try {
-    if (req.cmd === "flows") await streamFlows(src, req, sock);
-    else if (req.cmd === "stats") await send(sock, { type: "stats", stats: src.stats() });
-    else throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+    const handler = Object.hasOwn(HANDLERS, req.cmd) ? HANDLERS[req.cmd] : undefined;
+    if (!handler) throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
+    await handler(src, req, sock);
   } catch (e) {
     const code = e instanceof TunnatError ? e.code : ErrorCode.Control;
     await send(sock, { type: "error", code, error: errorMessage(e) });
   }
-}
-
-/** The counters of `tunnat stats`, grouped. */
-export function statsSnapshot(d: Daemon): Record<string, unknown> {
-  const s: NatStats = d.stats;
-  const nat: Record<string, number> = {};
-  for (const [k, v] of Object.entries(s)) if (typeof v === "number") nat[k] = v;
-  const drops: Record<string, number> = {};
-  DROP_REASON_NAMES.forEach((r, i) => {
-    drops[r] = s.drops[i] ?? 0;
-  });
-  const out: Record<string, unknown> = { nat, drops };
-  const t = d.translator?.table;
-  if (t) {
-    const ports: Record<string, unknown>[] = [];
-    for (let a = 0; a < t.pool.size; a++)
-      for (const [p, protocol] of PROTOCOLS)
-        ports.push({
-          natAddress: formatIpv4(t.pool.addrs[a] ?? 0),
-          protocol,
-          ...t.portUsage(a, p),
-        });
-    out.table = {
-      flows: t.active,
-      capacity: t.capacity,
-      mappings: t.mappings,
-      insideHosts: t.hosts.count,
-      insideHostsCapacity: t.hosts.maxHosts,
-    };
-    out.ports = ports;
-  }
-  const ls = d.loop?.loopStats;
-  if (ls)
-    out.datapath = {
-      batches: ls.batches,
-      packets: ls.packets,
-      written: ls.written,
-      writeDrops: ls.writeDrops,
-      batchSeconds: ls.batchSeconds,
-      sweeps: ls.sweeps,
-    };
-  if (d.mappingLog) out.mappingLog = { lines: d.mappingLog.lines, dropped: d.mappingLog.dropped };
-  const guard = d.kernel?.guardCounters;
-  if (guard)
-    out.guardDrops = Object.fromEntries(Object.entries(guard).map(([k, v]) => [k, v.packets]));
-  const tun = d.device ? readTunCounters(d.device.name) : null;
-  if (tun)
-    // The TUN's own kernel counters: to_daemon drops are packets lost before tunnat could read them.
-    out.tun = {
-      name: d.device?.name,
-      txQueueLen: tun.txQueueLen,
-      packetsToDaemon: tun.toDaemon.packets,
-      droppedToDaemon: tun.toDaemon.dropped,
-      errorsToDaemon: tun.toDaemon.errors,
-      fifoErrorsToDaemon: tun.toDaemon.fifoErrors,
-      packetsFromDaemon: tun.fromDaemon.packets,
-      droppedFromDaemon: tun.fromDaemon.dropped,
-      errorsFromDaemon: tun.fromDaemon.errors,
-      fifoErrorsFromDaemon: tun.fromDaemon.fifoErrors,
-    };
-  if (d.lastReload) out.lastReload = d.lastReload;
-  out.ready = d.readiness ? d.readiness() === null : true;
-  return out;
-}
-
-/** Daemon extension: the control socket at the configured path while the daemon runs. */
-export async function controlSocketExtension(d: Daemon): Promise<() => Promise<void>> {
-  const t = d.translator?.table;
-  if (!t) throw new Error("the control socket needs a started data path");
-  const srv = await startControlSocket(
-    d.config.control.controlSocket,
-    {
-      table: t,
-      nowSec: () => Math.floor(d.clock.now() / 1000),
-      stats: () => statsSnapshot(d),
-    },
-    d.log,
-    { group: d.config.control.controlSocketGroup },
-  );
-  return () => srv.close();
-}
-
-// ------------------------------------------------------------------ client
-
-/**
- * Send one request and call `onLine` for every answer line until the "end", "stats" or "error"
- * line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL otherwise.
- */
-export function request(
-  path: string,
-  req: ControlRequest,
-  onLine: (obj: Record<string, unknown>) => void,
-  timeoutMs = 30_000,
-): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const sock = createConnection(path);
-    let buf = "";
-    let done = false;
-    const finish = (e?: Error) => {
-      if (done) return;
-      done = true;
-      sock.destroy();
-      if (e) reject(e);
-      else resolve();
-    };
-    sock.setTimeout(timeoutMs, () =>
-      finish(new TunnatError(ErrorCode.Control, `no answer from ${path} in ${timeoutMs} ms`)),
-    );
-    sock.setEncoding("utf8");
-    sock.on("connect", () => sock.write(`${JSON.stringify(req)}\n`));
-    sock.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "ENOENT" || e.code === "ECONNREFUSED")
-        finish(
-          new TunnatError(
-            ErrorCode.NotRunning,
-            `daemon not reachable at ${path} (${e.code}); is tunnat running? (--socket PATH)`,
-          ),
-        );
-      else if (e.code === "EACCES")
-        finish(
-          new TunnatError(
-            ErrorCode.Control,
-            `permission denied on ${path}: use root, or a member of the daemon's --control-socket-group (the unit's: tunnat)`,
-          ),
-        );
-      else finish(new TunnatError(ErrorCode.Control, `control socket ${path}: ${e.message}`));
-    });
-    sock.on("data", (d: string) => {
-      buf += d;
-      let nl = buf.indexOf("\n");
-      while (nl >= 0 && !done) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        nl = buf.indexOf("\n");
-        if (line.trim() === "") continue;
-        let obj: Record<string, unknown>;
-        try {
-          obj = JSON.parse(line) as Record<string, unknown>;
-        } catch {
-          finish(new TunnatError(ErrorCode.Control, `bad answer line: ${line.slice(0, 80)}`));
-          return;
-        }
-        if (obj.type === "error") {
-          finish(new TunnatError(ErrorCode.Control, String(obj.error)));
-          return;
-        }
-        onLine(obj);
-        if (obj.type === "end" || obj.type === "stats") finish();
-      }
-    });
-    sock.on("close", () =>
-      finish(new TunnatError(ErrorCode.Control, `${path} closed the connection before answering`)),
-    );
-  });
 }

@@ -1,20 +1,26 @@
 /**
- * `tunnat run`: the daemon's life cycle (DESIGN.md §1, §5).
+ * `tunnat run`: the daemon's life cycle, and the composition root. This is the one place that
+ * builds the parts and wires them, each handed only what it needs (docs/architecture.md §Layers):
  *
  *   config -> preflight checks -> refusals (control socket answered, plumbing.check()) -> HTTP
- *   listener (/healthz 503) -> open TUN -> kernel plumbing and guard -> translator + data loop ->
- *   kernel monitor (readiness.ts) -> extensions (metrics, control socket) -> /healthz 200,
- *   "forwarding"
+ *   listener (/healthz 503) -> mapping log -> translator (flow table, batch clock, stats) -> TUN
+ *   device -> kernel plumbing and guard -> data loop (batch clock, duration timer) -> kernel
+ *   monitor and readiness (readiness.ts) -> metrics (over an Observed view, served by the HTTP
+ *   listener) -> control socket -> /healthz 200, "forwarding"
  *
- * Every refusal is checked before anything is changed, so a refused start touches nothing of
- * another daemon. A failure at any later step undoes the steps before it in reverse order
- * (plumbing removed and the guard put back as it was, TUN closed, listener closed) and surfaces as
- * a TunnatError with a stable code. stop() removes the plumbing of a running daemon but keeps the
- * guard (fail closed until `tunnat down`); SIGHUP re-reads the config file and applies the log
- * level and timeouts.
+ * Construction happens here, in start order, because the order is the contract: every refusal is
+ * checked before anything is changed, so a refused start touches nothing of another daemon, and a
+ * failure at any later step undoes the steps before it in reverse order (control socket and
+ * metrics stopped, plumbing removed and the guard put back as it was, TUN closed, listener closed)
+ * and surfaces as a TunnatError with a stable code. The CLI (cli/run.ts) adds only what belongs
+ * to the process: the logger, signals and systemd. stop() removes the plumbing of a running
+ * daemon but keeps the guard (fail closed until `tunnat down`); SIGHUP re-reads the config file
+ * and applies the log level and timeouts.
  */
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
@@ -25,14 +31,19 @@ import { Translator } from "../nat/translate.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
 import { hasCapNetAdmin } from "./checks.js";
 import { BatchClock } from "./clock.js";
-import { reloadChanges, type SettingChange, type TunnatConfig } from "./config.js";
-import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
+import { reloadChanges, type TunnatConfig } from "./config.js";
+import { type ControlServer, startControlSocket } from "./control-socket.js";
+import { startEgressLog } from "./egress-log.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
+import { createMetrics, type TunnatMetrics } from "./metrics.js";
+import type { Observed, ReloadResult } from "./observed.js";
 import { socketAnswers } from "./owner.js";
 import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
+import { statsSnapshot } from "./stats-snapshot.js";
+import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
 export interface OpenTunOptions {
@@ -48,6 +59,11 @@ export interface DaemonDeps {
   runner: Runner;
   /** Verify CAP_NET_ADMIN and /dev/net/tun before touching anything (off in unit tests). */
   preflight: boolean;
+  /**
+   * Monotonic high-resolution milliseconds for durations (the batch-duration metric). Not the
+   * batch clock, which stands still for a whole batch. Default performance.now().
+   */
+  timer?: () => number;
 }
 
 async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
@@ -55,27 +71,12 @@ async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
   return tun.openTun(opts);
 }
 
-export function defaultDeps(): DaemonDeps {
+function defaultDeps(): DaemonDeps {
   return { openTun: defaultOpenTun, runner: hostRunner(), preflight: true };
 }
 
-/**
- * Something started after the data path and stopped before it: the metrics collector, the control
- * socket, the mapping log. Returns its disposer.
- */
-export type DaemonExtension = (
-  d: Daemon,
-) => void | (() => void | Promise<void>) | Promise<void | (() => void | Promise<void>)>;
-
-const extensions: DaemonExtension[] = [];
-
-/** Register an extension for every daemon started afterwards in this process. */
-export function registerExtension(ext: DaemonExtension): void {
-  extensions.push(ext);
-}
-
 /** The guard's state file (guard.ts), beside the plumbing's: `plumbing.json` -> `guard.json`. */
-export function guardStateFile(plumbingStateFile: string): string {
+function guardStateFile(plumbingStateFile: string): string {
   if (plumbingStateFile.endsWith("plumbing.json"))
     return `${plumbingStateFile.slice(0, -"plumbing.json".length)}guard.json`;
   return `${plumbingStateFile.replace(/\.json$/, "")}.guard.json`;
@@ -108,15 +109,7 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
   };
 }
 
-/** The outcome of a SIGHUP reload. */
-export interface ReloadResult {
-  /** When (ISO 8601). */
-  at: string;
-  /** Settings that changed and took effect. */
-  applied: SettingChange[];
-  /** Settings that changed but keep their old value until a restart. */
-  needRestart: SettingChange[];
-}
+export type { ReloadResult } from "./observed.js";
 
 export class Daemon {
   readonly stats = new NatStats();
@@ -134,11 +127,16 @@ export class Daemon {
   readiness: (() => string | null) | undefined;
   /** The kernel state forwarding needs, polled off the data path (readiness.ts). */
   kernel: KernelMonitor | undefined;
+  /** The metric registry /metrics serves (metrics.ts). */
+  metrics: TunnatMetrics | undefined;
+  /** The control socket of `tunnat flows` and `tunnat stats`. */
+  control: ControlServer | undefined;
+  /** Stops the egress policy's rate-limited refusal log (egress-log.ts). */
+  private stopEgressLog: (() => void) | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
   /** What the last SIGHUP did, if there was one. */
   lastReload: ReloadResult | undefined;
-  private readonly disposers: (() => void | Promise<void>)[] = [];
   private stopped: Promise<void> | null = null;
 
   private constructor(
@@ -223,7 +221,9 @@ export class Daemon {
           "net.ipv4.ip_forward is not 1: nothing will be forwarded",
         );
     }
-    this.loop = new DataLoop(this.device, this.translator, this.clock);
+    this.loop = new DataLoop(this.device, this.translator, this.clock, {
+      timer: this.deps.timer ?? (() => performance.now()),
+    });
     this.loop.start((err) => {
       if (this.onFatal) this.onFatal(err);
       else throw err;
@@ -239,10 +239,22 @@ export class Daemon {
     this.kernel.start();
     this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
-    for (const ext of extensions) {
-      const dispose = await ext(this);
-      if (typeof dispose === "function") this.disposers.push(dispose);
-    }
+    const view = this.observed();
+    this.metrics = createMetrics(view, { topHosts: c.topHosts });
+    this.http.setMetrics(this.metrics.registry);
+    const egress = view.egress;
+    if (egress) this.stopEgressLog = startEgressLog(egress, this.log);
+    const clock = this.clock;
+    this.control = await startControlSocket(
+      c.controlSocket,
+      {
+        table: view.table,
+        nowSec: () => Math.floor(clock.now() / 1000),
+        stats: () => statsSnapshot(view),
+      },
+      this.log,
+      { group: c.controlSocketGroup },
+    );
     this.http.setReady(true);
     this.started = true;
     this.log.info(
@@ -270,13 +282,14 @@ export class Daemon {
 
   private async teardown(): Promise<void> {
     this.http?.setReady(false);
-    for (const dispose of this.disposers.splice(0).reverse()) {
-      try {
-        await dispose();
-      } catch (e) {
-        this.log.warn({ err: errorMessage(e) }, "extension stop failed");
-      }
+    try {
+      await this.control?.close();
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, "closing the control socket failed");
     }
+    this.http?.setMetrics(undefined);
+    this.metrics?.stop();
+    this.stopEgressLog?.();
     this.kernel?.stop();
     this.loop?.stop();
     if (this.plumbing) {
@@ -296,6 +309,36 @@ export class Daemon {
         this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
       );
     await this.http?.close();
+  }
+
+  /**
+   * What the metrics, `tunnat stats` and the control socket read (observed.ts): the counters,
+   * the table, the readiness check, the guard's and the TUN's counters. Needs a started data path.
+   */
+  observed(): Observed {
+    const tr = this.translator;
+    const loop = this.loop;
+    if (!tr || !loop) throw new Error("the observed view needs a started data path");
+    const kernel = this.kernel;
+    const tunName = this.device?.name;
+    // Getters, so a reader always sees the daemon's current parts.
+    const d = this;
+    return {
+      stats: this.stats,
+      table: tr.table,
+      loopStats: loop.loopStats,
+      readiness: () => (d.readiness ? d.readiness() : "data path not running"),
+      guardDrops: kernel && this.plumbing ? () => kernel.counters() : undefined,
+      lastGuardDrops: () => kernel?.guardCounters ?? null,
+      tunName,
+      tunCounters: () => (tunName === undefined ? null : readTunCounters(tunName)),
+      egress: () => tr.egress,
+      forwards: tr.forwards,
+      get mappingLog() {
+        return d.mappingLog;
+      },
+      lastReload: () => d.lastReload,
+    };
   }
 
   /**
@@ -335,7 +378,7 @@ export class Daemon {
 }
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */
-export function preflight(): void {
+function preflight(): void {
   let st: ReturnType<typeof statSync>;
   try {
     st = statSync("/dev/net/tun");

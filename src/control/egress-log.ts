@@ -3,23 +3,23 @@
  * and logged here, off the data path, at most one line per LOG_INTERVAL_MS however many flows
  * are refused: how many since the last line, and the last one's rule and tuple.
  */
+
+import type { Logger } from "pino";
 import type { EgressPolicy } from "../nat/egress.js";
 import { formatIpv4 } from "../wire/addr.js";
-import type { Daemon } from "./daemon.js";
 
 /** At most one refusal line per 10 s. */
 export const LOG_INTERVAL_MS = 10_000;
 const TICK_MS = 1000;
 const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp" };
 
-/** Daemon extension: the rate-limited refusal log. Returns its disposer. */
-export function egressLogExtension(d: Daemon): () => void {
+/** Start the rate-limited refusal log over the policy in force; returns its stop(). */
+export function startEgressLog(egress: () => EgressPolicy, log: Logger): () => void {
   let policy: EgressPolicy | null = null;
   let seen = 0;
   let lastLog = 0;
   const tick = () => {
-    const p = d.translator?.egress;
-    if (!p) return;
+    const p = egress();
     if (p !== policy) {
       policy = p;
       seen = 0;
@@ -30,7 +30,7 @@ export function egressLogExtension(d: Daemon): () => void {
     seen = p.refusals;
     lastLog = now;
     const r = p.rules[p.lastRule];
-    d.log.warn(
+    log.warn(
       {
         refused: n,
         rule: p.lastRule + 1,

@@ -39,8 +39,8 @@
  */
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Logger } from "pino";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 import { type OwnerRecord, selfRecord } from "./owner.js";
 import { CommandError, type Runner } from "./runner.js";
 import { writeJsonAtomic } from "./state-file.js";

@@ -1,29 +1,17 @@
 /**
  * The HTTP listener on the metrics address: GET /healthz (200 once the daemon is up, 503 before
  * and while stopping), GET /readyz (as /healthz, and also 503 naming what forwarding needs and
- * lacks: see readiness.ts) and GET /metrics from a MetricsProvider. The
- * provider defaults to prom-client's default registry; control/metrics.ts installs the real one
- * with setMetricsProvider(). Scrapes read counters; they never touch the data path.
+ * lacks: see readiness.ts) and GET /metrics from the MetricsProvider the daemon hands it with
+ * setMetrics() once the data path is up (503 before). The listener starts first so that a taken
+ * port fails before anything is touched. Scrapes read counters; they never touch the data path.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { register } from "prom-client";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { HostPort } from "./config.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 export interface MetricsProvider {
   contentType: string;
   metrics(): Promise<string>;
-}
-
-let provider: MetricsProvider = register;
-
-/** Install the provider /metrics answers from (process-wide, like prom-client's registry). */
-export function setMetricsProvider(p: MetricsProvider): void {
-  provider = p;
-}
-
-export function getMetricsProvider(): MetricsProvider {
-  return provider;
 }
 
 export interface HttpServer {
@@ -36,12 +24,15 @@ export interface HttpServer {
    * it 503 while /healthz (the process is up and not stopping) stays 200.
    */
   setReadinessCheck(check: () => string | null): void;
+  /** Serve /metrics from `p` (undefined: 503 again). */
+  setMetrics(p: MetricsProvider | undefined): void;
   close(): Promise<void>;
 }
 
 export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
   let ready = false;
   let check: () => string | null = () => null;
+  let provider: MetricsProvider | undefined;
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -61,6 +52,10 @@ export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
     }
     if (path === "/metrics") {
       const p = provider;
+      if (!p) {
+        res.writeHead(503, { "content-type": "text/plain; charset=utf-8" }).end("starting\n");
+        return;
+      }
       p.metrics().then(
         (body) => {
           res.writeHead(200, { "content-type": p.contentType }).end(body);
@@ -103,6 +98,9 @@ export async function startHttpServer(listen: HostPort): Promise<HttpServer> {
     },
     setReadinessCheck(c: () => string | null) {
       check = c;
+    },
+    setMetrics(p: MetricsProvider | undefined) {
+      provider = p;
     },
     close() {
       ready = false;

@@ -1,5 +1,5 @@
 /**
- * pino JSON logs on stdout (DESIGN.md §5). Nothing here is called per packet: the data path
+ * pino JSON logs on stdout (docs/architecture.md §Threading). Nothing here is called per packet: the data path
  * counts, and the control plane logs events (start, stop, reload, failures).
  *
  * Under systemd, stdout is a journald stream, which would file every line at priority 6 (info).

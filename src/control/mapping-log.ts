@@ -16,10 +16,10 @@
 import { closeSync, createWriteStream, openSync } from "node:fs";
 import type { Writable } from "node:stream";
 import type { Logger } from "pino";
+import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import type { FlowHooks, FlowTable } from "../conntrack/table.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { ControlSettings } from "./config.js";
-import { ErrorCode, errorMessage, TunnatError } from "./errors.js";
 
 const FLUSH_MS = 200;
 const FLUSH_BYTES = 64 * 1024;

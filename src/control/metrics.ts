@@ -1,52 +1,38 @@
 /**
- * Prometheus metrics (prom-client), read from the core's plain counters at scrape time: every
- * metric here has a collect() callback (or a get() of its own for the histogram and summary that
- * mirror LoopStats), so the packet path never calls prom-client (Lodestar's addCollect style).
+ * The metric catalogue: every tunnat metric, its name, help text and what it reads, in one place
+ * (the kinds of metric are in metric-kinds.ts). It reads an Observed (observed.ts), never the
+ * Daemon; docs/observability.md documents every name registered here, and a unit test holds the
+ * two in step. Each metric is read from the core's plain counters at scrape time, so the packet
+ * path never calls prom-client.
  *
- * The AWS NAT Gateway CloudWatch set appears under Prometheus names (docs/observability.md has
- * the mapping), with per-inside-host traffic bounded to the top N hosts (top-hosts.ts), table and
- * port utilisation, the data path's own counters, event-loop delay, and prom-client's default
- * process metrics. A 1 s timer samples the byte and packet totals for the peak rates (peak.ts);
- * that is the only periodic work, and it costs four additions.
+ * The AWS NAT Gateway CloudWatch set appears under Prometheus names, with per-inside-host traffic
+ * bounded to the top N hosts (top-hosts.ts), table and port utilisation, the data path's own
+ * counters, event-loop delay, and prom-client's default process metrics. A 1 s timer samples the
+ * byte and packet totals for the peak rates (peak.ts); that is the only periodic work, and it
+ * costs four additions.
+ *
+ * To add a metric: one entry below, one line in docs/observability.md. When it reads something
+ * the Observed does not have yet, add that field to observed.ts and to Daemon.observed().
  */
 import { type IntervalHistogram, monitorEventLoopDelay, performance } from "node:perf_hooks";
-import {
-  Counter,
-  collectDefaultMetrics,
-  register as defaultRegister,
-  Gauge,
-  type Metric,
-  Registry,
-} from "prom-client";
-import type { FlowTable } from "../conntrack/table.js";
-import { BATCH_SIZE_BUCKETS, type LoopStats } from "../datapath/loop.js";
+import { Counter, collectDefaultMetrics, Registry } from "prom-client";
+import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
 import type { EgressPolicy } from "../nat/egress.js";
-import type { Forwards } from "../nat/forwards.js";
-import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
-import { formatIpv4 } from "../wire/addr.js";
-import type { Daemon } from "./daemon.js";
+import { DROP_REASON_NAMES } from "../nat/stats.js";
 import { GUARD_REASONS } from "./guard.js";
-import { setMetricsProvider } from "./http.js";
+import {
+  counter,
+  gauge,
+  type Labels,
+  labelledCounter,
+  labelledGauge,
+  rawMetric,
+  type Sample,
+} from "./metric-kinds.js";
+import { type Observed, portUsage } from "./observed.js";
 import { PeakRate } from "./peak.js";
 import { DEFAULT_TOP_HOSTS, TopHosts } from "./top-hosts.js";
-import { readTunCounters, type TunCounters, type TunDirection } from "./tun-stats.js";
-
-/** What the metrics read. A Daemon provides it through observe(). */
-export interface Observed {
-  stats: NatStats;
-  table: FlowTable;
-  loopStats: LoopStats;
-  /** null when forwarding, else why not (the /readyz answer). */
-  readiness?: () => string | null;
-  mappingLog?: { readonly lines: number; readonly dropped: number } | undefined;
-  /** The guard's drop counters by reason (readiness.ts KernelMonitor, cached nft read). */
-  guardDrops?: () => Promise<Record<string, { packets: number }> | null>;
-  /** The TUN's own kernel counters (tun-stats.ts), null when unreadable; read at scrape time. */
-  tunCounters?: () => TunCounters | null;
-  /** The egress rules in force (a reload swaps them) and the static forwards. */
-  egress?: () => EgressPolicy;
-  forwards?: Forwards;
-}
+import type { TunCounters, TunDirection } from "./tun-stats.js";
 
 export interface MetricsOptions {
   /** Inside hosts with a series of their own (the rest are summed as host="other"). */
@@ -55,111 +41,11 @@ export interface MetricsOptions {
   defaultMetrics?: boolean;
 }
 
-export const PROTOCOLS: readonly [number, string][] = [
-  [6, "tcp"],
-  [17, "udp"],
-  [1, "icmp"],
-];
-
-type Labels = Record<string, string>;
-
 const MISNAMED_DEFAULTS = [
   "nodejs_active_handles_total",
   "nodejs_active_requests_total",
   "nodejs_active_resources_total",
 ];
-
-function counter(reg: Registry, name: string, help: string, read: () => number): void {
-  new Counter({
-    name,
-    help,
-    registers: [reg],
-    collect() {
-      this.reset();
-      this.inc(read());
-    },
-  });
-}
-
-function gauge(reg: Registry, name: string, help: string, read: () => number): void {
-  new Gauge({
-    name,
-    help,
-    registers: [reg],
-    collect() {
-      this.set(read());
-    },
-  });
-}
-
-function labelledCounter(
-  reg: Registry,
-  name: string,
-  help: string,
-  labelNames: string[],
-  read: () => [Labels, number][],
-): void {
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers: [reg],
-    collect() {
-      this.reset();
-      for (const [l, v] of read()) this.inc(l, v);
-    },
-  });
-}
-
-function labelledGauge(
-  reg: Registry,
-  name: string,
-  help: string,
-  labelNames: string[],
-  read: () => [Labels, number][],
-): void {
-  new Gauge({
-    name,
-    help,
-    labelNames,
-    registers: [reg],
-    collect() {
-      // reset() drops label sets that are gone (a host that left the table).
-      this.reset();
-      for (const [l, v] of read()) this.set(l, v);
-    },
-  });
-}
-
-interface Sample {
-  value: number;
-  labels: Labels;
-  metricName?: string;
-}
-
-/**
- * A metric whose whole exposition is computed by `read` (prom-client's Histogram cannot be set
- * from counts kept elsewhere). Registry only calls name/type/get()/aggregator on a metric.
- */
-function rawMetric(
-  reg: Registry,
-  name: string,
-  help: string,
-  type: "histogram" | "summary" | "gauge",
-  read: () => Sample[],
-): void {
-  const m = {
-    name,
-    help,
-    type,
-    aggregator: "sum",
-    async get() {
-      return { name, help, type, aggregator: "sum", values: read() };
-    },
-    reset() {},
-  };
-  reg.registerMetric(m as unknown as Metric);
-}
 
 export interface TunnatMetrics {
   readonly registry: Registry;
@@ -448,30 +334,19 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "Inside hosts the host table can track.",
     () => t.hosts.maxHosts,
   );
-  const portLabels = (): [string, string, number, number][] => {
-    const rows: [string, string, number, number][] = [];
-    for (let a = 0; a < t.pool.size; a++) {
-      const addr = formatIpv4(t.pool.addrs[a] ?? 0);
-      for (const [p, name] of PROTOCOLS) {
-        const u = t.portUsage(a, p);
-        rows.push([addr, name, u.used, u.free]);
-      }
-    }
-    return rows;
-  };
   labelledGauge(
     reg,
     "tunnat_nat_ports_used",
     "Outside ports (ICMP: echo identifiers) in use per NAT address and protocol.",
     ["nat_address", "protocol"],
-    () => portLabels().map(([nat_address, protocol, used]) => [{ nat_address, protocol }, used]),
+    () => portUsage(t).map((u) => [{ nat_address: u.natAddress, protocol: u.protocol }, u.used]),
   );
   labelledGauge(
     reg,
     "tunnat_nat_ports_free",
     "Outside ports (ICMP: echo identifiers) free per NAT address and protocol.",
     ["nat_address", "protocol"],
-    () => portLabels().map(([nat_address, protocol, , free]) => [{ nat_address, protocol }, free]),
+    () => portUsage(t).map((u) => [{ nat_address: u.natAddress, protocol: u.protocol }, u.free]),
   );
 
   // --- the data path
@@ -683,35 +558,4 @@ function camel(dir: string): string {
     .split("_")
     .map((w) => (w[0] ?? "").toUpperCase() + w.slice(1))
     .join("");
-}
-
-/** What the metrics read from a running daemon. */
-export function observe(d: Daemon): Observed {
-  const tr = d.translator;
-  const loop = d.loop;
-  if (!tr || !loop) throw new Error("metrics need a started data path");
-  return {
-    stats: d.stats,
-    table: tr.table,
-    loopStats: loop.loopStats,
-    readiness: d.readiness,
-    guardDrops:
-      d.kernel && d.plumbing ? () => d.kernel?.counters() ?? Promise.resolve(null) : undefined,
-    tunCounters: () => (d.device ? readTunCounters(d.device.name) : null),
-    egress: () => tr.egress,
-    forwards: tr.forwards,
-    get mappingLog() {
-      return d.mappingLog;
-    },
-  };
-}
-
-/** Daemon extension: serve /metrics from a tunnat registry while the daemon runs. */
-export function metricsExtension(d: Daemon): () => void {
-  const m = createMetrics(observe(d), { topHosts: d.config.control.topHosts });
-  setMetricsProvider(m.registry);
-  return () => {
-    m.stop();
-    setMetricsProvider(defaultRegister);
-  };
 }

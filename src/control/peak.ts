@@ -6,9 +6,9 @@
  */
 
 /** Seconds over which one average is taken. */
-export const PEAK_WINDOW_S = 10;
+const PEAK_WINDOW_S = 10;
 /** Seconds of history the peak looks back over. */
-export const PEAK_HISTORY_S = 60;
+const PEAK_HISTORY_S = 60;
 
 export class PeakRate {
   // One slot more than the history so the oldest window still has its start sample.

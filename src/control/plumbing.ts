@@ -1,5 +1,5 @@
 /**
- * The kernel plumbing of DESIGN.md §1, applied and removed with iproute2 (`ip`, run with execFile,
+ * The kernel plumbing of docs/architecture.md §Packet path, applied and removed with iproute2 (`ip`, run with execFile,
  * never a shell), like wg-quick does for WireGuard:
  *
  *   TUN:   ip addr add TUNADDR dev TUN; ip link set dev TUN mtu <outside MTU> up
@@ -31,8 +31,8 @@
  */
 import { readFileSync, rmSync } from "node:fs";
 import type { Logger } from "pino";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
@@ -44,8 +44,6 @@ import {
   sharedTableName,
 } from "./shared-address.js";
 import { writeJsonAtomic } from "./state-file.js";
-
-export { CommandError, execCommand, hostRunner, netnsRunner, type Runner } from "./runner.js";
 
 /** The guard's part (interfaces, prefixes, NAT addresses, table and priority) and the rest. */
 export interface PlumbingSpec extends GuardSpec {
@@ -386,7 +384,7 @@ export class Plumbing {
   }
 
   /**
-   * Dedicated-address mode: the host must not own the NAT address (DESIGN.md §1). The one
+   * Dedicated-address mode: the host must not own the NAT address (docs/architecture.md §Packet path). The one
    * exception selects shared-address mode: a single NAT address that is the outside interface's
    * own; then the reserved port range is worked out against the host's ephemeral range.
    */

@@ -23,8 +23,9 @@
  * the host keeps its traffic. ICMP flows and errors of tunnat's flows follow their conntrack
  * entries.
  */
+
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { formatIpv4 } from "../wire/addr.js";
-import { ErrorCode, TunnatError } from "./errors.js";
 
 /** The shared address, the internal one and the reserved port range. */
 export interface SharedMode {

@@ -1,5 +1,5 @@
 /**
- * Signals (DESIGN.md §5): SIGTERM/SIGINT stop the loop, remove the plumbing and close the TUN,
+ * Signals (docs/architecture.md §Decisions): SIGTERM/SIGINT stop the loop, remove the plumbing and close the TUN,
  * then exit 0 within a 2 s budget (systemd's stop and `docker stop` wait, then kill; a daemon that
  * is killed mid-way would leave rules behind). A second signal exits at once. SIGHUP reloads.
  */

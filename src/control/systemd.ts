@@ -12,8 +12,8 @@
  * daemon (systemd itself might be restarting).
  */
 import type { Logger } from "pino";
+import { errorMessage } from "../base/errors.js";
 import { monotonicUsec, sdNotify } from "../io/notify.js";
-import { errorMessage } from "./errors.js";
 
 export type Send = (message: string) => unknown;
 

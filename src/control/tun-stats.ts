@@ -12,7 +12,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-export const SYS_CLASS_NET = "/sys/class/net";
+const SYS_CLASS_NET = "/sys/class/net";
 
 /** One direction's counters. */
 export interface TunDirection {

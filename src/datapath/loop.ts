@@ -39,7 +39,11 @@ export interface LoopOptions {
   tickMs?: number;
   /** Seconds in which the sweep should cover the whole table. */
   sweepPeriod?: number;
-  /** High-resolution timer for batch timing (ms); defaults to the clock. */
+  /**
+   * Monotonic high-resolution timer for batch durations (ms). Never the batch clock: that one
+   * stands still for the whole batch, so every duration would read 0. Without a timer batch
+   * durations are not measured (batchSeconds stays 0).
+   */
   timer?: () => number;
 }
 
@@ -61,7 +65,7 @@ export class DataLoop {
     const period = opts.sweepPeriod ?? 10;
     const ticks = Math.max(1, (period * 1000) / this.tickMs);
     this.sweepBudget = Math.max(64, Math.ceil(translator.table.capacity / ticks));
-    this.timer = opts.timer ?? (() => clock.now());
+    this.timer = opts.timer ?? (() => 0);
   }
 
   get isRunning(): boolean {

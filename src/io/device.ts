@@ -1,5 +1,5 @@
 /**
- * Packet I/O contract (DESIGN.md §2). A device owns one preallocated arena of fixed-size slots and
+ * Packet I/O contract (README.md here; docs/architecture.md §Packet path). A device owns one preallocated arena of fixed-size slots and
  * an Int32Array of lengths. It fills slots 0..count-1 with packets read from the kernel and calls
  * the batch handler once per batch; the handler rewrites packets in place, sets `lengths[i]` to the
  * length to send back (0 = drop), and calls `write(count)`, which writes every slot with a

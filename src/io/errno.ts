@@ -13,7 +13,6 @@ export const EBADF = 9;
 export const EAGAIN = 11;
 export const ENODEV = 19;
 export const EINVAL = 22;
-export const ENOBUFS = 105;
 /** tun_chr_read_iter/tun_chr_write_iter answer EBADFD once the interface was deleted (tun_get() == NULL). */
 export const EBADFD = 77;
 

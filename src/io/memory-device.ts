@@ -8,7 +8,7 @@ import type { Device } from "./device.js";
 import { VNET_HDR_LEN } from "./device.js";
 
 /** The TUN device's slot size, so code under test sees the same arena layout. */
-export const MEMORY_SLOT_SIZE = 65_600;
+const MEMORY_SLOT_SIZE = 65_600;
 
 export interface MemoryDeviceOptions {
   name?: string;

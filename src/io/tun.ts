@@ -1,23 +1,13 @@
 /**
- * src/io: packet I/O (DESIGN.md §2). Contract of this folder:
- * - A Device (device.ts) owns one preallocated arena of slots plus an Int32Array of lengths, fills
- *   it with packets the kernel hands over and calls its batch handler once per batch; write(count)
- *   sends slots back in one native call. Nothing here allocates per packet, logs or reads the time.
- * - errno is classified once, here (errno.ts): EAGAIN/EINTR retry, the device vanished
- *   (EBADF/EBADFD/ENXIO/ENODEV) or fatal. Layers above see a batch, a count, or one onError call.
- * - The native addon (native/tun.cc) holds no policy: which offloads to try, what a failed write
- *   means and when to give up are decided in this file.
- *
- * This file: the TUN device through the addon. Opening with IFF_VNET_HDR and offloads (TSO, USO
- * where the kernel has it, Linux 6.2+) is what lets the kernel hand over 64 KiB GSO super-packets;
- * see native-notes/README.md for the kernel side.
+ * The TUN device through the addon (the folder's contract is in README.md here). Opening with
+ * IFF_VNET_HDR and offloads (TSO, USO where the kernel has it, Linux 6.2+) is what lets the kernel
+ * hand over 64 KiB GSO super-packets; see native-notes/README.md for the kernel side.
  */
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ErrorCode, TunnatError } from "../control/errors.js";
+import { join } from "node:path";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { Device } from "./device.js";
 import { VNET_HDR_LEN } from "./device.js";
 import {
@@ -30,14 +20,15 @@ import {
   errnoError,
   isErrnoError,
 } from "./errno.js";
+import { packageRoot } from "./package-root.js";
 
 /**
  * Bytes per slot: the largest packet a TUN hands over is a 65,535-byte IPv4 GSO packet plus its
  * 10-byte virtio_net_hdr; rounded up to a multiple of 64 so every slot starts on a cache line.
  */
 export const SLOT_SIZE = 65_600;
-export const DEFAULT_SLOTS = 64;
-export const MAX_SLOTS = 4096;
+const DEFAULT_SLOTS = 64;
+const MAX_SLOTS = 4096;
 
 export interface TunOptions {
   /** Interface name (at most 15 bytes); `%d` lets the kernel pick a number. */
@@ -122,18 +113,6 @@ interface NativeAddon {
 
 const ADDON_FILE = join("build", "Release", "tunnat_tun.node");
 let addon: NativeAddon | undefined;
-
-/** The package root: the nearest folder above this module that holds binding.gyp. */
-function packageRoot(): string | undefined {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, "binding.gyp"))) return dir;
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  return undefined;
-}
 
 /** Path of the built addon, or undefined when it was not built. */
 export function addonPath(): string | undefined {
@@ -248,7 +227,7 @@ function setOffloads(a: NativeAddon, nt: NativeTun, uso: boolean): TunOffloads {
 /** Retries of one slot that failed with EINTR before it is counted as dropped. */
 const EINTR_RETRIES = 3;
 
-export class TunDevice implements Device {
+class TunDevice implements Device {
   readonly name: string;
   readonly fd: number;
   readonly vnetHdr: boolean;

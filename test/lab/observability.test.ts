@@ -128,6 +128,17 @@ for i in range(${count}):
     ]);
     t.equal(ready.stdout, "200", "/readyz says forwarding");
 
+    // The batch-duration summary before any traffic (it was always 0 when the batch clock, which
+    // stands still during a batch, timed the batches).
+    const series = (text: string, name: string): number => {
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));
+    };
+    const before = await lab.metricsText();
+    const sumBefore = series(before, "tunnat_datapath_batch_duration_seconds_sum");
+    const countBefore = series(before, "tunnat_datapath_batch_duration_seconds_count");
+    t.ok(Number.isFinite(sumBefore) && Number.isFinite(countBefore), "the summary is exported");
+
     // The five one-datagram flows first, then the bulk flow in the background (~4 s).
     for (const p of EXTRA_PORTS)
       await lab.sh("p1", ["python3", "-c", sendScript(p, 1, EXTRA_PAYLOAD, 0)]);
@@ -196,6 +207,11 @@ for i in range(${count}):
     t.equal(await query("up"), 1);
     const got = (sink.out().match(/^got /gm) ?? []).length;
     t.equal(got, packets, "the sink on inet received every datagram");
+    const after = await lab.metricsText();
+    const countAfter = series(after, "tunnat_datapath_batch_duration_seconds_count");
+    const sumAfter = series(after, "tunnat_datapath_batch_duration_seconds_sum");
+    t.ok(countAfter - countBefore >= 1, `batches timed: ${countBefore} -> ${countAfter}`);
+    t.ok(sumAfter > sumBefore, `batch duration moves under traffic: ${sumBefore} -> ${sumAfter} s`);
 
     // Stop the daemon: every live mapping gets its remove line.
     t.equal(await lab.stopDaemon(), 0, "the daemon exits 0");

@@ -15,14 +15,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
-import { ErrorCode, TunnatError } from "../../src/control/errors.js";
-import {
-  CommandError,
-  netnsRunner,
-  Plumbing,
-  type PlumbingSpec,
-  type Runner,
-} from "../../src/control/plumbing.js";
+import { ErrorCode, TunnatError } from "../../src/base/errors.js";
+import { Plumbing, type PlumbingSpec } from "../../src/control/plumbing.js";
+import { CommandError, netnsRunner, type Runner } from "../../src/control/runner.js";
 import { parseCidr, parseIpv4 } from "../../src/wire/addr.js";
 
 const GW = `tn-${process.pid}-gw`;

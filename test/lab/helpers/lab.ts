@@ -11,18 +11,12 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  daemonArgs,
-  type LabFile,
-  type LabState,
-  labDown,
-  labUp,
-  packageRoot,
-} from "../../../src/cli/lab.js";
+import { daemonArgs, type LabFile, type LabState, labDown, labUp } from "../../../src/cli/lab.js";
+import { packageRoot } from "../../../src/io/package-root.js";
 
 export type Role = "p1" | "p2" | "nat" | "inet";
 
-export const ROOT = packageRoot();
+export const ROOT = packageRoot() ?? process.cwd();
 export const BIN = join(ROOT, "bin", "tunnat.js");
 /** Scapy scripts live next to this file's source (tsc does not copy .py files into dist/). */
 export const HELPERS = join(ROOT, "test", "lab", "helpers");

@@ -1,4 +1,5 @@
 import t from "tap";
+import { ErrorCode, TunnatError } from "../../../src/base/errors.js";
 import {
   FIELDS,
   type LoadInput,
@@ -6,7 +7,6 @@ import {
   RELOADABLE_SETTINGS,
   reloadChanges,
 } from "../../../src/control/config.js";
-import { ErrorCode, TunnatError } from "../../../src/control/errors.js";
 import { parseIpv4 } from "../../../src/wire/addr.js";
 
 const BASE = {

@@ -7,10 +7,10 @@ import t from "tap";
 import { formatFlow } from "../../../src/cli/flows.js";
 import { formatStats } from "../../../src/cli/stats.js";
 import { ManualClock } from "../../../src/conntrack/clock.js";
+import { request } from "../../../src/control/control-client.js";
 import {
   type ControlSource,
   MAX_CLIENTS,
-  request,
   startControlSocket,
 } from "../../../src/control/control-socket.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";

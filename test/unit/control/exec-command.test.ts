@@ -4,7 +4,7 @@
  * systemd's default KillMode this was the only trace of a proxy ARP entry left behind.
  */
 import t from "tap";
-import { CommandError, execCommand } from "../../../src/control/plumbing.js";
+import { CommandError, execCommand } from "../../../src/control/runner.js";
 
 t.test("a command killed by a signal says which signal", async (t) => {
   const e = await execCommand("sh", ["-c", "kill -TERM $$"]).catch((x: unknown) => x);

@@ -2,7 +2,7 @@ import t from "tap";
 import { ManualClock } from "../../../src/conntrack/clock.js";
 import { hasCapNetAdmin } from "../../../src/control/checks.js";
 import { BatchClock } from "../../../src/control/clock.js";
-import { setMetricsProvider, startHttpServer } from "../../../src/control/http.js";
+import { startHttpServer } from "../../../src/control/http.js";
 
 t.test("/healthz answers 503 before the data path is up and 200 after", async (t) => {
   const h = await startHttpServer({ host: "127.0.0.1", port: 0 });
@@ -16,13 +16,14 @@ t.test("/healthz answers 503 before the data path is up and 200 after", async (t
   t.equal((await fetch(`${url}/nope`)).status, 404);
 });
 
-t.test("/metrics answers from the installed provider", async (t) => {
-  setMetricsProvider({
+t.test("/metrics answers 503 until a provider is set, then from the provider", async (t) => {
+  const h = await startHttpServer({ host: "127.0.0.1", port: 0 });
+  t.teardown(() => h.close());
+  t.equal((await fetch(`http://127.0.0.1:${h.address.port}/metrics`)).status, 503);
+  h.setMetrics({
     contentType: "text/plain; version=0.0.4",
     metrics: async () => "tunnat_up 1\n",
   });
-  const h = await startHttpServer({ host: "127.0.0.1", port: 0 });
-  t.teardown(() => h.close());
   const r = await fetch(`http://127.0.0.1:${h.address.port}/metrics`);
   t.equal(r.status, 200);
   t.equal(await r.text(), "tunnat_up 1\n");

@@ -1,6 +1,6 @@
 import t from "tap";
+import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 import { loadConfig } from "../../../src/control/config.js";
-import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/control/errors.js";
 import { parseEgressRule, parseForward, RuleError } from "../../../src/control/policy-config.js";
 import { EgressAnswer } from "../../../src/nat/egress.js";
 import { parseIpv4 } from "../../../src/wire/addr.js";

@@ -1,5 +1,5 @@
 import t from "tap";
-import { ErrorCode } from "../../../src/control/errors.js";
+import { ErrorCode } from "../../../src/base/errors.js";
 import {
   classifyErrno,
   EAGAIN,

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
-import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/control/errors.js";
+import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 
 const docs = readFileSync(join(process.cwd(), "docs", "errors.md"), "utf8");
 

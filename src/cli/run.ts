@@ -1,0 +1,90 @@
+/**
+ * `tunnat run`: load the settings, start the daemon (control/daemon.ts, which builds and wires
+ * the gateway), and add what belongs to the process: the logger, the signal handlers (SIGTERM,
+ * SIGINT stop; SIGHUP reloads), systemd notification and its watchdog.
+ */
+import { errorMessage, isTunnatError } from "../base/errors.js";
+import { loadConfig, type TunnatConfig } from "../control/config.js";
+import { formatCidr, formatIpv4 } from "../wire/addr.js";
+import { type Command, fail, inputFrom, settingsOptions } from "./command.js";
+
+export const run: Command = {
+  command: "run",
+  describe: "run the NAT daemon",
+  builder: settingsOptions,
+  run: runCommand,
+};
+
+async function runCommand(argv: Record<string, unknown>): Promise<number> {
+  const input = inputFrom(argv);
+  let cfg: TunnatConfig;
+  try {
+    cfg = loadConfig(input);
+  } catch (e) {
+    return fail(e);
+  }
+  const { createLogger } = await import("../control/log.js");
+  const { Daemon } = await import("../control/daemon.js");
+  const { installSignalHandlers } = await import("../control/shutdown.js");
+  const { SystemdNotifier } = await import("../control/systemd.js");
+  const log = createLogger({ level: cfg.control.logLevel });
+  const notifier = new SystemdNotifier({ log });
+  notifier.status("starting");
+  let daemon: Awaited<ReturnType<typeof Daemon.start>>;
+  try {
+    daemon = await Daemon.start(cfg, log);
+  } catch (e) {
+    log.error(
+      { code: isTunnatError(e) ? e.code : undefined, err: errorMessage(e) },
+      "start failed",
+    );
+    notifier.status(`start failed: ${errorMessage(e)}`);
+    return fail(e);
+  }
+  const shutdown = installSignalHandlers({
+    log,
+    stop: () => {
+      notifier.stopping();
+      return daemon.stop();
+    },
+    reload: () => {
+      notifier.reloading();
+      try {
+        daemon.reload(loadConfig(input));
+        notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+      } catch (e) {
+        // The old settings stay: say so, and leave the reloading state either way.
+        notifier.ready(
+          `${forwardingStatus(daemon.config, daemon.device?.name)}; reload failed: ${errorMessage(e)}`,
+        );
+        throw e;
+      }
+    },
+  });
+  // A TUN that disappears, or a bug, still ends with the plumbing removed, and exits 1.
+  daemon.onFatal = (err) => {
+    log.error(
+      { err: errorMessage(err), code: (err as { code?: string }).code },
+      "data path failed",
+    );
+    void shutdown.trigger("data path failed", 1);
+  };
+  process.on("uncaughtException", (err) => {
+    log.fatal({ err: errorMessage(err) }, "uncaught exception");
+    void shutdown.trigger("uncaught exception", 1);
+  });
+  // systemd (Type=notify): ready once forwarding is set up; the watchdog pings only while the
+  // data path is healthy (the same check as /readyz).
+  notifier.ready(forwardingStatus(daemon.config, daemon.device?.name));
+  const readiness = daemon.readiness;
+  notifier.startWatchdog(() => (readiness ? readiness() : "data path not running"));
+  // Keep running: signals end the process (shutdown.ts calls process.exit).
+  return new Promise<number>(() => undefined);
+}
+
+/** STATUS= text for systemctl status: what is being translated to what. */
+function forwardingStatus(cfg: TunnatConfig, tun?: string): string {
+  const inside = cfg.nat.inside.map(formatCidr).join(" ");
+  const nat = cfg.nat.natAddresses.map(formatIpv4).join(" ");
+  return `forwarding ${inside} via ${tun ?? cfg.control.tun} as ${nat}`;
+}
