@@ -762,11 +762,7 @@ export function resolveSettings(input: LoadInput): Resolved {
     for (const [i, text] of raw.texts.entries()) {
       const p = f.parse(text);
       if (p instanceof Bad)
-        throw configError(
-          f.list ? `${f.list.noun} ${i + 1} (${raw.where})` : raw.where,
-          text,
-          p.why,
-        );
+        throw configError(raw.where, text, f.list ? `${f.list.noun} ${i + 1}, ${p.why}` : p.why);
       parsed.push(p);
     }
     (values as Record<string, unknown>)[name] = repeatable ? parsed : parsed[parsed.length - 1];
@@ -791,18 +787,19 @@ function validateForwards(
   where: string,
 ): void {
   forwards.forEach((fw, i) => {
-    const at = `forward ${i + 1} (${where})`;
+    const at = where;
+    const n = `forward ${i + 1}, `;
     if (!inside.some((p) => cidrContains(p, fw.inside)))
       throw configError(
         at,
         fw.text,
-        `field "inside address": ${formatIpv4(fw.inside)} is in no --inside prefix (${inside.map(formatCidr).join(", ")})`,
+        `${n}field "inside address": ${formatIpv4(fw.inside)} is in no --inside prefix (${inside.map(formatCidr).join(", ")})`,
       );
     if (fw.natAddress !== null && !natAddresses.includes(fw.natAddress))
       throw configError(
         at,
         fw.text,
-        `field "nat address": ${formatIpv4(fw.natAddress)} is not one of --nat-address (${natAddresses.map(formatIpv4).join(", ")})`,
+        `${n}field "nat address": ${formatIpv4(fw.natAddress)} is not one of --nat-address (${natAddresses.map(formatIpv4).join(", ")})`,
       );
     for (let j = 0; j < i; j++) {
       const o = forwards[j] as Forward;
@@ -814,7 +811,7 @@ function validateForwards(
         throw configError(
           at,
           fw.text,
-          `field "port": forward ${j + 1} (${o.text}) already uses it`,
+          `${n}field "port": forward ${j + 1} (${o.text}) already uses it`,
         );
     }
   });

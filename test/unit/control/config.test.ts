@@ -146,6 +146,9 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
+    ["internal-address", "127.0.0.2", /loopback/],
+    ["egress", "deny proto=sctp", /egress rule 1, field "proto"/],
+    ["forward", "tcp:443", /forward 1, field "forward"/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);

@@ -10,6 +10,7 @@ import { ManualClock } from "../../../src/conntrack/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
+import { Forwards } from "../../../src/nat/forwards.js";
 import { NatStats } from "../../../src/nat/stats.js";
 import { Translator } from "../../../src/nat/translate.js";
 import { ip } from "../../helpers/packet.js";
@@ -36,6 +37,17 @@ async function registered(): Promise<string[]> {
       lastGuardDrops: () => null,
       tunName: "tun-test",
       tunCounters: () => null,
+      egress: () => tr.egress,
+      forwards: new Forwards([
+        {
+          proto: 6,
+          natAddress: null,
+          port: 443,
+          inside: ip("10.0.0.9"),
+          insidePort: 443,
+          text: "",
+        },
+      ]),
     },
     { defaultMetrics: false },
   );
