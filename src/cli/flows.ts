@@ -4,16 +4,15 @@
  * --json. Filters (--host, --proto, --state, --limit) run in the daemon, so only matches cross
  * the socket.
  */
+import { PROTOCOL_NAMES, protocolByName } from "../base/protocols.js";
 import { request } from "../control/control-client.js";
 import type { FlowFilter, FlowRecord } from "../control/control-protocol.js";
 import { clientOptions, reachableSocket } from "./client.js";
 import type { Command } from "./command.js";
 
-const PROTO_NUM: Record<string, number> = { tcp: 6, udp: 17, icmp: 1 };
-
 /** One flow as `conntrack -L` prints it (with accounting on). */
 export function formatFlow(r: FlowRecord): string {
-  const num = PROTO_NUM[r.proto] ?? 0;
+  const num = protocolByName(r.proto)?.number ?? 0;
   const head = `${r.proto.padEnd(8)} ${num} ${r.timeout}${r.proto === "tcp" ? ` ${r.state}` : ""}`;
   const ports = (sport: number, dport: number, reply: boolean) =>
     r.proto === "icmp"
@@ -54,7 +53,7 @@ export const flows: Command = {
   builder: (y) =>
     clientOptions(y)
       .option("host", { type: "string", describe: "only flows of this inside host" })
-      .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
+      .option("proto", { choices: PROTOCOL_NAMES, describe: "only this protocol" })
       .option("state", {
         type: "string",
         describe: "only flows in this state (TCP state name, or REPLIED/UNREPLIED)",

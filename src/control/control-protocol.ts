@@ -8,11 +8,12 @@
  * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats", or
  * "error" (with a TunnatError code).
  */
+import type { ProtocolName } from "../base/protocols.js";
 
 export interface FlowFilter {
   /** Inside host (dotted quad). */
   host?: string;
-  proto?: "tcp" | "udp" | "icmp";
+  proto?: ProtocolName;
   /** TCP state name (ESTABLISHED, SYN_SENT, ...) or, for UDP and ICMP, UNREPLIED / REPLIED. */
   state?: string;
   limit?: number;

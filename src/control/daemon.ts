@@ -21,6 +21,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
@@ -205,7 +206,8 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    this.translator = new Translator(core, this.clock, this.stats, this.mappingLog?.hooks);
+    const table = new FlowTable(core, this.stats, this.mappingLog?.hooks);
+    this.translator = new Translator(core, table, this.clock, this.stats);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,

@@ -1,0 +1,27 @@
+/** Callbacks of the connection table, for the mapping log (control/mapping-log.ts). */
+export interface FlowHooks {
+  /** Called per mapping create/remove (never per packet) for the RFC 6888 §4 log. */
+  mappingCreated?(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+  ): void;
+  mappingRemoved?(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    now: number,
+    createdAt: number,
+    bytesOut: number,
+    bytesIn: number,
+  ): void;
+}
