@@ -76,6 +76,11 @@ class Trie {
   /** Each node's rules with a source prefix, in rule order. */
   private readonly sStart: Int32Array;
   private readonly sCount: Int32Array;
+  /** Slow rules by port: per node its intervals (sbStart, sbCount) into sBounds; per interval
+   * the rules covering it, in order (sLStart, sLCount into slow). */
+  private readonly sBounds: Int32Array;
+  private readonly sLStart: Int32Array;
+  private readonly sLCount: Int32Array;
   private readonly slow: Int32Array;
 
   constructor(
@@ -163,6 +168,9 @@ class Trie {
     const bounds: number[] = [];
     const bmin: number[] = [];
     const slowAll: number[] = [];
+    const sBounds: number[] = [];
+    const sLStart: number[] = [];
+    const sLCount: number[] = [];
     for (let v = 0; v < nodes; v++) {
       const f = fast[v] as number[];
       this.bStart[v] = bounds.length;
@@ -175,9 +183,26 @@ class Trie {
       }
       this.bCount[v] = bounds.length - (this.bStart[v] as number);
       const sl = slow[v] as number[];
-      this.sStart[v] = slowAll.length;
-      this.sCount[v] = sl.length;
-      slowAll.push(...sl);
+      // The node's source-prefix rules cut by port like the others: per interval, the rules
+      // covering it in order, so a lookup looks only at rules whose ports match. Bounded: a node
+      // whose lists would exceed SLOW_LIST_MAX entries keeps one interval with all its rules.
+      this.sStart[v] = sBounds.length;
+      const cuts = portless ? [0] : cutsOf(sl, portLo, portHi);
+      let lists = cuts.map((c) =>
+        sl.filter((r) => portless || ((portLo[r] as number) <= c && c <= (portHi[r] as number))),
+      );
+      if (lists.reduce((a, l) => a + l.length, 0) > SLOW_LIST_MAX + sl.length) {
+        cuts.length = 1;
+        cuts[0] = 0;
+        lists = [sl];
+      }
+      for (let k = 0; k < cuts.length; k++) {
+        sBounds.push(cuts[k] as number);
+        sLStart.push(slowAll.length);
+        sLCount.push((lists[k] as number[]).length);
+        slowAll.push(...(lists[k] as number[]));
+      }
+      this.sCount[v] = sl.length > 0 ? cuts.length : 0;
       this.subMin[v] = Math.min(
         f.length > 0 ? (f[0] as number) : n,
         sl.length > 0 ? (sl[0] as number) : n,
@@ -186,6 +211,9 @@ class Trie {
     this.bounds = Int32Array.from(bounds);
     this.bmin = Int32Array.from(bmin);
     this.slow = Int32Array.from(slowAll);
+    this.sBounds = Int32Array.from(sBounds);
+    this.sLStart = Int32Array.from(sLStart);
+    this.sLCount = Int32Array.from(sLCount);
     // Children have higher node numbers than their parent: a reverse pass is bottom-up.
     for (let v = nodes - 1; v >= 0; v--) {
       let m = this.subMin[v] as number;
@@ -243,8 +271,17 @@ class Trie {
   }
 
   /** The first of a node's source-prefix rules that matches and beats `best`, else `best`. */
-  private scanSlow(ss: number, sc: number, best: number, src: number, dport: number): number {
-    const se = ss + sc;
+  private scanSlow(sb: number, sc: number, best: number, src: number, dport: number): number {
+    // The node's interval holding dport, then its rules.
+    let lo = sb;
+    let hi = sb + sc - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if ((this.sBounds[mid] as number) <= dport) lo = mid;
+      else hi = mid - 1;
+    }
+    const ss = this.sLStart[lo] as number;
+    const se = ss + (this.sLCount[lo] as number);
     for (let k = ss; k < se; k++) {
       const r = this.slow[k] as number;
       if (r >= best) return best;
@@ -254,6 +291,19 @@ class Trie {
     }
     return best;
   }
+}
+
+/** Entries a node's per-interval lists of source-prefix rules may hold beyond one per rule. */
+const SLOW_LIST_MAX = 4096;
+
+/** Interval starts of the port space cut at the range ends of `ids`, sorted, from 0. */
+function cutsOf(ids: readonly number[], lo: Uint16Array, hi: Uint16Array): number[] {
+  const cuts = new Set<number>([0]);
+  for (const r of ids) {
+    cuts.add(lo[r] as number);
+    if ((hi[r] as number) < 65535) cuts.add((hi[r] as number) + 1);
+  }
+  return [...cuts].sort((a, b) => a - b);
 }
 
 /**
@@ -269,12 +319,7 @@ function partition(
   n: number,
 ): { starts: number[]; min: number[] } {
   if (lo === null || hi === null) return { starts: [0], min: [ids[0] as number] };
-  const cuts = new Set<number>([0]);
-  for (const r of ids) {
-    cuts.add(lo[r] as number);
-    if ((hi[r] as number) < 65535) cuts.add((hi[r] as number) + 1);
-  }
-  const starts = [...cuts].sort((a, b) => a - b);
+  const starts = cutsOf(ids, lo, hi);
   const min = new Array<number>(starts.length).fill(n);
   // next[k]: the first unpainted interval at or after k (path-compressed).
   const next = Array.from({ length: starts.length + 1 }, (_, k) => k);
