@@ -1,4 +1,5 @@
 /** `tunnat check`: every prerequisite and the config's validity, reported; changes nothing. */
+import { describeConfig, loadConfig } from "../control/config.js";
 import type { Command } from "./command.js";
 import { inputFrom, settingsOptions } from "./command.js";
 
@@ -10,7 +11,13 @@ export const check: Command = {
     const { runChecks, formatChecks } = await import("../control/checks.js");
     const results = await runChecks({ input: inputFrom(argv) });
     const ok = results.every((r) => r.ok);
-    if (argv.json) process.stdout.write(`${JSON.stringify({ ok, checks: results }, null, 2)}\n`);
+    // The effective settings, every field (null when the config is invalid: "config" says why).
+    let settings: ReturnType<typeof describeConfig> | null = null;
+    try {
+      settings = describeConfig(loadConfig(inputFrom(argv)));
+    } catch {}
+    if (argv.json)
+      process.stdout.write(`${JSON.stringify({ ok, checks: results, settings }, null, 2)}\n`);
     else process.stdout.write(formatChecks(results));
     return ok ? 0 : 1;
   },

@@ -6,7 +6,7 @@
  */
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeFor, isTunnatError } from "../base/errors.js";
-import { FIELDS, type LoadInput } from "../control/config.js";
+import { type LoadInput, settingFlags } from "../control/config.js";
 
 export interface Command {
   /** The yargs command string ("flows", "lab"). */
@@ -34,14 +34,14 @@ export function settingsOptions(y: Argv): Argv {
     describe: "JSON config file (settings by their camelCase names)",
     group: "Settings:",
   });
-  for (const f of Object.values(FIELDS)) {
+  // Strings, booleans too: config.ts parses every value and names a bad one.
+  for (const f of settingFlags())
     y.option(f.flag, {
-      type: f.boolean ? "boolean" : "string",
-      describe: `${f.describe} [env ${f.env}]${f.def !== undefined ? ` (default ${f.def})` : ""}`,
+      type: "string",
+      describe: f.describe,
       group: "Settings:",
-      requiresArg: !f.boolean,
+      requiresArg: f.requiresArg,
     });
-  }
   return y;
 }
 

@@ -47,7 +47,7 @@ import { statsSnapshot } from "./stats-snapshot.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
-export interface OpenTunOptions {
+interface OpenTunOptions {
   name: string;
   vnetHdr: boolean;
   offloads: boolean;

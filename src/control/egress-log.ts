@@ -9,7 +9,7 @@ import type { EgressPolicy } from "../nat/egress.js";
 import { formatIpv4 } from "../wire/addr.js";
 
 /** At most one refusal line per 10 s. */
-export const LOG_INTERVAL_MS = 10_000;
+const LOG_INTERVAL_MS = 10_000;
 const TICK_MS = 1000;
 const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp" };
 

@@ -21,7 +21,7 @@ import { EgressAnswer, type EgressRule } from "../nat/egress.js";
 import { formatCidr, parseCidr, parseIpv4 } from "../wire/addr.js";
 
 const PROTOS: Record<string, number> = { any: 0, icmp: 1, tcp: 6, udp: 17 };
-export const EGRESS_FIELDS = ["to", "from", "proto", "ports", "answer"] as const;
+const EGRESS_FIELDS = ["to", "from", "proto", "ports", "answer"] as const;
 
 /** A parse failure: which field and why. */
 export class RuleError {

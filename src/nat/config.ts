@@ -7,9 +7,9 @@ import { defaultTimeouts, TIMEOUT_SPECS, type Timeouts } from "../base/protocols
 import type { ConntrackConfig, ForwardPort } from "../conntrack/config.js";
 import type { EgressRule } from "./egress.js";
 
-export type { FilteringMode, MappingMode, Timeouts } from "../conntrack/config.js";
+export type { Timeouts } from "../conntrack/config.js";
 
-export interface Prefix {
+interface Prefix {
   /** Network address, host-order uint32 (already masked). */
   addr: number;
   /** Prefix length 0..32. */

@@ -19,7 +19,11 @@
  * reload ended; it keeps the last refusal's tuple for the control plane's rate-limited log. It
  * never logs itself.
  */
-import type { Prefix } from "./config.js";
+/** A prefix: network address (host order, masked) and length 0..32. */
+interface Prefix {
+  addr: number;
+  len: number;
+}
 
 /** How a refused flow is answered. */
 export const EgressAnswer = {
@@ -31,8 +35,6 @@ export const EgressAnswer = {
   Silent: 2,
 } as const;
 export type EgressAnswer = (typeof EgressAnswer)[keyof typeof EgressAnswer];
-
-export const EGRESS_ANSWER_NAMES = ["icmp", "rst", "silent"] as const;
 
 /** One rule, already parsed and validated (control/policy-config.ts). */
 export interface EgressRule {

@@ -1,7 +1,7 @@
 /**
  * Egress rules and static port forwards against the real daemon in the namespace lab of
  * lab/README.md (p1 10.0.1.2, p2 10.0.1.3 -- nat [NAT 203.0.113.1] -- inet 203.0.113.10/.11),
- * with real sockets (test/lab/helpers/connect.py) and real servers (socat):
+ * with real sockets (test/netns/helpers/connect.py) and real servers (socat):
  *
  * - egress: the rules of the config file refuse exactly the flows they name, each with its own
  *   answer as the socket sees it: a TCP RST (ECONNREFUSED), ICMP 3/13 (EHOSTUNREACH), nothing (a
