@@ -5,16 +5,30 @@
  * incremental counts (stats.ts) instead.
  */
 import { PROTO_SLOTS, protoSlot } from "../base/protocols.js";
-import type { FlowTable } from "./table.js";
+import type { HostTable } from "./hosts.js";
+import type { PortAllocator } from "./ports.js";
+
+/** What a scan reads of the flow table (table.ts; an interface, so this file does not import it). */
+export interface ScannedTable {
+  readonly capacity: number;
+  readonly ports: PortAllocator;
+  readonly hosts: HostTable;
+  proto(f: number): number;
+  iaddr(f: number): number;
+  pktsOut(f: number): number;
+  pktsIn(f: number): number;
+  bytesOut(f: number): number;
+  bytesIn(f: number): number;
+}
 
 /** Call fn(flowId) for each live flow. */
-export function forEachFlow(t: FlowTable, fn: (flow: number) => void): void {
+export function forEachFlow(t: ScannedTable, fn: (flow: number) => void): void {
   for (let f = 0; f < t.capacity; f++) if (t.proto(f) !== 0) fn(f);
 }
 
 /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
 export function portUsage(
-  t: FlowTable,
+  t: ScannedTable,
   addrIndex: number,
   proto: number,
 ): { used: number; free: number } {
@@ -28,7 +42,7 @@ export function portUsage(
  * of hosts that left the table is in hosts.departed*.
  */
 export function hostTraffic(
-  t: FlowTable,
+  t: ScannedTable,
   fn: (addr: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number) => void,
 ): void {
   const h = t.hosts;

@@ -529,6 +529,15 @@ export const FIELDS = {
     kind: BOOL,
     describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
   },
+  tunQueueLength: {
+    key: "tunQueueLength",
+    flag: "tun-queue-length",
+    env: "TUNNAT_TUN_QUEUE_LENGTH",
+    kind: intRange(1, 1_000_000),
+    to: "control",
+    describe:
+      "packets the TUN queues for the daemon before the kernel drops (its txqueuelen), set at start; default: the kernel's (500)",
+  },
   restoreTtl: {
     key: "restoreTtl",
     flag: "restore-ttl",

@@ -1,6 +1,6 @@
 import t from "tap";
 import yargs from "yargs";
-import { ErrorCode, TunnatError } from "../../../src/base/errors.js";
+import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 import {
   describeConfig,
   FIELDS,
@@ -152,6 +152,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["internal-address", "127.0.0.2", /loopback/],
     ["egress", "deny proto=sctp", /egress rule 1, field "proto"/],
     ["forward", "tcp:443", /forward 1, field "forward"/],
+    ["tun-queue-length", "0", /1\.\.1000000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);
@@ -162,6 +163,29 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.match(e.message, why, flag);
   }
 });
+
+t.test(
+  "--tun-queue-length: unset leaves the kernel's, a value is kept, too large exits 2",
+  async (t) => {
+    t.equal(load({}).control.tunQueueLength, undefined, "default: the kernel's queue length");
+    t.equal(load({ "tun-queue-length": "16" }).control.tunQueueLength, 16);
+    t.equal(
+      loadConfig({ flags: BASE, env: { TUNNAT_TUN_QUEUE_LENGTH: "4096" } }).control.tunQueueLength,
+      4096,
+      "from the environment",
+    );
+    const e = errorOf(() => load({ "tun-queue-length": "1000001" }));
+    t.equal(e.code, ErrorCode.Config);
+    t.equal(exitCodeFor(e.code), 2, "exits 2");
+    t.match(e.message, /--tun-queue-length "1000001"/);
+    const r = reloadChanges(load({}), load({ "tun-queue-length": "64" }));
+    t.same(
+      r.needRestart.map((c) => c.field),
+      ["tunQueueLength"],
+      "a changed queue length needs a restart",
+    );
+  },
+);
 
 t.test(
   "the plumbing state file: $STATE_DIRECTORY under systemd, else next to the socket",
