@@ -1059,6 +1059,9 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     ...settingsTo(v, "nat"),
     natAddresses,
     inside,
+    // Lists nobody gave are absent from the settings: none.
+    egress: v.egress ?? [],
+    forwards: v.forwards ?? [],
     portLo: v.ports[0],
     portHi: v.ports[1],
     timeouts,

@@ -100,6 +100,12 @@ t.test("a bad forward names the field", async (t) => {
   }
 });
 
+t.test("config: without rules or forwards there are none", async (t) => {
+  const c = loadConfig({ flags: { ...BASE }, env: {} });
+  t.same(c.nat.egress, []);
+  t.same(c.nat.forwards, []);
+});
+
 t.test("config: egress rules from flags and from the file (strings or objects)", async (t) => {
   const c = loadConfig({
     flags: { ...BASE, egress: ["deny to=192.0.2.0/24 proto=udp", "allow"] },
