@@ -14,6 +14,7 @@ import type { Forwards } from "../nat/forwards.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
+import type { TableStateStats } from "./table-keeper.js";
 import type { TunCounters } from "./tun-stats.js";
 
 /** [number, name] per protocol, derived from base/protocols.ts. */
@@ -49,6 +50,8 @@ export interface Observed {
   /** The egress rules in force (a reload swaps them) and the static forwards. */
   egress?: () => EgressPolicy;
   forwards?: Forwards;
+  /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
+  tableState?: TableStateStats;
 }
 
 export interface PortUsage {
