@@ -13,12 +13,13 @@ import { check } from "./check.js";
 import { type Command, fail } from "./command.js";
 import { down } from "./down.js";
 import { flows } from "./flows.js";
+import { ha } from "./ha.js";
 import { lab } from "./lab.js";
 import { run } from "./run.js";
 import { stats } from "./stats.js";
 
 /** Every verb, in the order --help lists them. */
-const COMMANDS: readonly Command[] = [run, down, check, flows, stats, lab];
+const COMMANDS: readonly Command[] = [run, down, check, flows, stats, ha, lab];
 
 export function version(): string {
   try {

@@ -36,7 +36,7 @@ import { PROTO_SLOTS, PROTOCOLS, protoSlot } from "../base/protocols.js";
 import { ADOPT_CONFLICT, ADOPT_FULL, type FlowTable, Proto } from "./table.js";
 import { TCP_STATE_NAMES } from "./tcp-state.js";
 
-export const SectionTag = {
+const SectionTag = {
   FLOWS: 1,
   MAPPINGS: 2,
   RESTING: 3,

@@ -4,8 +4,9 @@
  *
  *   {"cmd":"flows","host":"10.0.0.5","proto":"tcp","state":"ESTABLISHED","limit":100}
  *   {"cmd":"stats"}
+ *   {"cmd":"ha","action":"role","state":"MASTER"}     (an HA pair's gateway, src/ha)
  *
- * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats", or
+ * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats", "ha", or
  * "error" (with a TunnatError code).
  */
 import type { ProtocolName } from "../base/protocols.js";
@@ -39,4 +40,7 @@ export interface FlowRecord {
   inbound: boolean;
 }
 
-export type ControlRequest = ({ cmd: "flows" } & FlowFilter) | { cmd: "stats" };
+export type ControlRequest =
+  | ({ cmd: "flows" } & FlowFilter)
+  | { cmd: "stats" }
+  | { cmd: "ha"; action: "role" | "status"; state?: string };

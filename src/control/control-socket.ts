@@ -55,6 +55,8 @@ export interface ControlSource {
   nowSec(): number;
   /** The counters `tunnat stats` prints. */
   stats(): Record<string, unknown>;
+  /** `tunnat ha` (src/ha), when this daemon is one of an HA pair. */
+  ha?(req: { action?: unknown; state?: unknown }): Promise<object>;
 }
 
 function stateName(table: FlowTable, f: number): string {
@@ -336,6 +338,13 @@ const HANDLERS: Record<
   flows: (src, req, sock) => streamFlows(src, req as FlowFilter, sock),
   stats: async (src, _req, sock) => {
     await send(sock, { type: "stats", stats: src.stats() });
+  },
+  ha: async (src, req, sock) => {
+    if (!src.ha) throw badRequest("this daemon is not one of an HA pair (no --ha)");
+    await send(sock, {
+      type: "ha",
+      ha: await src.ha(req as { action?: unknown; state?: unknown }),
+    });
   },
 };
 

@@ -5,8 +5,9 @@
  *   config -> preflight checks -> refusals (control socket answered, plumbing.check()) -> HTTP
  *   listener (/healthz 503) -> mapping log -> translator (flow table, batch clock, stats) -> TUN
  *   device -> kernel plumbing and guard -> data loop (batch clock, duration timer) -> kernel
- *   monitor and readiness (readiness.ts) -> metrics (over an Observed view, served by the HTTP
- *   listener) -> control socket -> /healthz 200, "forwarding"
+ *   monitor and readiness (readiness.ts) -> HA pair (src/ha, with --ha: sync, role, takeovers)
+ *   -> metrics (over an Observed view, served by the HTTP listener) -> control socket ->
+ *   /healthz 200, "forwarding"
  *
  * Construction happens here, in start order, because the order is the contract: every refusal is
  * checked before anything is changed, so a refused start touches nothing of another daemon, and a
@@ -23,6 +24,8 @@ import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
+import { loadHaSettings } from "../ha/config.js";
+import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
@@ -137,6 +140,8 @@ export class Daemon {
   control: ControlServer | undefined;
   /** Stops the egress policy's rate-limited refusal log (egress-log.ts). */
   private stopEgressLog: (() => void) | undefined;
+  /** The HA pair's runtime (src/ha) when started with --ha. */
+  ha: HaRuntime | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
   /** What the last SIGHUP did, if there was one. */
@@ -172,6 +177,8 @@ export class Daemon {
     if (this.deps.preflight) preflight();
     // What the core is built with: the config's, except in shared-address mode (below).
     let core = cfg.nat;
+    // A bad HA file or key is a refused start: read it before anything is touched.
+    const haSettings = c.ha !== undefined ? loadHaSettings(c.ha) : undefined;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
     if (await socketAnswers(c.controlSocket))
       throw new TunnatError(
@@ -209,7 +216,12 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    const table = new FlowTable(core, this.stats, this.mappingLog?.hooks);
+    // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync.
+    const ring = haSettings ? createRing(haSettings) : undefined;
+    const hooks = ring
+      ? { ...this.mappingLog?.hooks, flowEvent: (k: number, f: number) => ring.flowEvent(k, f) }
+      : this.mappingLog?.hooks;
+    const table = new FlowTable(core, this.stats, hooks);
     this.translator = new Translator(core, table, this.clock, this.stats);
     if (c.tableStateFile !== null) {
       this.tableKeeper = new TableKeeper({
@@ -247,6 +259,8 @@ export class Daemon {
     this.loop = new DataLoop(this.device, this.translator, this.clock, {
       timer: this.deps.timer ?? (() => performance.now()),
     });
+    // A gateway of a pair starts as the standby: it forwards once it is made active.
+    this.loop.forwarding = haSettings === undefined;
     this.loop.start((err) => {
       if (this.onFatal) this.onFatal(err);
       else throw err;
@@ -261,6 +275,22 @@ export class Daemon {
     );
     await this.kernel.poll();
     this.kernel.start();
+    if (haSettings && ring) {
+      const clock = this.clock;
+      this.ha = await startHa(haSettings, {
+        table: this.translator.table,
+        ring,
+        nowSec: () => Math.floor(clock.refresh() / 1000),
+        nowMs: () => clock.refresh(),
+        setForwarding: (on) => {
+          loop.forwarding = on;
+        },
+        runner: this.deps.runner,
+        outsideInterface: c.outsideInterface,
+        natAddresses: cfg.nat.natAddresses,
+        log: this.log,
+      });
+    }
     this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
     const view = this.observed();
@@ -275,6 +305,7 @@ export class Daemon {
         table: view.table,
         nowSec: () => Math.floor(clock.now() / 1000),
         stats: () => statsSnapshot(view),
+        ...(this.ha ? { ha: (this.ha as HaRuntime).command.bind(this.ha) } : {}),
       },
       this.log,
       { group: c.controlSocketGroup },
@@ -330,6 +361,11 @@ export class Daemon {
     this.http?.setMetrics(undefined);
     this.metrics?.stop();
     this.stopEgressLog?.();
+    try {
+      await this.ha?.stop();
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, "stopping the HA sync failed");
+    }
     this.kernel?.stop();
     this.loop?.stop();
     // Saved first, while nothing else has been undone: the restart's gap starts here. Only a
@@ -386,6 +422,7 @@ export class Daemon {
         return d.mappingLog;
       },
       lastReload: () => d.lastReload,
+      ha: d.ha ? () => (d.ha as HaRuntime).snapshot() : undefined,
       tableState: this.tableKeeper?.stats,
     };
   }

@@ -9,6 +9,7 @@
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
+import type { HaSnapshot } from "../ha/snapshot.js";
 import type { EgressPolicy } from "../nat/egress.js";
 import type { Forwards } from "../nat/forwards.js";
 import type { NatStats } from "../nat/stats.js";
@@ -50,6 +51,8 @@ export interface Observed {
   /** The egress rules in force (a reload swaps them) and the static forwards. */
   egress?: () => EgressPolicy;
   forwards?: Forwards;
+  /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */
+  ha?: (() => HaSnapshot) | undefined;
   /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
   tableState?: TableStateStats;
 }

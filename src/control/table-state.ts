@@ -51,7 +51,7 @@ import type { NatConfig } from "../nat/config.js";
 import { DROP_REASON_NAMES, type NatStats } from "../nat/stats.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
 
-export const STATE_MAGIC = "TUNNATST";
+const STATE_MAGIC = "TUNNATST";
 export const FORMAT_VERSION = 1;
 export const HEADER_BYTES = 72;
 /** A fingerprint is a few hundred bytes; more means the header is not ours. */
@@ -61,7 +61,7 @@ const MAX_FINGERPRINT = 1 << 20;
  * The counters saved with the table: every counter of NatStats by its field name, the drops by
  * reason name ("drops.<reason>"). tcpEstablishedNow is a gauge the restored flows rebuild.
  */
-export function savedCounters(stats: NatStats): CounterSet {
+function savedCounters(stats: NatStats): CounterSet {
   const drops: CounterSet = {
     read: () => DROP_REASON_NAMES.map((n, i) => [`drops.${n}`, stats.drops[i] ?? 0]),
     write(name, value) {
@@ -75,7 +75,7 @@ export function savedCounters(stats: NatStats): CounterSet {
 }
 
 /** The settings a saved flow's meaning depends on, as canonical JSON text. */
-export function fingerprint(nat: NatConfig): string {
+function fingerprint(nat: NatConfig): string {
   return JSON.stringify({
     natAddresses: nat.natAddresses.map(formatIpv4),
     inside: nat.inside.map((p) => formatCidr(p)),

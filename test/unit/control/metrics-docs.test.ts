@@ -11,6 +11,7 @@ import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
+import { emptyHaSnapshot } from "../../../src/ha/snapshot.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { Forwards } from "../../../src/nat/forwards.js";
 import { NatStats } from "../../../src/nat/stats.js";
@@ -50,6 +51,7 @@ async function registered(): Promise<string[]> {
           text: "",
         },
       ]),
+      ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },
     { defaultMetrics: false },
