@@ -10,6 +10,15 @@ export type { Timeouts } from "../base/protocols.js";
 type MappingMode = "endpoint-independent" | "per-destination";
 type FilteringMode = "address-and-port-dependent" | "address-dependent" | "endpoint-independent";
 
+/** The outside port of a static forward, which the table reserves (never a dynamic mapping). */
+export interface ForwardPort {
+  /** 6 (TCP) or 17 (UDP). */
+  proto: number;
+  /** The NAT address it listens on (host order), or null for every NAT address. */
+  natAddress: number | null;
+  port: number;
+}
+
 export interface ConntrackConfig {
   /** The NAT (outside) addresses, host order. Paired pooling spreads inside hosts over them. */
   natAddresses: number[];
@@ -26,6 +35,8 @@ export interface ConntrackConfig {
   perHostQuota: number;
   /** Seconds a freed port rests before reuse while others are free (RFC 6888 REQ-8). */
   portReuseDelay: number;
+  /** Static forwards whose outside ports are reserved; absent = none. */
+  forwards?: readonly ForwardPort[];
   /** Hash seed; undefined draws a random one per process. Tests pin it. */
   hashSeed?: number;
 }

@@ -37,6 +37,12 @@
 import { PROTO_SLOTS, PROTOCOLS } from "../base/protocols.js";
 import { hashWord, indexSlots, type Prng } from "./hash.js";
 
+/**
+ * Slot value of a port reserved for a static forward: in use for ever, never handed out, never
+ * shared, never released (above every mapping id + 1, which MAX_CAPACITY bounds).
+ */
+export const RESERVED = 0x7fffffff;
+
 export class NatPool {
   /** The NAT addresses in configuration order; an address's index is its position here. */
   readonly addrs: Uint32Array;
@@ -248,7 +254,7 @@ export class PortAllocator {
       this.examined++;
       const v = this.slots[base | want];
       if (v === 0) return want;
-      if (v > 0 && this.probe !== null) {
+      if (v > 0 && v !== RESERVED && this.probe !== null) {
         this.probes++;
         if (this.probe.outsideTupleFree(want)) return want;
       }
@@ -279,6 +285,22 @@ export class PortAllocator {
     return this.oldestResting(g);
   }
 
+  /**
+   * Reserve a port for a static forward before any mapping exists: it leaves the free bitmap and
+   * is never offered, kept or shared (see RESERVED). Returns false if it was already taken.
+   */
+  reserve(addrIndex: number, pi: number, port: number): boolean {
+    const g = addrIndex * PROTO_SLOTS + pi;
+    const i = (g << 16) | port;
+    if (this.slots[i] !== 0) return false;
+    if (this.inRange(pi, port)) {
+      this.unmark(this.free, this.freeSum, this.freeCount, g, pi, port);
+      this.used[g]++;
+    }
+    this.slots[i] = RESERVED;
+    return true;
+  }
+
   /** Mark a port taken: `value` is the mapping id + 1 (EIM); per-destination counts users. */
   take(addrIndex: number, pi: number, port: number, value: number): void {
     const g = addrIndex * PROTO_SLOTS + pi;
@@ -307,7 +329,7 @@ export class PortAllocator {
     const g = addrIndex * PROTO_SLOTS + pi;
     const i = (g << 16) | port;
     const v = this.slots[i];
-    if (v <= 0) return;
+    if (v <= 0 || v === RESERVED) return;
     if (this.probe !== null && v > 1) {
       this.slots[i] = v - 1;
       return;

@@ -10,6 +10,11 @@ export const FlowFlag = {
   INBOUND: 0x02,
   /** Free for translate.ts. */
   USER: 0x04,
+  /**
+   * Opened by an inbound connection to a static forward (FlowTable.createForward): it holds no
+   * mapping and its outside port is reserved, so removing it releases nothing.
+   */
+  FORWARD: 0x08,
 } as const;
 
 /**

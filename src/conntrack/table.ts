@@ -32,7 +32,7 @@ import { FlowEvent, type FlowHooks } from "./hooks.js";
 import { HostTable } from "./hosts.js";
 import { TupleIndex } from "./index.js";
 import { MappingTable } from "./mappings.js";
-import { NatPool, PortAllocator, type TupleProbe } from "./ports.js";
+import { NatPool, PortAllocator, RESERVED, type TupleProbe } from "./ports.js";
 import {
   CTR_BYTES,
   CTR_F64,
@@ -169,6 +169,14 @@ export class FlowTable implements TupleProbe {
       this.prng,
       this.eim ? null : this,
     );
+    // Static forwards: their outside ports are never handed out to a dynamic mapping.
+    for (const fw of cfg.forwards ?? []) {
+      const pi = protoSlot(fw.proto);
+      for (let a = 0; a < this.pool.size; a++) {
+        if (fw.natAddress !== null && this.pool.addrs[a] !== fw.natAddress >>> 0) continue;
+        this.ports.reserve(a, pi, fw.port);
+      }
+    }
     // Hosts: one slot per 32 flows (a 16 k-host table at the default 262,144 flows), at most 256 k.
     this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
     this.admission = new Admission(cfg, this.eim, this.hosts, cap, this.seed ^ 0x7f4a7c15);
@@ -441,7 +449,7 @@ export class FlowTable implements TupleProbe {
     if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const pi = protoSlot(proto);
     const v = this.ports.get(a, pi, oport);
-    if (v <= 0) return -1 - Refusal.Unsolicited;
+    if (v <= 0 || v === RESERVED) return -1 - Refusal.Unsolicited;
     const m = v - 1;
     const ra = raddr >>> 0;
     const refusal = this.admission.inboundRefusal(m, ra);
@@ -557,6 +565,42 @@ export class FlowTable implements TupleProbe {
   /** The mapping log's removal bookkeeping (mCreated, fCreated, mBytes*) is kept. */
   get keepsRemovalLog(): boolean {
     return this.logRemovals;
+  }
+
+  /**
+   * Inbound connection to a static forward's (oaddr, oport) from (raddr, rport), to reach (iaddr,
+   * iport): a flow of its own, with no mapping (the port is reserved). Never evicts (outsiders
+   * must not push out the inside's flows). Returns the flow id or -(1 + TableFull). Counts nothing.
+   */
+  createForward(
+    proto: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    iaddr: number,
+    iport: number,
+    now: number,
+  ): number {
+    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
+    const f = this.freeHead;
+    if (f < 0) return -1 - Refusal.TableFull;
+    this.freeHead = this.expires(f) - 1;
+    const ia = iaddr >>> 0;
+    this.initFlow(
+      f,
+      proto,
+      ia,
+      iport,
+      oaddr >>> 0,
+      oport,
+      raddr >>> 0,
+      rport,
+      now,
+      FlowFlag.INBOUND | FlowFlag.FORWARD,
+    );
+    this.hosts.addFlow(ia, protoSlot(proto), false);
+    return f;
   }
 
   // ---------------------------------------------------------------- per-packet updates
@@ -868,8 +912,11 @@ export class FlowTable implements TupleProbe {
     const ra = this.raddr(f);
     const a = this.pool.indexOf(oa);
     let mappingGone = true;
-    const m = this.eim ? this.ports.get(a, pi, op) - 1 : -1;
-    if (m >= 0) {
+    const forward = (this.rec[f * REC + R_FLAGS] & FlowFlag.FORWARD) !== 0;
+    const m = this.eim && !forward ? this.ports.get(a, pi, op) - 1 : -1;
+    if (forward) {
+      mappingGone = false;
+    } else if (m >= 0) {
       this.admission.flowRemoved(m, ra);
       const maps = this.maps;
       if (this.logRemovals) {

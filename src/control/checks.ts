@@ -198,18 +198,27 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
         : `NAT address inside an inside prefix (RFC 4787 REQ-7): ${clashes.join(", ")}`,
     );
     try {
-      const local = new Set<string>();
+      const local = new Map<string, string>();
       const addrs = JSON.parse(await r.ip(["-j", "-4", "addr", "show"])) as {
+        ifname?: string;
         addr_info?: { local?: string }[];
       }[];
-      for (const l of addrs) for (const x of l.addr_info ?? []) if (x.local) local.add(x.local);
+      for (const l of addrs)
+        for (const x of l.addr_info ?? []) if (x.local) local.set(x.local, l.ifname ?? "");
       const owned = nats.map(formatIpv4).filter((a) => local.has(a));
+      // One NAT address that is the outside interface's own selects shared-address mode.
+      const shared =
+        nats.length === 1 &&
+        owned.length === 1 &&
+        local.get(owned[0] ?? "") === raw?.values.outsideInterface;
       add(
-        "dedicated NAT address",
-        owned.length === 0,
+        shared ? "shared NAT address" : "dedicated NAT address",
+        owned.length === 0 || shared,
         owned.length === 0
           ? "the host owns none of the NAT addresses"
-          : `the host owns ${owned.join(", ")}; use an address it does not own (shared mode is not available yet)`,
+          : shared
+            ? `${owned[0]} is the outside interface's own address: shared-address mode (NAT ports outside net.ipv4.ip_local_port_range)`
+            : `the host owns ${owned.join(", ")}; use an address it does not own, or exactly one NAT address that is the outside interface's own (shared-address mode)`,
       );
     } catch (e) {
       add("dedicated NAT address", false, `cannot list addresses: ${errorMessage(e)}`);

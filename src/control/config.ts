@@ -16,6 +16,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { ErrorCode, TunnatError } from "../base/errors.js";
 import { TIMEOUT_SPECS } from "../base/protocols.js";
+import type { Forward } from "../nat/config.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
@@ -24,6 +25,7 @@ import {
   type NatConfig,
   type Timeouts,
 } from "../nat/config.js";
+import type { EgressRule } from "../nat/egress.js";
 import {
   type Cidr,
   cidrContains,
@@ -33,6 +35,7 @@ import {
   parseCidr,
   parseIpv4,
 } from "../wire/addr.js";
+import { egressRuleText, parseEgressRule, parseForward, RuleError } from "./policy-config.js";
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -306,6 +309,26 @@ const QUEUES: Kind<number> = {
   format: String,
 };
 
+/** An egress rule (policy-config.ts has the syntax); a failure names the rule's field. */
+const EGRESS_RULE: Kind<EgressRule> = {
+  expect: "an egress rule",
+  parse: (text) => {
+    const r = parseEgressRule(text);
+    return r instanceof RuleError ? new Bad(String(r)) : r;
+  },
+  format: (r) => r.text,
+};
+
+/** A static port forward (policy-config.ts). */
+const FORWARD: Kind<Forward> = {
+  expect: "PROTO:[NATADDR:]PORT=INSIDEADDR[:PORT]",
+  parse: (text) => {
+    const r = parseForward(text);
+    return r instanceof RuleError ? new Bad(String(r)) : r;
+  },
+  format: (f) => f.text,
+};
+
 /** One setting of the schema. */
 interface Field {
   /** camelCase config-file key ("timeouts.udp" = nested object); also names it in reloads. */
@@ -318,6 +341,10 @@ interface Field {
   def?: string;
   /** May be given several times (or comma-separated); the value is a list. */
   list?: true;
+  /** A list whose entries are numbered in errors ("egress rule 3, field ..."). */
+  noun?: string;
+  /** Config-file entries that are not strings (an egress rule as an object); null = bad shape. */
+  fromFile?: (v: unknown) => string | null;
   /** SIGHUP applies a change without a restart. */
   live?: true;
   /**
@@ -660,6 +687,40 @@ export const FIELDS = {
     describe:
       'inside hosts (by bytes) with their own tunnat_host_* series; the rest are summed as host="other", which bounds the scrape',
   },
+  internalAddress: {
+    key: "internalAddress",
+    flag: "internal-address",
+    env: "TUNNAT_INTERNAL_ADDRESS",
+    def: "169.254.77.2",
+    kind: NAT_ADDRESS,
+    to: "control",
+    describe:
+      "shared-address mode (a --nat-address that is the outside interface's own): the address the host does not own that tunnat translates to; the kernel maps it to the shared address",
+  },
+  egress: {
+    key: "egress",
+    flag: "egress",
+    env: "TUNNAT_EGRESS",
+    list: true,
+    live: true,
+    noun: "egress rule",
+    fromFile: egressRuleText,
+    kind: EGRESS_RULE,
+    to: "nat",
+    describe:
+      'egress rule, first match decides (repeatable): "allow|deny [to=PREFIX] [from=PREFIX] [proto=tcp|udp|icmp|any] [ports=LO-HI] [answer=icmp|rst|silent]"; reloaded on SIGHUP',
+  },
+  forwards: {
+    key: "forwards",
+    flag: "forward",
+    env: "TUNNAT_FORWARD",
+    list: true,
+    noun: "forward",
+    kind: FORWARD,
+    to: "nat",
+    describe:
+      "static port forward, the only inbound (repeatable), e.g. tcp:443=10.0.1.10:8443; its port is never given to a dynamic mapping",
+  },
   logDestinations: {
     key: "logDestinations",
     flag: "log-destinations",
@@ -710,6 +771,9 @@ export type ControlSettings = Pick<Settings, FieldsTo<"control">> & {
   /** The flow table's state file (control/table-state.ts); null = not saved, not restored. */
   tableStateFile: string | null;
   offloads: boolean;
+  /** --ports as given (null = its default), and where: shared-address mode checks it. */
+  portsGiven: [number, number] | null;
+  portsWhere: string;
 };
 
 export interface TunnatConfig {
@@ -776,6 +840,17 @@ function toTexts(v: unknown, list: boolean): string[] | null {
   }
   if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") return [String(v)];
   return null;
+}
+
+/** A list's file entries: strings, or what fromFile makes of other shapes (null = bad shape). */
+function listTexts(v: unknown, fromFile: (v: unknown) => string | null): string[] | null {
+  const out: string[] = [];
+  for (const x of Array.isArray(v) ? v : [v]) {
+    const t = typeof x === "string" ? x : fromFile(x);
+    if (t === null) return null;
+    out.push(t);
+  }
+  return out;
 }
 
 function splitList(texts: string[], list: boolean): string[] {
@@ -865,7 +940,8 @@ function rawInput(
     return { texts: splitList([envVal], list), source: "env", where: f.env };
   if (file.has(f.key)) {
     const v = file.get(f.key);
-    const texts = toTexts(v, list);
+    const fromFile = f.fromFile;
+    const texts = fromFile ? listTexts(v, fromFile) : toTexts(v, list);
     const where = `"${f.key}" in ${configFile}`;
     if (texts === null) throw configError(where, v, `expected ${f.kind.expect}`);
     return { texts: splitList(texts, list), source: "file", where };
@@ -897,9 +973,10 @@ export function resolveSettings(input: LoadInput): Resolved {
     if (raw === null) continue;
     if (f.list !== true && raw.texts.length === 0) raw.texts = [""];
     const parsed: unknown[] = [];
-    for (const text of raw.texts) {
+    for (const [i, text] of raw.texts.entries()) {
       const p: unknown = f.kind.parse(text);
-      if (p instanceof Bad) throw configError(raw.where, text, p.why);
+      if (p instanceof Bad)
+        throw configError(raw.where, text, f.noun ? `${f.noun} ${i + 1}, ${p.why}` : p.why);
       parsed.push(p);
     }
     values[name] = f.list === true ? parsed : parsed[parsed.length - 1];
@@ -919,6 +996,47 @@ function settingsTo<P extends "nat" | "control">(
   };
   for (const name of FIELD_NAMES) if (field(name).to === part) copy(name);
   return out as Pick<Settings, FieldsTo<P>>;
+}
+
+/**
+ * A forward's inside host must be in an inside prefix (its replies come through the TUN only
+ * from there), its NAT address one of --nat-address, and no two forwards may claim the same
+ * protocol and port on the same NAT address.
+ */
+function validateForwards(
+  forwards: Forward[],
+  inside: Cidr[],
+  natAddresses: number[],
+  where: string,
+): void {
+  forwards.forEach((fw, i) => {
+    const n = `forward ${i + 1}, `;
+    if (!inside.some((p) => cidrContains(p, fw.inside)))
+      throw configError(
+        where,
+        fw.text,
+        `${n}field "inside address": ${formatIpv4(fw.inside)} is in no --inside prefix (${inside.map(formatCidr).join(", ")})`,
+      );
+    if (fw.natAddress !== null && !natAddresses.includes(fw.natAddress))
+      throw configError(
+        where,
+        fw.text,
+        `${n}field "nat address": ${formatIpv4(fw.natAddress)} is not one of --nat-address (${natAddresses.map(formatIpv4).join(", ")})`,
+      );
+    for (let j = 0; j < i; j++) {
+      const o = forwards[j] as Forward;
+      if (
+        o.proto === fw.proto &&
+        o.port === fw.port &&
+        (o.natAddress === null || fw.natAddress === null || o.natAddress === fw.natAddress)
+      )
+        throw configError(
+          where,
+          fw.text,
+          `${n}field "port": forward ${j + 1} (${o.text}) already uses it`,
+        );
+    }
+  });
 }
 
 /** Load, merge and validate everything; throws TunnatError(TUNNAT_ERR_CONFIG) naming the field. */
@@ -968,6 +1086,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
         );
   });
 
+  validateForwards(v.forwards ?? [], inside, natAddresses, origin.forwards?.where ?? "--forward");
+
   const aws = v.preset === "aws";
   const timeouts: Timeouts = { ...(aws ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS) };
   // The RFC minimums come from the protocol table (base/protocols.ts).
@@ -1005,6 +1125,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     );
   const offloads = v.offloads ?? v.vnetHdr;
   v.offloads = offloads;
+  const portsGiven: [number, number] | null =
+    origin.ports?.source === "default" || origin.ports === undefined ? null : v.ports;
   // The aws preset narrows the default range to the NACL ephemeral ports; a given --ports wins.
   if (aws && origin.ports?.source === "default") v.ports = [AWS_PORTS[0], AWS_PORTS[1]];
 
@@ -1042,6 +1164,9 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     ...settingsTo(v, "nat"),
     natAddresses,
     inside,
+    // Lists nobody gave are absent from the settings: none.
+    egress: v.egress ?? [],
+    forwards: v.forwards ?? [],
     portLo: v.ports[0],
     portHi: v.ports[1],
     timeouts,
@@ -1054,6 +1179,8 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     stateFile,
     tableStateFile,
     offloads,
+    portsGiven,
+    portsWhere: origin.ports?.where ?? "--ports",
   };
   return { nat, control, settings: v };
 }

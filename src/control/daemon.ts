@@ -30,6 +30,7 @@ import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import { queueStats } from "../io/queues.js";
 import type { NatConfig } from "../nat/config.js";
+import { EgressPolicy } from "../nat/egress.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
 import { formatCidr, formatIpv4 } from "../wire/addr.js";
@@ -37,6 +38,7 @@ import { hasCapNetAdmin } from "./checks.js";
 import { BatchClock } from "./clock.js";
 import { reloadChanges, type TunnatConfig } from "./config.js";
 import { type ControlServer, startControlSocket } from "./control-socket.js";
+import { startEgressLog } from "./egress-log.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
 import { createMetrics, type TunnatMetrics } from "./metrics.js";
@@ -113,6 +115,10 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
     stateFile: c.stateFile,
     guardStateFile: guardStateFile(c.stateFile),
     controlSocket: c.controlSocket,
+    internalAddress: c.internalAddress,
+    ports: c.portsGiven,
+    portsWhere: c.portsWhere,
+    forwards: cfg.nat.forwards.map((f) => ({ proto: f.proto, port: f.port })),
   };
 }
 
@@ -140,6 +146,8 @@ export class Daemon {
   metrics: TunnatMetrics | undefined;
   /** The control socket of `tunnat flows` and `tunnat stats`. */
   control: ControlServer | undefined;
+  /** Stops the egress policy's rate-limited refusal log (egress-log.ts). */
+  private stopEgressLog: (() => void) | undefined;
   /** The HA pair's runtime (src/ha) when started with --ha. */
   ha: HaRuntime | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
@@ -182,6 +190,8 @@ export class Daemon {
     const cfg = this.config;
     const c = cfg.control;
     if (this.deps.preflight) preflight();
+    // What the core is built with: the config's, except in shared-address mode (below).
+    let core = cfg.nat;
     // A bad HA file or key is a refused start: read it before anything is touched.
     const haSettings = c.ha !== undefined ? loadHaSettings(c.ha) : undefined;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
@@ -193,6 +203,27 @@ export class Daemon {
     if (c.manageRoutes) {
       this.plumbing = new Plumbing(plumbingSpec(cfg), { runner: this.deps.runner, log: this.log });
       await this.plumbing.check();
+      const sh = this.plumbing.shared;
+      if (sh) {
+        // Shared-address mode: the core translates to the internal address within the reserved
+        // range; the kernel maps that to the shared address (shared-address.ts). The config keeps
+        // the address as given (a reload compares against it).
+        core = {
+          ...cfg.nat,
+          natAddresses: [sh.internal],
+          portLo: sh.portLo,
+          portHi: sh.portHi,
+          forwards: cfg.nat.forwards.map((f) => ({ ...f, natAddress: null })),
+        };
+        this.log.info(
+          {
+            sharedAddress: formatIpv4(sh.shared),
+            internalAddress: formatIpv4(sh.internal),
+            ports: `${sh.portLo}-${sh.portHi}`,
+          },
+          "shared-address mode: the NAT address is the outside interface's own",
+        );
+      }
     }
     // Then listen: a taken port fails before the kernel is touched, and /healthz answers 503
     // while the rest comes up.
@@ -205,13 +236,13 @@ export class Daemon {
     const hooks = ring
       ? { ...this.mappingLog?.hooks, flowEvent: (k: number, f: number) => ring.flowEvent(k, f) }
       : this.mappingLog?.hooks;
-    const table = new FlowTable(cfg.nat, this.stats, hooks);
-    this.translator = new Translator(cfg.nat, table, this.clock, this.stats);
+    const table = new FlowTable(core, this.stats, hooks);
+    this.translator = new Translator(core, table, this.clock, this.stats);
     if (c.tableStateFile !== null) {
       this.tableKeeper = new TableKeeper({
         file: c.tableStateFile,
         interval: c.checkpointInterval,
-        nat: cfg.nat,
+        nat: core,
         log: this.log,
         now: () => Math.floor(this.clock.refresh() / 1000),
       });
@@ -219,8 +250,8 @@ export class Daemon {
       // A restore cut short by a bug (never by a bad file) must not leave half a table.
       if (r.kind === "refused" && table.active !== 0) {
         this.stats = new NatStats();
-        const fresh = new FlowTable(cfg.nat, this.stats, this.mappingLog?.hooks);
-        this.translator = new Translator(cfg.nat, fresh, this.clock, this.stats);
+        const fresh = new FlowTable(core, this.stats, this.mappingLog?.hooks);
+        this.translator = new Translator(core, fresh, this.clock, this.stats);
       }
     }
     this.device = await this.deps.openTun({
@@ -254,7 +285,7 @@ export class Daemon {
     this.tableKeeper?.start(this.translator.table, this.stats);
     const loop = this.loop;
     this.kernel = new KernelMonitor(
-      { tun: c.tun, plumbing: this.plumbing?.spec ?? null },
+      { tun: c.tun, plumbing: this.plumbing?.readinessSpec() ?? null },
       this.deps.runner,
       this.plumbing?.guard ?? null,
       () => loop.loopStats.packets,
@@ -285,6 +316,8 @@ export class Daemon {
       legacyNames: c.metricsLegacyNames,
     });
     this.http.setMetrics(this.metrics.registry);
+    const egress = view.egress;
+    if (egress) this.stopEgressLog = startEgressLog(egress, this.log);
     const clock = this.clock;
     this.control = await startControlSocket(
       c.controlSocket,
@@ -349,6 +382,7 @@ export class Daemon {
     }
     this.http?.setMetrics(undefined);
     this.metrics?.stop();
+    this.stopEgressLog?.();
     try {
       await this.ha?.stop();
     } catch (e) {
@@ -405,6 +439,8 @@ export class Daemon {
       tunName,
       tunCounters: () => (tunName === undefined ? null : readTunCounters(tunName)),
       tunQueues: () => queueStats(d.device),
+      egress: () => tr.egress,
+      forwards: tr.forwards,
       get mappingLog() {
         return d.mappingLog;
       },
@@ -439,6 +475,12 @@ export class Daemon {
     const t = this.config.nat.timeouts;
     Object.assign(t, next.nat.timeouts);
     this.translator?.table.setTimeouts(t);
+    // Egress rules: a new policy; live flows it denies are ended, the others go on.
+    let egressEnded = 0;
+    if (applied.some((c) => c.field === "egress")) {
+      this.config.nat.egress = next.nat.egress;
+      egressEnded = this.translator?.setEgress(new EgressPolicy(next.nat.egress)) ?? 0;
+    }
     const result: ReloadResult = {
       at: new Date(this.clock.refresh()).toISOString(),
       applied,
@@ -449,7 +491,7 @@ export class Daemon {
     this.reloads.lastFailed = false;
     this.reloads.lastSuccessAt = Date.parse(result.at) / 1000;
     this.log.info(
-      { logLevel: next.control.logLevel, timeouts: t, applied, needRestart },
+      { logLevel: next.control.logLevel, timeouts: t, applied, needRestart, egressEnded },
       needRestart.length === 0
         ? "reloaded configuration"
         : `reloaded configuration; needs a restart to take effect: ${needRestart

@@ -25,6 +25,7 @@ import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
 import { registerHaMetrics } from "../ha/metrics.js";
 import type { QueueStats } from "../io/queues.js";
+import type { EgressPolicy } from "../nat/egress.js";
 import { DROP_REASON_NAMES } from "../nat/stats.js";
 import { buildInfo } from "./build-info.js";
 import { GUARD_REASONS } from "./guard.js";
@@ -213,6 +214,73 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       ["reason"],
       drops(() => true),
     );
+  // --- egress policy and static forwards (nat/egress.ts, nat/forwards.ts)
+  const egress = o.egress;
+  if (egress) {
+    const perRule = (read: (p: EgressPolicy, i: number) => number, denyOnly: boolean) => () => {
+      const p = egress();
+      const out: [Labels, number][] = [];
+      p.rules.forEach((r, i) => {
+        if (denyOnly && r.allow) return;
+        out.push([
+          { rule: String(i + 1), action: r.allow ? "allow" : "deny", text: r.text },
+          read(p, i),
+        ]);
+      });
+      return out;
+    };
+    labelledCounter(
+      reg,
+      "tunnat_egress_rule_flows_total",
+      "New flows an egress rule matched, by rule (number, action and text as configured): refused for a deny rule, let through for an allow rule. Since the rules were last loaded.",
+      ["rule", "action", "text"],
+      perRule((p, i) => p.matched[i] ?? 0, false),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_egress_rule_flows_ended_total",
+      "Live flows a deny rule ended when a reload (SIGHUP) brought it in.",
+      ["rule", "action", "text"],
+      perRule((p, i) => p.ended[i] ?? 0, true),
+    );
+    counter(
+      reg,
+      "tunnat_egress_flows_ended_total",
+      "Live flows ended because reloaded egress rules deny them (all rules, since start).",
+      () => s.egressFlowsEnded,
+    );
+    gauge(reg, "tunnat_egress_rules", "Egress rules in force.", () => egress().size);
+  }
+  const fw = o.forwards;
+  if (fw && fw.size > 0) {
+    const perForward = (a: Float64Array) => () =>
+      fw.list.map((f, i): [Labels, number] => [{ forward: f.text }, a[i] ?? 0]);
+    labelledCounter(
+      reg,
+      "tunnat_forward_flows_total",
+      "Inbound connections (TCP) or UDP flows opened through a static forward.",
+      ["forward"],
+      perForward(fw.flows),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_forward_refused_total",
+      "Inbound connections to a static forward refused because the connection table was full.",
+      ["forward"],
+      perForward(fw.refused),
+    );
+    labelledCounter(
+      reg,
+      "tunnat_forward_packets_total",
+      "Packets of static-forward flows, by direction: in = from outside to the inside host, out = its replies.",
+      ["forward", "direction"],
+      () =>
+        fw.list.flatMap((f, i): [Labels, number][] => [
+          [{ forward: f.text, direction: "in" }, fw.packetsIn[i] ?? 0],
+          [{ forward: f.text, direction: "out" }, fw.packetsOut[i] ?? 0],
+        ]),
+    );
+  }
   const peak = new PeakRate();
   gauge(
     reg,

@@ -11,6 +11,8 @@ import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
 import type { HaSnapshot } from "../ha/snapshot.js";
 import type { QueueStats } from "../io/queues.js";
+import type { EgressPolicy } from "../nat/egress.js";
+import type { Forwards } from "../nat/forwards.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
@@ -53,6 +55,9 @@ export interface Observed {
   reloads?: () => ReloadCounts;
   /** Settings tunnat_config_info shows (fixed until a restart). */
   config?: ConfigInfo;
+  /** The egress rules in force (a reload swaps them) and the static forwards. */
+  egress?: () => EgressPolicy;
+  forwards?: Forwards;
   /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */
   ha?: (() => HaSnapshot) | undefined;
   /** Restore and checkpoint figures of the table state file (table-keeper.ts). */

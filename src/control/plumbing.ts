@@ -23,6 +23,11 @@
  * remove() tolerates items that are already gone. Inside and outside may be the same interface
  * (single-ENI EC2): the rule matches on iif, and translated packets come back with iif TUN, so
  * they never loop.
+ *
+ * Shared-address mode (shared-address.ts): when the NAT address is the outside interface's own
+ * address, check() selects it (`shared`): the main-table route goes to the internal address
+ * instead (ip route add INTERNAL/32 dev TUN), there is no proxy ARP, and the nft table
+ * `ip tunnat_shared_T` joins the journal (undo: nft delete table).
  */
 import { readFileSync, rmSync } from "node:fs";
 import type { Logger } from "pino";
@@ -31,6 +36,13 @@ import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
+import {
+  parsePortRange,
+  reservedRange,
+  type SharedMode,
+  sharedScript,
+  sharedTableName,
+} from "./shared-address.js";
 import { writeJsonAtomic } from "./state-file.js";
 
 /** The guard's part (interfaces, prefixes, NAT addresses, table and priority) and the rest. */
@@ -47,10 +59,22 @@ export interface PlumbingSpec extends GuardSpec {
   controlSocket?: string;
   /** MTU for the TUN; default: the outside interface's. */
   mtu?: number;
+  /** Shared-address mode: the internal address tunnat translates to (shared-address.ts). */
+  internalAddress?: number;
+  /** The --ports the user gave (null = the default), and where, for shared-address mode. */
+  ports?: [number, number] | null;
+  portsWhere?: string;
+  /** Static forwards' ports (shared-address mode sends them to the TUN too). */
+  forwards?: { proto: number; port: number }[];
+  /** Set by the plumbing in shared-address mode, for the readiness check. */
+  sharedInternal?: number;
 }
 
 /** One undo step, serialisable so the next start can replay it after a crash. */
-type UndoEntry = { kind: "ip"; args: string[] } | { kind: "sysctl"; key: string; value: string };
+type UndoEntry =
+  | { kind: "ip"; args: string[] }
+  | { kind: "nft"; args: string[] }
+  | { kind: "sysctl"; key: string; value: string };
 
 interface StateFile extends OwnerRecord {
   undo: UndoEntry[];
@@ -90,6 +114,8 @@ export class Plumbing {
   readonly guard: Guard;
   /** This instance wrote the state file (only then may it remove it). */
   private wroteState = false;
+  /** Set by check() when the NAT address is the outside interface's own (shared-address mode). */
+  shared: SharedMode | null = null;
 
   constructor(
     readonly spec: PlumbingSpec,
@@ -103,7 +129,7 @@ export class Plumbing {
         insideInterface: spec.insideInterface,
         outsideInterface: spec.outsideInterface,
         inside: spec.inside,
-        natAddresses: spec.natAddresses,
+        natAddresses: [...spec.natAddresses],
         table: spec.table,
         priority: spec.priority,
       },
@@ -138,19 +164,25 @@ export class Plumbing {
     }
     this.refuseLiveOwner();
     await this.refuseTableInUse(s.tun);
-    for (const nat of s.natAddresses) {
+    await this.link(s.outsideInterface, "--outside-interface");
+    await this.link(s.insideInterface, "--inside-interface");
+    await this.refuseLocalNatAddresses();
+    const routed = this.shared ? [this.shared.internal] : s.natAddresses;
+    for (const nat of routed) {
       const a = formatIpv4(nat);
       const routes = JSON.parse(await r.ip(["-j", "route", "show", `${a}/32`])) as RouteInfo[];
       const other = routes.find((x) => x.dev !== s.tun);
       if (other)
         throw new TunnatError(
           ErrorCode.Prereq,
-          `NAT address ${a} is already routed${other.dev ? ` to ${other.dev}` : ""}${r.where} (another tunnat running with it?); stop that daemon or remove the route first`,
+          `${this.shared ? "internal" : "NAT"} address ${a} is already routed${other.dev ? ` to ${other.dev}` : ""}${r.where} (another tunnat running with it?); stop that daemon or remove the route first`,
         );
     }
-    await this.link(s.outsideInterface, "--outside-interface");
-    await this.link(s.insideInterface, "--inside-interface");
-    await this.refuseLocalNatAddresses();
+  }
+
+  /** The spec the readiness check holds the kernel to (shared-address mode: its routes). */
+  readinessSpec(): PlumbingSpec {
+    return this.shared ? { ...this.spec, sharedInternal: this.shared.internal } : this.spec;
   }
 
   async apply(): Promise<void> {
@@ -196,11 +228,23 @@ export class Plumbing {
       // when the daemon stops and is removed by `tunnat down` only. It goes in before anything
       // routes to the NAT addresses, so whoever sees those routes also sees the rules.
       this.done.push(...(await this.guard.install()));
-      for (const nat of s.natAddresses) {
+      if (this.shared) {
+        // The kernel's half of shared-address mode: the nft table, then the route that makes
+        // the internal address reachable (shared-address.ts).
+        const name = sharedTableName(s.table);
+        const body = sharedScript(this.shared, s.table, s.forwards ?? []);
+        await r.nft(["-f", "-"], `table ip ${name} {}\ndelete table ip ${name}\n${body}`);
+        this.done.push(`nft table ip ${name}`);
+        this.journal.push({ kind: "nft", args: ["delete", "table", "ip", name] });
+        this.writeState();
+        const dst = `${formatIpv4(this.shared.internal)}/32`;
+        await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
+      }
+      for (const nat of this.shared ? [] : s.natAddresses) {
         const dst = `${formatIpv4(nat)}/32`;
         await this.step(["route", "add", dst, "dev", s.tun], ["route", "del", dst, "dev", s.tun]);
       }
-      for (const nat of s.natAddresses) {
+      for (const nat of this.shared ? [] : s.natAddresses) {
         const a = formatIpv4(nat);
         await this.step(
           ["neigh", "add", "proxy", a, "dev", s.outsideInterface],
@@ -313,6 +357,7 @@ export class Plumbing {
     for (const u of entries) {
       try {
         if (u.kind === "ip") await this.runner.ip(u.args);
+        else if (u.kind === "nft") await this.runner.nft(u.args);
         else await this.runner.writeSysctl(u.key, u.value);
       } catch (e) {
         const msg = e instanceof CommandError ? e.stderr : String(e);
@@ -338,18 +383,44 @@ export class Plumbing {
     return info;
   }
 
-  /** Dedicated-address mode: the host must not own the NAT address (docs/architecture.md §Packet path). */
+  /**
+   * Dedicated-address mode: the host must not own the NAT address (docs/architecture.md §Packet path). The one
+   * exception selects shared-address mode: a single NAT address that is the outside interface's
+   * own; then the reserved port range is worked out against the host's ephemeral range.
+   */
   private async refuseLocalNatAddresses(): Promise<void> {
+    const s = this.spec;
     const out = await this.runner.ip(["-j", "-4", "addr", "show"]);
-    const local = new Set<string>();
-    for (const l of JSON.parse(out) as { addr_info?: { local?: string }[] }[])
-      for (const a of l.addr_info ?? []) if (a.local) local.add(a.local);
-    for (const nat of this.spec.natAddresses)
-      if (local.has(formatIpv4(nat)))
+    const local = new Map<string, string>();
+    for (const l of JSON.parse(out) as { ifname?: string; addr_info?: { local?: string }[] }[])
+      for (const a of l.addr_info ?? []) if (a.local) local.set(a.local, l.ifname ?? "");
+    this.shared = null;
+    for (const nat of s.natAddresses) {
+      const a = formatIpv4(nat);
+      const dev = local.get(a);
+      if (dev === undefined) continue;
+      if (dev !== s.outsideInterface || s.natAddresses.length > 1)
         throw new TunnatError(
           ErrorCode.Prereq,
-          `NAT address ${formatIpv4(nat)} is an address of this host${this.runner.where}; tunnat needs a dedicated address the host does not own (e.g. an ENI secondary private IP). Shared-address mode is not available yet`,
+          `NAT address ${a} is an address of this host${this.runner.where} (on ${dev}); tunnat needs a dedicated address the host does not own (e.g. an ENI secondary private IP), or, for shared-address mode, exactly one --nat-address that is the address of --outside-interface ${s.outsideInterface}`,
         );
+      const internal = s.internalAddress;
+      if (internal === undefined || local.has(formatIpv4(internal)))
+        throw new TunnatError(
+          ErrorCode.Config,
+          `shared-address mode needs an --internal-address the host does not own${internal === undefined ? "" : ` (${formatIpv4(internal)} is an address of this host)`}`,
+        );
+      const eph = parsePortRange(await this.runner.readSysctl("net/ipv4/ip_local_port_range"));
+      if (!eph)
+        throw new TunnatError(
+          ErrorCode.Prereq,
+          `cannot read net.ipv4.ip_local_port_range${this.runner.where}; shared-address mode needs it to keep clear of the host's ephemeral ports`,
+        );
+      const [portLo, portHi] = reservedRange(eph, s.ports ?? null, s.portsWhere ?? "--ports");
+      this.shared = { shared: nat, internal, portLo, portHi };
+      if (!this.guard.spec.natAddresses.includes(internal))
+        this.guard.spec.natAddresses.push(internal);
+    }
   }
 
   private async step(args: string[], undo: string[] | null): Promise<void> {

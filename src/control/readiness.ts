@@ -83,10 +83,13 @@ export function kernelProblems(a: KernelAnswers, e: KernelExpect): string[] {
     out.push(`route "prohibit default table ${table}" missing`);
   const viaTun = parse<{ dst?: string }[]>(a.tunRoutes) ?? [];
   const proxy = parse<{ dst?: string }[]>(a.proxy) ?? [];
-  for (const n of p.natAddresses.map(formatIpv4)) {
+  // Shared-address mode routes its internal address instead and has no proxy ARP.
+  const shared = p.sharedInternal !== undefined;
+  const routed = shared ? [p.sharedInternal as number] : p.natAddresses;
+  for (const n of routed.map(formatIpv4)) {
     if (link && !viaTun.some((r) => r.dst === n || r.dst === `${n}/32`))
       out.push(`route "${n} dev ${p.tun}" missing`);
-    if (!proxy.some((r) => r.dst === n))
+    if (!shared && !proxy.some((r) => r.dst === n))
       out.push(`proxy ARP entry "${n} dev ${p.outsideInterface}" missing`);
   }
   if (a.nftCounters === null) out.push(`guard nft table ip tunnat_${table} missing`);

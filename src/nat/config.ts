@@ -4,7 +4,8 @@
  * table's part is ConntrackConfig (conntrack/config.ts); NatConfig adds what the translator reads.
  */
 import { defaultTimeouts, TIMEOUT_SPECS, type Timeouts } from "../base/protocols.js";
-import type { ConntrackConfig } from "../conntrack/config.js";
+import type { ConntrackConfig, ForwardPort } from "../conntrack/config.js";
+import type { EgressRule } from "./egress.js";
 
 export type { Timeouts } from "../conntrack/config.js";
 
@@ -13,6 +14,15 @@ interface Prefix {
   addr: number;
   /** Prefix length 0..32. */
   len: number;
+}
+
+/** A static port forward: inbound to (NAT address, port) reaches (inside, insidePort). */
+export interface Forward extends ForwardPort {
+  /** Inside host, host order; lies in an inside prefix. */
+  inside: number;
+  insidePort: number;
+  /** As written, for metrics labels and logs. */
+  text: string;
 }
 
 export interface NatConfig extends ConntrackConfig {
@@ -26,6 +36,10 @@ export interface NatConfig extends ConntrackConfig {
   restoreTtl: boolean;
   /** Answer packets that cannot get a mapping with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b). */
   icmpAdminProhibited: boolean;
+  /** Egress rules, first match decides, evaluated when a flow is created (nat/egress.ts). */
+  egress: EgressRule[];
+  /** Static port forwards; the table reserves their ports (ConntrackConfig.forwards). */
+  forwards: Forward[];
 }
 
 /** The RFC defaults (base/protocols.ts TIMEOUT_SPECS). */
@@ -59,6 +73,8 @@ export function defaultNatConfig(over: Partial<NatConfig> = {}): NatConfig {
     vnetHdr: false,
     restoreTtl: true,
     icmpAdminProhibited: true,
+    egress: [],
+    forwards: [],
     ...over,
   };
 }

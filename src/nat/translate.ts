@@ -24,7 +24,7 @@
  * kernel segments them after we write them back.
  */
 import type { Clock } from "../base/clock.js";
-import { type FlowTable, Refusal } from "../conntrack/table.js";
+import { FlowFlag, type FlowTable, Refusal } from "../conntrack/table.js";
 import { adjust, adjustPartial, delta16, fold, negate, sum } from "../wire/checksum.js";
 import * as icmp from "../wire/icmp.js";
 import * as ipv4 from "../wire/ipv4.js";
@@ -32,6 +32,8 @@ import * as tcp from "../wire/tcp.js";
 import * as udp from "../wire/udp.js";
 import * as vnet from "../wire/vnet.js";
 import type { NatConfig } from "./config.js";
+import { EgressAnswer, EgressPolicy } from "./egress.js";
+import { Forwards } from "./forwards.js";
 import { FRAGMENT_HOLD_MAX_BYTES, FragmentCache, FragmentStash } from "./fragments.js";
 import {
   checkEmbedded,
@@ -71,6 +73,11 @@ export class Translator {
    * was an out-of-order fragment held for its first fragment.
    */
   lastDrop = -1;
+
+  /** Egress rules, checked when an outbound packet would create a flow; setEgress() swaps them. */
+  egress: EgressPolicy;
+  /** Static forwards: the only inbound connections that may open a flow without a mapping. */
+  readonly forwards: Forwards;
 
   private readonly insideAddr: Uint32Array;
   /** The NAT addresses, scanned directly when there are few (the usual case). */
@@ -115,6 +122,8 @@ export class Translator {
     private readonly clock: Clock,
     private readonly stats: NatStats,
   ) {
+    this.egress = new EgressPolicy(cfg.egress ?? []);
+    this.forwards = new Forwards(cfg.forwards ?? []);
     this.insideAddr = new Uint32Array(cfg.inside.length);
     this.insideMask = new Uint32Array(cfg.inside.length);
     this.insideBcast = new Uint32Array(cfg.inside.length);
@@ -396,12 +405,20 @@ export class Translator {
           const v = this.tcpWithoutFlow(buf, p, hl, tl, tflags);
           if (v >= 0) return v as Verdict;
         }
+        if (this.egress.size > 0) {
+          const r = this.egress.decide(proto, src, dst, dport);
+          if (r >= 0) return this.refuseEgress(buf, p, hl, tl, r);
+        }
         f = t.createOutbound(proto, src, sport, dst, dport, this.now);
         if (f < 0) return this.refuse(buf, p, tl, REFUSAL_DROP[-f - 1]!);
       }
       // RFC 4787 REQ-6: outbound traffic refreshes; tcpUpdate also runs the state machine.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, true, this.now);
       else t.touch(f, true, this.now);
+      if ((t.flags(f) & FlowFlag.FORWARD) !== 0) {
+        const fw = this.forwards.find(proto, t.oaddr(f), t.oport(f));
+        if (fw >= 0) this.forwards.packetsOut[fw]! += this.segs;
+      }
       return this.applyPorts(buf, p, l4, proto, ff, f, src, dst, true);
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
@@ -458,6 +475,10 @@ export class Translator {
       const t = this.table;
       let f = t.lookupInside(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
       if (f < 0) {
+        if (this.egress.size > 0) {
+          const r = this.egress.decide(ipv4.PROTO_ICMP, src, dst, 0);
+          if (r >= 0) return this.refuseEgress(buf, p, hl, tl, r);
+        }
         f = t.createOutbound(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
         if (f < 0) return this.refuse(buf, p, tl, REFUSAL_DROP[-f - 1]!);
       }
@@ -504,7 +525,29 @@ export class Translator {
       const dport = udp.dstPort(buf, l4);
       const t = this.table;
       let f = t.lookupOutside(proto, dst, dport, src, sport, this.now);
-      if (f < 0) {
+      const fw = f < 0 && this.forwards.size > 0 ? this.forwards.find(proto, dst, dport) : -1;
+      if (fw >= 0) {
+        // A static forward: only a SYN (or any UDP datagram) opens a flow to its inside host.
+        if (proto === ipv4.PROTO_TCP && (!(tflags & tcp.SYN) || tflags & (tcp.RST | tcp.ACK))) {
+          return this.drop(DropReason.Unsolicited);
+        }
+        const fo = this.forwards;
+        f = t.createForward(
+          proto,
+          dst,
+          dport,
+          src,
+          sport,
+          fo.inside[fw]!,
+          fo.insidePort[fw]!,
+          this.now,
+        );
+        if (f < 0) {
+          fo.refused[fw]!++;
+          return this.drop(REFUSAL_DROP[-f - 1]!);
+        }
+        fo.flows[fw]!++;
+      } else if (f < 0) {
         // Only a SYN may open a flow from outside, and only where the filtering mode lets an
         // existing mapping accept a new remote (RFC 4787 REQ-8, RFC 5382 REQ-3). Everything else
         // is dropped without an answer (RFC 5382 REQ-4).
@@ -519,6 +562,10 @@ export class Translator {
       // RFC 4787 REQ-6a: inbound refresh is allowed, and Linux does it too.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, false, this.now);
       else t.touch(f, false, this.now);
+      if ((t.flags(f) & FlowFlag.FORWARD) !== 0) {
+        const k = fw >= 0 ? fw : this.forwards.find(proto, dst, dport);
+        if (k >= 0) this.forwards.packetsIn[k]! += this.segs;
+      }
       return this.applyPorts(buf, p, l4, proto, ff, f, src, dst, false);
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpInbound(buf, p, hl, tl, ff);
@@ -865,6 +912,67 @@ export class Translator {
     this.clearVnet(buf, p);
     this.outLen = this.hdrLen() + n;
     return Verdict.Reply;
+  }
+
+  /**
+   * An outbound packet whose new flow egress rule `r` denies: counted (egress_denied, and on the
+   * rule), then answered as the rule says: ICMP 3/13, a TCP RST (TCP only; other protocols get
+   * ICMP 3/13), or nothing.
+   */
+  private refuseEgress(buf: Uint8Array, p: number, hl: number, tl: number, r: number): Verdict {
+    this.stats.drops[DropReason.EgressDenied]!++;
+    this.lastDrop = DropReason.EgressDenied;
+    const answer = this.egress.answer(r);
+    if (answer === EgressAnswer.Silent) return Verdict.Drop;
+    if (answer === EgressAnswer.Rst && ipv4.protocol(buf, p) === ipv4.PROTO_TCP) {
+      this.outLen = this.hdrLen() + writeRst(buf, p, hl, tl, this.nextIdent());
+      this.clearVnet(buf, p);
+      return Verdict.Reply;
+    }
+    const from = this.table.natAddressFor(ipv4.src(buf, p));
+    const n = writeIcmpError(
+      buf,
+      p,
+      tl,
+      icmp.DEST_UNREACH,
+      icmp.CODE_ADMIN_PROHIBITED,
+      0,
+      from,
+      this.nextIdent(),
+    );
+    this.clearVnet(buf, p);
+    this.outLen = this.hdrLen() + n;
+    return Verdict.Reply;
+  }
+
+  /**
+   * New egress rules (SIGHUP). Flows the new rules still allow go on untouched; every live flow
+   * they deny is ended (removed; its next packet meets the new rules as a new flow would) and
+   * counted on the denying rule. Flows opened through a static forward are inbound and not
+   * subject to egress rules. Control plane: walks the table once. Returns the flows ended.
+   */
+  setEgress(policy: EgressPolicy): number {
+    this.egress = policy;
+    if (policy.size === 0) return 0;
+    const t = this.table;
+    const now = Math.floor(this.clock.now() / 1000);
+    let ended = 0;
+    t.forEach((f) => {
+      if ((t.flags(f) & FlowFlag.FORWARD) !== 0) return;
+      const proto = t.proto(f);
+      const r = policy.denies(
+        proto,
+        t.iaddr(f),
+        t.raddr(f),
+        proto === ipv4.PROTO_ICMP ? 0 : t.rport(f),
+      );
+      if (r < 0) return;
+      policy.ended[r]!++;
+      t.remove(f, now);
+      ended++;
+    });
+    this.stats.egressFlowsEnded += ended;
+    return ended;
   }
 
   private nextIdent(): number {

@@ -156,6 +156,9 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["top-hosts", "5000", /0\.\.1000/],
     ["queues", "0", /integer 1\.\.256/],
     ["poll-us", "fast", /0\.\.10000/],
+    ["internal-address", "127.0.0.2", /loopback/],
+    ["egress", "deny proto=sctp", /egress rule 1, field "proto"/],
+    ["forward", "tcp:443", /forward 1, field "forward"/],
     ["tun-queue-length", "0", /1\.\.1000000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));

@@ -14,6 +14,7 @@ import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { emptyHaSnapshot } from "../../../src/ha/snapshot.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
+import { Forwards } from "../../../src/nat/forwards.js";
 import { NatStats } from "../../../src/nat/stats.js";
 import { newTranslator } from "../../helpers/nat.js";
 import { ip } from "../../helpers/packet.js";
@@ -43,6 +44,17 @@ async function registered(): Promise<string[]> {
       reloads: () => ({ succeeded: 0, failed: 0, lastFailed: false, lastSuccessAt: 0 }),
       config: { mode: "managed", mapping: "eim", filtering: "eif", preset: "none" },
       tunQueues: () => null,
+      egress: () => tr.egress,
+      forwards: new Forwards([
+        {
+          proto: 6,
+          natAddress: null,
+          port: 443,
+          inside: ip("10.0.0.9"),
+          insidePort: 443,
+          text: "",
+        },
+      ]),
       ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },
