@@ -103,6 +103,10 @@ export interface FlowHooks {
     bytesOut: number,
     bytesIn: number,
   ): void;
+  /** Called once per flow created, after its fields are set (never per packet). */
+  flowCreated?(flow: number, now: number): void;
+  /** Called once per flow removed, before its fields are cleared (never per packet). */
+  flowRemoved?(flow: number, now: number): void;
 }
 
 /**
@@ -970,6 +974,7 @@ export class FlowTable implements TupleProbe {
     this.pushEvictable(f);
     this.active++;
     this.stats.flowsCreated++;
+    this.hooks.flowCreated?.(f, now);
   }
 
   private newMapping(
@@ -1001,6 +1006,7 @@ export class FlowTable implements TupleProbe {
   private removeFlow(f: number, now: number): void {
     const p = this.proto(f);
     if (p === 0) return;
+    this.hooks.flowRemoved?.(f, now);
     if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.unlinkEvictable(f);
     this.inIdx.delete(f);
     this.outIdx.delete(f);

@@ -32,6 +32,7 @@ import { hasCapNetAdmin } from "./checks.js";
 import { BatchClock } from "./clock.js";
 import { reloadChanges, type TunnatConfig } from "./config.js";
 import { type ControlServer, startControlSocket } from "./control-socket.js";
+import { FlowEvents } from "./flow-events.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
 import { createMetrics, type TunnatMetrics } from "./metrics.js";
@@ -41,6 +42,7 @@ import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
 import { statsSnapshot } from "./stats-snapshot.js";
+import { gatewayInfo, topTalkers } from "./status-snapshot.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
@@ -174,7 +176,13 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    this.translator = new Translator(cfg.nat, this.clock, this.stats, this.mappingLog?.hooks);
+    // Flow events (`tunnat flows --follow`) come from the same hooks into a fixed ring.
+    const events = new FlowEvents(cfg.nat.maxFlows);
+    this.translator = new Translator(cfg.nat, this.clock, this.stats, {
+      ...this.mappingLog?.hooks,
+      ...events.hooks,
+    });
+    events.attach(this.translator.table);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -212,12 +220,22 @@ export class Daemon {
     this.metrics = createMetrics(view, { topHosts: c.topHosts });
     this.http.setMetrics(this.metrics.registry);
     const clock = this.clock;
+    const startedMs = clock.now();
     this.control = await startControlSocket(
       c.controlSocket,
       {
         table: view.table,
         nowSec: () => Math.floor(clock.now() / 1000),
-        stats: () => statsSnapshot(view),
+        stats: () => ({
+          gateway: gatewayInfo(
+            this.config,
+            Math.floor((clock.now() - startedMs) / 1000),
+            this.device?.name,
+          ),
+          ...statsSnapshot(view),
+          topTalkers: topTalkers(view.table, 5),
+        }),
+        events,
       },
       this.log,
       { group: c.controlSocketGroup },

@@ -92,26 +92,29 @@ t.test("stats and flows say the daemon is not reachable when the socket is absen
   }
 });
 
-t.test("check --json reports a failing config and exits 1 without changing anything", async (t) => {
-  const r = tunnat(["check", "--json", "--inside", "10.0.0.0/16"]);
-  t.equal(r.code, 1);
-  const doc = JSON.parse(r.out) as {
-    ok: boolean;
-    checks: { name: string; ok: boolean; detail: string }[];
-  };
-  t.equal(doc.ok, false);
-  const cfg = doc.checks.find((c) => c.name === "config");
-  t.equal(cfg?.ok, false);
-  t.match(cfg?.detail, /missing --nat-address/);
-  for (const name of [
-    "tun device",
-    "CAP_NET_ADMIN",
-    "ip_forward",
-    "inside interface",
-    "address overlap",
-  ])
-    t.ok(
-      doc.checks.some((c) => c.name === name),
-      name,
-    );
-});
+t.test(
+  "check --json reports a failing config and exits 2 (as run does) without changing anything",
+  async (t) => {
+    const r = tunnat(["check", "--json", "--inside", "10.0.0.0/16"]);
+    t.equal(r.code, 2);
+    const doc = JSON.parse(r.out) as {
+      ok: boolean;
+      checks: { name: string; ok: boolean; detail: string }[];
+    };
+    t.equal(doc.ok, false);
+    const cfg = doc.checks.find((c) => c.name === "config");
+    t.equal(cfg?.ok, false);
+    t.match(cfg?.detail, /missing --nat-address/);
+    for (const name of [
+      "tun device",
+      "CAP_NET_ADMIN",
+      "ip_forward",
+      "inside interface",
+      "address overlap",
+    ])
+      t.ok(
+        doc.checks.some((c) => c.name === name),
+        name,
+      );
+  },
+);
