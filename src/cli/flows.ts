@@ -9,13 +9,12 @@
  * --follow streams create and destroy events as `conntrack -E` does; --delete removes the
  * matching flows as `conntrack -D` does (their ports then rest as after an expiry).
  */
+import { PROTOCOL_NAMES, protocolByName } from "../base/protocols.js";
 import { request, stream } from "../control/control-client.js";
 import type { FlowFilter, FlowRecord } from "../control/control-protocol.js";
 import { clientOptions, reachableSocket } from "./client.js";
 import type { Command } from "./command.js";
 import { humanBytes, humanSeconds, numberOption } from "./format.js";
-
-const PROTO_NUM: Record<string, number> = { tcp: 6, udp: 17, icmp: 1 };
 
 export interface FlowShow {
   /** Exact byte counts instead of 1.5 MiB. */
@@ -24,7 +23,7 @@ export interface FlowShow {
 
 /** One flow as `conntrack -L` prints it (with accounting on). */
 export function formatFlow(r: FlowRecord, opts: FlowShow = {}): string {
-  const num = PROTO_NUM[r.proto] ?? 0;
+  const num = protocolByName(r.proto)?.number ?? 0;
   // Below 1 KiB the exact count, as conntrack prints it; above, 1.5KiB (exact with --raw).
   const bytes = (n: number) => (opts.raw || n < 1024 ? String(n) : humanBytes(n).replace(" ", ""));
   const head = `${r.proto.padEnd(8)} ${num} ${String(r.timeout).padStart(6)} ${r.proto === "tcp" ? r.state.padEnd(11) : "".padEnd(11)}`;
@@ -189,7 +188,7 @@ export const flows: Command = {
           type: "string",
           describe: "only flows on this outside (NAT) address (ADDR or ADDR:PORT)",
         })
-        .option("proto", { choices: ["tcp", "udp", "icmp"], describe: "only this protocol" })
+        .option("proto", { choices: PROTOCOL_NAMES, describe: "only this protocol" })
         .option("state", {
           type: "string",
           describe: "only flows in this state (TCP state name, or REPLIED/UNREPLIED)",

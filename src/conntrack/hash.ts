@@ -8,7 +8,7 @@
  */
 
 /** One MurmurHash3 round: mixes the 32-bit word `k` into the running hash `h`. */
-export function mix32(h: number, k: number): number {
+function mix32(h: number, k: number): number {
   let x = Math.imul(k, 0xcc9e2d51);
   x = (x << 15) | (x >>> 17);
   x = Math.imul(x, 0x1b873593);
@@ -18,7 +18,7 @@ export function mix32(h: number, k: number): number {
 }
 
 /** MurmurHash3's finaliser: every input bit reaches every output bit. Returns a uint32. */
-export function fmix32(h: number): number {
+function fmix32(h: number): number {
   let x = h ^ (h >>> 16);
   x = Math.imul(x, 0x85ebca6b);
   x ^= x >>> 13;

@@ -8,8 +8,9 @@
  * gets flows (its traffic is counted in `departed*` as it ends); with a quota it is refused, since
  * its quota could not be enforced.
  */
+
+import { PROTO_SLOTS } from "../base/protocols.js";
 import { hashWord, nextPow2 } from "./hash.js";
-import { PROTO_SLOTS } from "./ports.js";
 
 export class HostTable {
   readonly slots: number;
@@ -19,7 +20,7 @@ export class HostTable {
   readonly addr: Uint32Array;
   /** Live flows per slot; 0 = empty slot. */
   readonly flows: Uint32Array;
-  /** Mappings per slot and protocol slot (slot * 3 + protoIndex). */
+  /** Mappings per slot and protocol slot (slot * PROTO_SLOTS + protocol slot). */
   readonly maps: Uint32Array;
   /** Traffic of the host's flows that have ended (live flows carry their own counters). */
   readonly pktsOut: Float64Array;
@@ -129,25 +130,6 @@ export class HostTable {
     this.departedBytesOut += this.bytesOut[s];
     this.departedBytesIn += this.bytesIn[s];
     this.deleteSlot(s);
-  }
-
-  /**
-   * Add traffic straight to a host (for a caller that accounts per packet; costs one probe).
-   * Traffic of an unknown host goes to `departed*`.
-   */
-  addBytes(addr: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number): void {
-    const s = this.find(addr);
-    if (s < 0) {
-      this.departedPktsOut += pktsOut;
-      this.departedPktsIn += pktsIn;
-      this.departedBytesOut += bytesOut;
-      this.departedBytesIn += bytesIn;
-      return;
-    }
-    this.pktsOut[s] += pktsOut;
-    this.pktsIn[s] += pktsIn;
-    this.bytesOut[s] += bytesOut;
-    this.bytesIn[s] += bytesIn;
   }
 
   /** Backward-shift deletion (Knuth 6.4 Algorithm R): no tombstones, chains stay short. */

@@ -34,15 +34,8 @@
  * free (at most MAX_TUPLE_PROBES looked at, from a random point), then a resting one.
  * Cost: 144 KiB per group, 432 KiB per NAT address, on top of the 768 KiB of slots.
  */
+import { PROTO_SLOTS, PROTOCOLS } from "../base/protocols.js";
 import { hashWord, indexSlots, type Prng } from "./hash.js";
-
-/** Protocol slot: TCP 0, UDP 1, ICMP 2 (the same order as nat/stats.ts PROTO_INDEX). */
-export function protoIndex(proto: number): number {
-  return proto === 6 ? 0 : proto === 17 ? 1 : 2;
-}
-
-export const PROTO_SLOTS = 3;
-const ICMP_SLOT = 2;
 
 export class NatPool {
   /** The NAT addresses in configuration order; an address's index is its position here. */
@@ -120,9 +113,9 @@ function ctz(x: number): number {
 }
 
 export class PortAllocator {
-  /** Slot per (addrIndex * 3 + protoIndex) << 16 | port; see the file comment for values. */
+  /** Slot per (addrIndex * PROTO_SLOTS + protocol slot) << 16 | port; see the file comment for values. */
   readonly slots: Int32Array;
-  /** Ports in use per (addrIndex * 3 + protoIndex). */
+  /** Ports in use per (addrIndex * PROTO_SLOTS + protocol slot). */
   readonly used: Int32Array;
   /**
    * Words and entries examined by allocate(), take() and release() since construction (tests
@@ -140,7 +133,12 @@ export class PortAllocator {
   /** Free and in-use ports per quarter: (group << 2) | class << 1 | parity. */
   private readonly freeCount: Int32Array;
   private readonly busyCount: Int32Array;
-  /** Bit-index range [qLo, qHi] of each quarter: (protoIndex << 2) | class << 1 | parity. */
+  /** Bit-index range [qLo, qHi] of each quarter: (protocol slot << 2) | class << 1 | parity. */
+  /**
+   * Per protocol slot, 1 when its "ports" are a whole 16-bit identifier space with no class and
+   * no configured range (ICMP echo ids), 0 for real ports (base/protocols.ts `ports`).
+   */
+  private readonly idSpace = Uint8Array.from(PROTOCOLS, (p) => (p.ports ? 0 : 1));
   private readonly qLo = new Int32Array(PROTO_SLOTS * 4);
   private readonly qHi = new Int32Array(PROTO_SLOTS * 4);
   /** Resting ports in release order: a ring of 65536 per group, its head and length. */
@@ -175,9 +173,15 @@ export class PortAllocator {
     for (let pi = 0; pi < PROTO_SLOTS; pi++) {
       for (let c = 0; c < 2; c++) {
         const cLo =
-          pi === ICMP_SLOT ? (c === 0 ? 0 : 1) : c === 0 ? this.lo : Math.max(this.lo, 1024);
+          this.idSpace[pi] === 1 ? (c === 0 ? 0 : 1) : c === 0 ? this.lo : Math.max(this.lo, 1024);
         const cHi =
-          pi === ICMP_SLOT ? (c === 0 ? 65535 : 0) : c === 0 ? Math.min(this.hi, 1023) : this.hi;
+          this.idSpace[pi] === 1
+            ? c === 0
+              ? 65535
+              : 0
+            : c === 0
+              ? Math.min(this.hi, 1023)
+              : this.hi;
         for (let q = 0; q < 2; q++) {
           const first = cLo + ((cLo ^ q) & 1);
           const last = cHi - ((cHi ^ q) & 1);
@@ -190,8 +194,8 @@ export class PortAllocator {
     for (let a = 0; a < nAddrs; a++) {
       for (let pi = 0; pi < PROTO_SLOTS; pi++) {
         const g = a * PROTO_SLOTS + pi;
-        const lo = pi === ICMP_SLOT ? 0 : this.lo;
-        const hi = pi === ICMP_SLOT ? 65535 : this.hi;
+        const lo = this.idSpace[pi] === 1 ? 0 : this.lo;
+        const hi = this.idSpace[pi] === 1 ? 65535 : this.hi;
         for (let p = lo; p <= hi; p++) this.mark(this.free, this.freeSum, this.freeCount, g, pi, p);
       }
     }
@@ -199,7 +203,7 @@ export class PortAllocator {
 
   /** Ports the allocator may hand out for a protocol slot. */
   rangeSize(pi: number): number {
-    return pi === ICMP_SLOT ? 65536 : this.hi - this.lo + 1;
+    return this.idSpace[pi] === 1 ? 65536 : this.hi - this.lo + 1;
   }
 
   /** The slot value for (addr, proto, port). */
@@ -249,8 +253,8 @@ export class PortAllocator {
         if (this.probe.outsideTupleFree(want)) return want;
       }
     }
-    const cls = pi === ICMP_SLOT || want < 1024 ? 0 : 1;
-    const parity = pi === ICMP_SLOT ? this.prng.next() & 1 : want & 1;
+    const cls = this.idSpace[pi] === 1 || want < 1024 ? 0 : 1;
+    const parity = this.idSpace[pi] === 1 ? this.prng.next() & 1 : want & 1;
     // Free ports: own class and parity, own class other parity, then the other class.
     for (let k = 0; k < 4; k++) {
       const c = k < 2 ? cls : cls ^ 1;
@@ -325,7 +329,7 @@ export class PortAllocator {
   }
 
   private inRange(pi: number, p: number): boolean {
-    return pi === ICMP_SLOT || (p >= this.lo && p <= this.hi);
+    return this.idSpace[pi] === 1 || (p >= this.lo && p <= this.hi);
   }
 
   /** Set port p's bit in a bitmap and count it in its quarter. */
@@ -343,7 +347,7 @@ export class PortAllocator {
     bits[w] |= 1 << (i & 31);
     const sw = i >>> 5;
     sums[bq * SUMS + (sw >>> 5)] |= 1 << (sw & 31);
-    counts[(g << 2) | (pi !== ICMP_SLOT && p >= 1024 ? 2 : 0) | (p & 1)]++;
+    counts[(g << 2) | (this.idSpace[pi] === 0 && p >= 1024 ? 2 : 0) | (p & 1)]++;
   }
 
   /** Clear port p's bit in a bitmap and uncount it. */
@@ -364,7 +368,7 @@ export class PortAllocator {
       const sw = i >>> 5;
       sums[bq * SUMS + (sw >>> 5)] &= ~(1 << (sw & 31));
     }
-    counts[(g << 2) | (pi !== ICMP_SLOT && p >= 1024 ? 2 : 0) | (p & 1)]--;
+    counts[(g << 2) | (this.idSpace[pi] === 0 && p >= 1024 ? 2 : 0) | (p & 1)]--;
   }
 
   /** A random set port of a quarter (a random point, then the next set bit, wrapping). */

@@ -22,54 +22,42 @@
  * - Memory is fixed at construction (typed arrays only): about 100 bytes per flow at the
  *   default capacity, 120 with the mapping log's fields; see memoryBytes() and the unit test.
  */
-import type { NatConfig, Timeouts } from "../nat/config.js";
-import { DropReason, type NatStats } from "../nat/stats.js";
-import { hashEndpoint, hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import { PROTO_SLOTS, Proto, protoSlot, type Timeouts } from "../base/protocols.js";
+import type { ConntrackConfig } from "./config.js";
+import { flowDeltas } from "./deltas.js";
+import { hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import type { FlowHooks } from "./hooks.js";
 import { HostTable } from "./hosts.js";
-import { NatPool, PortAllocator, PROTO_SLOTS, protoIndex, type TupleProbe } from "./ports.js";
+import { EndpointIndex, TupleIndex } from "./index.js";
+import { NatPool, PortAllocator, type TupleProbe } from "./ports.js";
+import {
+  CTR_BYTES,
+  CTR_F64,
+  CTR_U32,
+  FLAG_BITS,
+  FlowFlag,
+  LINK_SHIFT,
+  MAX_CAPACITY,
+  R_DELTAS,
+  R_EXPIRES,
+  R_FLAGS,
+  R_IADDR,
+  R_OADDR,
+  R_PORTS,
+  R_RADDR,
+  R_RPORT_PROTO_STATE,
+  REC,
+} from "./record.js";
+import { Refusal } from "./refusal.js";
 import { RemoteSet } from "./remotes.js";
+import { type ConntrackStats, STATE_SLOTS } from "./stats.js";
 import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
 
-/** IPv4 protocol numbers the table tracks. */
-export const Proto = { ICMP: 1, TCP: 6, UDP: 17 } as const;
-export type Proto = (typeof Proto)[keyof typeof Proto];
-
-/** Bits of FlowTable.flags. */
-export const FlowFlag = {
-  /** Saw a packet in the reply direction (inbound for a flow opened from inside). Never evicted. */
-  REPLIED: 0x01,
-  /** Opened by an inbound packet on an existing mapping (EIF/ADF). */
-  INBOUND: 0x02,
-  /** Free for translate.ts. */
-  USER: 0x04,
-} as const;
-
-/**
- * The flags word of a record holds the FlowFlag bits (0-4) and, above them, the link to the next
- * flow of the eviction list (id + 1, 0 for none): 27 bits, which bounds the capacity.
- */
-const FLAG_BITS = 0x1f;
-const LINK_SHIFT = 5;
-export const MAX_CAPACITY = 1 << 26;
-
-/** Words per flow record and their meaning (see FlowTable.rec). */
-const REC = 8;
-const R_IADDR = 0;
-const R_OADDR = 1;
-const R_RADDR = 2;
-const R_RPORT_PROTO_STATE = 3;
-const R_PORTS = 4;
-const R_EXPIRES = 5;
-const R_DELTAS = 6;
-const R_FLAGS = 7;
-/**
- * Counters: 24 bytes per flow in one buffer, seen as float64 (bytes out, bytes in) and as uint32
- * (packets out, packets in), so a packet's counter update touches one place.
- */
-const CTR_BYTES = 24;
-const CTR_F64 = CTR_BYTES / 8;
-const CTR_U32 = CTR_BYTES / 4;
+export { Proto } from "../base/protocols.js";
+export type { FlowHooks } from "./hooks.js";
+export { FlowFlag } from "./record.js";
+export { Refusal } from "./refusal.js";
 
 const FILTER_APDF = 0;
 const FILTER_ADF = 1;
@@ -77,200 +65,6 @@ const FILTER_EIF = 2;
 
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
-
-export interface FlowHooks {
-  /** Called per mapping create/remove (never per packet) for the RFC 6888 §4 log. */
-  mappingCreated?(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    now: number,
-  ): void;
-  mappingRemoved?(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    now: number,
-    createdAt: number,
-    bytesOut: number,
-    bytesIn: number,
-  ): void;
-  /** Called once per flow created, after its fields are set (never per packet). */
-  flowCreated?(flow: number, now: number): void;
-  /** Called once per flow removed, before its fields are cleared (never per packet). */
-  flowRemoved?(flow: number, now: number): void;
-}
-
-/**
- * Open-addressing index of flow ids keyed by (proto, addr, port, raddr, rport), read from the flow
- * records: `addrWord` picks the inside or NAT address, `portShift` the inside (0) or NAT (16) port.
- */
-class TupleIndex {
-  readonly slots: Int32Array;
-  readonly mask: number;
-
-  constructor(
-    size: number,
-    readonly seed: number,
-    private readonly rec: Uint32Array,
-    private readonly addrWord: number,
-    private readonly portShift: number,
-  ) {
-    this.slots = new Int32Array(size).fill(-1);
-    this.mask = size - 1;
-  }
-
-  find(p: number, a: number, pt: number, ra: number, rp: number): number {
-    const slots = this.slots;
-    const mask = this.mask;
-    const rec = this.rec;
-    const protoPort = (rp | (p << 16)) >>> 0;
-    let i = hashTuple(this.seed, p, a, ra, pt, rp) & mask;
-    for (;;) {
-      const f = slots[i];
-      if (f < 0) return -1;
-      const b = f * REC;
-      // One branch over all fields of one record: one cache line at most.
-      if (
-        ((rec[b + this.addrWord] ^ a) |
-          (rec[b + R_RADDR] ^ ra) |
-          (((rec[b + R_PORTS] >>> this.portShift) & 0xffff) ^ pt) |
-          ((rec[b + R_RPORT_PROTO_STATE] & 0xffffff) ^ protoPort)) ===
-        0
-      ) {
-        return f;
-      }
-      i = (i + 1) & mask;
-    }
-  }
-
-  homeOf(f: number): number {
-    const rec = this.rec;
-    const b = f * REC;
-    const w3 = rec[b + R_RPORT_PROTO_STATE];
-    return (
-      hashTuple(
-        this.seed,
-        (w3 >>> 16) & 0xff,
-        rec[b + this.addrWord],
-        rec[b + R_RADDR],
-        (rec[b + R_PORTS] >>> this.portShift) & 0xffff,
-        w3 & 0xffff,
-      ) & this.mask
-    );
-  }
-
-  insert(f: number): void {
-    insertId(this.slots, this.mask, this.homeOf(f), f);
-  }
-
-  delete(f: number): void {
-    deleteId(this.slots, this.mask, f, this);
-  }
-}
-
-/** Open-addressing index of mapping ids keyed by (proto, inside addr, inside port). */
-class EndpointIndex {
-  readonly slots: Int32Array;
-  private readonly mask: number;
-
-  constructor(
-    size: number,
-    private readonly seed: number,
-    private readonly proto: Uint8Array,
-    private readonly addr: Uint32Array,
-    private readonly port: Uint16Array,
-  ) {
-    this.slots = new Int32Array(size).fill(-1);
-    this.mask = size - 1;
-  }
-
-  find(p: number, a: number, pt: number): number {
-    const slots = this.slots;
-    const mask = this.mask;
-    let i = hashEndpoint(this.seed, p, a, pt) & mask;
-    for (;;) {
-      const m = slots[i];
-      if (m < 0) return -1;
-      if (this.addr[m] === a && this.port[m] === pt && this.proto[m] === p) return m;
-      i = (i + 1) & mask;
-    }
-  }
-
-  homeOf(m: number): number {
-    return hashEndpoint(this.seed, this.proto[m], this.addr[m], this.port[m]) & this.mask;
-  }
-
-  insert(m: number): void {
-    insertId(this.slots, this.mask, this.homeOf(m), m);
-  }
-
-  delete(m: number): void {
-    deleteId(this.slots, this.mask, m, this);
-  }
-}
-
-/** Put `id` in the first empty slot from its home (linear probing). */
-function insertId(slots: Int32Array, mask: number, home: number, id: number): void {
-  let i = home;
-  while (slots[i] >= 0) i = (i + 1) & mask;
-  slots[i] = id;
-}
-
-/** Remove `id` from a linear-probing table, if present, leaving no tombstone. */
-function deleteId(
-  slots: Int32Array,
-  mask: number,
-  id: number,
-  index: { homeOf(id: number): number },
-): void {
-  let i = index.homeOf(id);
-  while (slots[i] !== id) {
-    if (slots[i] < 0) return;
-    i = (i + 1) & mask;
-  }
-  backwardShift(slots, mask, i, index);
-}
-
-/**
- * Empty slot `i` of a linear-probing table without leaving a tombstone (Knuth 6.4 Algorithm R):
- * pull each later entry of the cluster back into the hole unless that would put it before its
- * home slot.
- */
-function backwardShift(
-  slots: Int32Array,
-  mask: number,
-  hole: number,
-  index: { homeOf(id: number): number },
-): void {
-  let i = hole;
-  let j = hole;
-  for (;;) {
-    j = (j + 1) & mask;
-    const id = slots[j];
-    if (id < 0) break;
-    const k = index.homeOf(id);
-    if (i <= j ? i < k && k <= j : i < k || k <= j) continue;
-    slots[i] = id;
-    i = j;
-  }
-  slots[i] = -1;
-}
-
-/** 16-bit ones' complement fold of a sum of 16-bit words. */
-function fold(s: number): number {
-  let x = (s & 0xffff) + (s >>> 16);
-  x = (x & 0xffff) + (x >>> 16);
-  return x;
-}
 
 export class FlowTable implements TupleProbe {
   readonly capacity: number;
@@ -345,8 +139,8 @@ export class FlowTable implements TupleProbe {
   private probeRport = 0;
 
   constructor(
-    cfg: NatConfig,
-    private readonly stats: NatStats,
+    cfg: ConntrackConfig,
+    readonly stats: ConntrackStats,
     private readonly hooks: FlowHooks = {},
   ) {
     const cap = Math.floor(cfg.maxFlows);
@@ -494,13 +288,15 @@ export class FlowTable implements TupleProbe {
     this.ctr[f * CTR_F64 + 1] += bytes;
   }
 
-  private setProto(f: number, p: number): void {
-    const i = f * REC + R_RPORT_PROTO_STATE;
-    this.rec[i] = (this.rec[i] & 0xff00ffff) | (p << 16);
-  }
+  /** Change a live flow's state, moving it between the flowsByState counts. */
   private setState(f: number, st: number): void {
     const i = f * REC + R_RPORT_PROTO_STATE;
-    this.rec[i] = (this.rec[i] & 0x00ffffff) | (st << 24);
+    const w = this.rec[i];
+    const b = protoSlot((w >>> 16) & 0xff) * STATE_SLOTS;
+    const byState = this.stats.flowsByState;
+    byState[b + (w >>> 24)]--;
+    byState[b + st]++;
+    this.rec[i] = (w & 0x00ffffff) | (st << 24);
   }
   private setExpires(f: number, v: number): void {
     this.rec[f * REC + R_EXPIRES] = v;
@@ -576,7 +372,7 @@ export class FlowTable implements TupleProbe {
    */
   hasMapping(proto: number, oaddr: number, oport: number): boolean {
     const a = this.pool.indexOf(oaddr);
-    return a >= 0 && this.ports.get(a, protoIndex(proto), oport) > 0;
+    return a >= 0 && this.ports.get(a, protoSlot(proto), oport) > 0;
   }
 
   /** The NAT address inside host `iaddr` leaves from (paired pooling), or 0 with no addresses. */
@@ -594,7 +390,7 @@ export class FlowTable implements TupleProbe {
   /**
    * New flow for an outbound packet; call it after lookupInside missed. Endpoint-independent
    * mode reuses the inside endpoint's mapping if it has one. Returns the flow id, or
-   * -(1 + DropReason) (TableFull, PortExhausted, QuotaExceeded) after counting the drop.
+   * -(1 + Refusal) (TableFull, PortExhausted, QuotaExceeded); the caller counts the drop.
    */
   createOutbound(
     proto: number,
@@ -611,10 +407,9 @@ export class FlowTable implements TupleProbe {
     const f = this.takeSlot(now);
     if (f < 0) {
       stats.tableFullEvents++;
-      stats.drops[DropReason.TableFull]++;
-      return -1 - DropReason.TableFull;
+      return -1 - Refusal.TableFull;
     }
-    const pi = protoIndex(proto);
+    const pi = protoSlot(proto);
     let a: number;
     let oport: number;
     let m = -1;
@@ -622,11 +417,11 @@ export class FlowTable implements TupleProbe {
     if (this.eim) {
       m = this.mapIdx.find(proto, ia, iport);
       if (m < 0) {
-        if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
-        if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+        if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+        if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
         a = this.pool.paired(ia);
         oport = this.ports.allocate(a, pi, iport, now);
-        if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+        if (oport < 0) return this.refuse(f, Refusal.PortExhausted);
         m = this.newMapping(proto, ia, iport, a, oport, now);
         this.ports.take(a, pi, oport, m + 1);
         newMapping = true;
@@ -636,15 +431,15 @@ export class FlowTable implements TupleProbe {
       }
       this.mRefs[m]++;
     } else {
-      if (!this.quotaAllows(ia, pi)) return this.refuse(f, DropReason.QuotaExceeded);
-      if (this.pool.size === 0) return this.refuse(f, DropReason.PortExhausted);
+      if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+      if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
       a = this.pool.paired(ia);
       this.probeProto = proto;
       this.probeOaddr = this.pool.addrs[a];
       this.probeRaddr = ra;
       this.probeRport = rport;
       oport = this.ports.allocate(a, pi, iport, now);
-      if (oport < 0) return this.refuse(f, DropReason.PortExhausted);
+      if (oport < 0) return this.refuse(f, Refusal.PortExhausted);
       this.ports.take(a, pi, oport, 1);
       newMapping = true;
     }
@@ -665,7 +460,7 @@ export class FlowTable implements TupleProbe {
    * mode (RFC 4787 REQ-8, RFC 5382 REQ-3), opens a flow on the existing mapping: always with
    * endpoint-independent filtering, with address-dependent filtering if the mapping already has
    * a flow to raddr, never with address-and-port-dependent. Returns the flow id, or
-   * -(1 + DropReason): Unsolicited (no mapping), Filtered (policy; also every per-destination
+   * -(1 + Refusal): Unsolicited (no mapping), Filtered (policy; also every per-destination
    * port, which may be shared by several inside endpoints), TableFull. Counts nothing.
    */
   createInbound(
@@ -677,20 +472,23 @@ export class FlowTable implements TupleProbe {
     now: number,
   ): number {
     const a = this.pool.indexOf(oaddr);
-    if (a < 0) return -1 - DropReason.Unsolicited;
-    const pi = protoIndex(proto);
+    if (a < 0) return -1 - Refusal.Unsolicited;
+    // Make room first: the sweep may end the very mapping looked up below (its last flow
+    // expired), which must then not be used (that leaked a freed mapping id, corrupted the
+    // mapping free list, and at last filled the mapping index so that a lookup never ended).
+    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
+    const pi = protoSlot(proto);
     const v = this.ports.get(a, pi, oport);
-    if (v <= 0) return -1 - DropReason.Unsolicited;
-    if (!this.eim || this.filtering === FILTER_APDF) return -1 - DropReason.Filtered;
+    if (v <= 0) return -1 - Refusal.Unsolicited;
+    if (!this.eim || this.filtering === FILTER_APDF) return -1 - Refusal.Filtered;
     const m = v - 1;
     const ra = raddr >>> 0;
     if (this.filtering === FILTER_ADF && !(this.remotes as RemoteSet).has(m, ra)) {
-      return -1 - DropReason.Filtered;
+      return -1 - Refusal.Filtered;
     }
     // No eviction for inbound-opened flows: outsiders must not push out the inside's flows.
-    if (this.freeHead < 0) this.sweep(now, FULL_SWEEP_BUDGET);
     const f = this.freeHead;
-    if (f < 0) return -1 - DropReason.TableFull;
+    if (f < 0) return -1 - Refusal.TableFull;
     this.freeHead = this.expires(f) - 1;
     this.mRefs[m]++;
     const ia = this.mIaddr[m];
@@ -729,12 +527,6 @@ export class FlowTable implements TupleProbe {
       if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
     }
     this.setExpires(flow, now + this.timeouts.forState(this.proto(flow), this.state(flow)));
-  }
-
-  /** Record a reply without refreshing. */
-  markReplied(flow: number): void {
-    this.setReplied(flow);
-    if (this.proto(flow) !== Proto.TCP) this.setState(flow, 1);
   }
 
   /**
@@ -800,7 +592,7 @@ export class FlowTable implements TupleProbe {
 
   /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
   portUsage(addrIndex: number, proto: number): { used: number; free: number } {
-    const pi = protoIndex(proto);
+    const pi = protoSlot(proto);
     const used = this.ports.used[addrIndex * PROTO_SLOTS + pi];
     return { used, free: this.ports.rangeSize(pi) - used };
   }
@@ -878,12 +670,11 @@ export class FlowTable implements TupleProbe {
     return this.hosts.maps[s * PROTO_SLOTS + pi] < this.quota;
   }
 
-  /** Give back a slot taken for a flow that could not be made, and count why. */
+  /** Give back a slot taken for a flow that could not be made; return the refusal. */
   private refuse(f: number, reason: number): number {
     this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;
-    this.stats.drops[reason]++;
-    if (reason === DropReason.PortExhausted) this.stats.portAllocationErrors++;
+    if (reason === Refusal.PortExhausted) this.stats.portAllocationErrors++;
     return -1 - reason;
   }
 
@@ -959,11 +750,7 @@ export class FlowTable implements TupleProbe {
     rec[b + R_RPORT_PROTO_STATE] = rport | (proto << 16);
     rec[b + R_PORTS] = (iport | (oport << 16)) >>> 0;
     rec[b + R_EXPIRES] = now + this.timeouts.forState(proto, 0);
-    // RFC 1624 eqn. 3 deltas: sum of ~old + new over the changed 16-bit words.
-    const ip = fold((~ia >>> 16) + (~ia & 0xffff) + (oa >>> 16) + (oa & 0xffff));
-    const portPart = (~iport & 0xffff) + oport;
-    const l4 = fold(proto === Proto.ICMP ? portPart : ip + portPart);
-    rec[b + R_DELTAS] = (ip | (l4 << 16)) >>> 0;
+    rec[b + R_DELTAS] = flowDeltas(proto, ia, iport, oa, oport);
     const c = f * CTR_F64;
     this.ctr[c] = 0;
     this.ctr[c + 1] = 0;
@@ -974,6 +761,7 @@ export class FlowTable implements TupleProbe {
     this.pushEvictable(f);
     this.active++;
     this.stats.flowsCreated++;
+    this.stats.flowsByState[protoSlot(proto) * STATE_SLOTS]++;
     this.hooks.flowCreated?.(f, now);
   }
 
@@ -1012,7 +800,7 @@ export class FlowTable implements TupleProbe {
     this.outIdx.delete(f);
     const stats = this.stats;
     if (p === Proto.TCP && this.state(f) === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
-    const pi = protoIndex(p);
+    const pi = protoSlot(p);
     const ia = this.iaddr(f);
     const oa = this.oaddr(f);
     const op = this.oport(f);
@@ -1080,8 +868,9 @@ export class FlowTable implements TupleProbe {
       this.pktsIn(f),
       this.bytesIn(f),
     );
-    this.setProto(f, 0);
-    this.setState(f, 0);
+    stats.flowsByState[pi * STATE_SLOTS + this.state(f)]--;
+    // Proto 0 marks the slot free; the state goes with it.
+    this.rec[f * REC + R_RPORT_PROTO_STATE] &= 0x0000ffff;
     this.rec[f * REC + R_FLAGS] = 0;
     this.setExpires(f, this.freeHead + 1);
     this.freeHead = f;

@@ -1,18 +1,15 @@
 /**
  * Idle timers per protocol and TCP state, flattened into a lookup table so that a refresh is one
- * array read. Values are whole seconds (NatConfig.timeouts, already validated by control/).
+ * array read. Values are whole seconds (ConntrackConfig.timeouts, already validated by control/).
  */
-import type { Timeouts } from "../nat/config.js";
+import { PROTO_SLOTS, PROTOCOLS, Proto, protoSlot, type Timeouts } from "../base/protocols.js";
 import { TCP_STATE_NAMES, usesEstablishedTimer } from "./tcp-state.js";
-
-const TCP = 6;
-const UDP = 17;
 
 export class TimeoutTable {
   /** Seconds per TcpState value. */
   readonly tcp = new Uint32Array(TCP_STATE_NAMES.length);
-  udp = 0;
-  icmp = 0;
+  /** Seconds per protocol slot, for the protocols without states (one timer each). */
+  private readonly bySlot = new Uint32Array(PROTO_SLOTS);
 
   constructor(t: Timeouts) {
     this.set(t);
@@ -25,13 +22,12 @@ export class TimeoutTable {
       // both-FIN and post-RST use the transitory one (RFC 7857 §3.1 wants 4 min after a RST).
       this.tcp[s] = usesEstablishedTimer(s) ? t.tcpEstablished : t.tcpTransitory;
     }
-    this.udp = t.udp;
-    this.icmp = t.icmp;
+    for (const p of PROTOCOLS) this.bySlot[p.slot] = t[p.timeouts[0]!.key];
   }
 
   /** Idle seconds for a flow of `proto` in `state` (state matters only for TCP). */
   forState(proto: number, state: number): number {
-    if (proto === TCP) return this.tcp[state];
-    return proto === UDP ? this.udp : this.icmp;
+    if (proto === Proto.TCP) return this.tcp[state];
+    return this.bySlot[protoSlot(proto)];
   }
 }

@@ -1,9 +1,9 @@
 /**
- * Clocks for the daemon (the core only sees the Clock interface of src/conntrack/clock.ts).
+ * Clocks for the daemon (the core only sees the Clock interface of src/base/clock.ts).
  * Monotonic on purpose: wall-clock steps (NTP, a VM resume) must not expire or revive flows.
  */
 import { performance } from "node:perf_hooks";
-import type { Clock } from "../conntrack/clock.js";
+import type { Clock } from "../base/clock.js";
 
 /** Milliseconds from performance.now(): monotonic, sub-millisecond. */
 class MonotonicClock implements Clock {

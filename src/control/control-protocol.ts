@@ -11,11 +11,12 @@
  * "following" then "event" (create/destroy, as `conntrack -E`) and "lost" (events a slow reader
  * missed, with their count), or "error" (with a TunnatError code).
  */
+import type { ProtocolName } from "../base/protocols.js";
 
 export interface FlowFilter {
   /** Inside host (dotted quad). */
   host?: string;
-  proto?: "tcp" | "udp" | "icmp";
+  proto?: ProtocolName;
   /** TCP state name (ESTABLISHED, SYN_SENT, ...) or, for UDP and ICMP, UNREPLIED / REPLIED. */
   state?: string;
   /** Remote (destination) address, optionally "ADDR:PORT". */

@@ -25,6 +25,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { PROTOCOL_NAMES } from "../base/protocols.js";
 import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
@@ -138,7 +139,7 @@ function compileFilter(r: FlowFilter): Match {
   let proto = 0;
   if (r.proto !== undefined) {
     const p = PROTOCOLS.find(([, n]) => n === r.proto);
-    if (!p) throw badRequest(`bad proto "${r.proto}": expected tcp, udp or icmp`);
+    if (!p) throw badRequest(`bad proto "${r.proto}": expected ${PROTOCOL_NAMES.join(", ")}`);
     proto = p[0];
   }
   const state = r.state === undefined ? undefined : String(r.state).toUpperCase();

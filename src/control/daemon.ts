@@ -21,6 +21,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
@@ -178,11 +179,12 @@ export class Daemon {
     this.mappingLog = openMappingLog(c, this.log);
     // Flow events (`tunnat flows --follow`) come from the same hooks into a fixed ring.
     const events = new FlowEvents(cfg.nat.maxFlows);
-    this.translator = new Translator(cfg.nat, this.clock, this.stats, {
+    const table = new FlowTable(cfg.nat, this.stats, {
       ...this.mappingLog?.hooks,
       ...events.hooks,
     });
-    events.attach(this.translator.table);
+    events.attach(table);
+    this.translator = new Translator(cfg.nat, table, this.clock, this.stats);
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,

@@ -10,7 +10,8 @@
  * is backed up) skips what was overwritten and is told how many events it missed; the ring
  * never grows.
  */
-import type { FlowHooks, FlowTable } from "../conntrack/table.js";
+import type { FlowHooks } from "../conntrack/hooks.js";
+import type { FlowTable } from "../conntrack/table.js";
 
 /** Events kept for followers; older ones are overwritten. */
 export const EVENT_CAPACITY = 8192;

@@ -17,6 +17,7 @@ import { closeSync, createWriteStream, openSync } from "node:fs";
 import type { Writable } from "node:stream";
 import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
+import { protocolName } from "../base/protocols.js";
 import type { FlowHooks, FlowTable } from "../conntrack/table.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { ControlSettings } from "./config.js";
@@ -25,9 +26,8 @@ const FLUSH_MS = 200;
 const FLUSH_BYTES = 64 * 1024;
 const MAX_BEHIND = 8 * 1024 * 1024;
 
-export function protoName(p: number): string {
-  return p === 6 ? "tcp" : p === 17 ? "udp" : p === 1 ? "icmp" : String(p);
-}
+/** The protocol's name for log lines and the control socket (base/protocols.ts). */
+export const protoName = protocolName;
 
 export interface MappingLogOptions {
   sink: Writable;

@@ -16,6 +16,7 @@
  */
 import { type IntervalHistogram, monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { Counter, collectDefaultMetrics, Registry } from "prom-client";
+import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
 import { DROP_REASON_NAMES } from "../nat/stats.js";
 import { GUARD_REASONS } from "./guard.js";
@@ -112,22 +113,8 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "tunnat_flows",
     "Live flows in the connection table by protocol.",
     ["protocol"],
-    () => {
-      let tcp = 0;
-      let udp = 0;
-      let icmp = 0;
-      for (let f = 0; f < t.capacity; f++) {
-        const p = t.proto(f);
-        if (p === 6) tcp++;
-        else if (p === 17) udp++;
-        else if (p === 1) icmp++;
-      }
-      return [
-        [{ protocol: "tcp" }, tcp],
-        [{ protocol: "udp" }, udp],
-        [{ protocol: "icmp" }, icmp],
-      ];
-    },
+    // Counted incrementally by the table (ConntrackStats.flowsByState): no walk per scrape.
+    () => PROTOCOL_TABLE.map((p) => [{ protocol: p.name }, t.stats.flowsOf(p.slot)]),
   );
   counter(
     reg,

@@ -6,6 +6,7 @@
  * Also the one derivation both metrics and `tunnat stats` need: port usage per NAT address and
  * protocol.
  */
+import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
 import type { NatStats } from "../nat/stats.js";
@@ -13,12 +14,8 @@ import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
 import type { TunCounters } from "./tun-stats.js";
 
-// TODO(issue 10): take the protocol table from src/base/protocols.ts once it is on main.
-export const PROTOCOLS: readonly [number, string][] = [
-  [6, "tcp"],
-  [17, "udp"],
-  [1, "icmp"],
-];
+/** [number, name] per protocol, derived from base/protocols.ts. */
+export const PROTOCOLS: readonly [number, string][] = PROTOCOL_TABLE.map((p) => [p.number, p.name]);
 
 /** The outcome of a SIGHUP reload. */
 export interface ReloadResult {

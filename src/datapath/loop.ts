@@ -9,7 +9,7 @@
  * sweeps a slice of the connection table per tick, so expiry costs no per-flow timers. Nothing
  * here allocates per packet or logs per packet.
  */
-import type { Clock } from "../conntrack/clock.js";
+import type { Clock } from "../base/clock.js";
 import type { Device } from "../io/device.js";
 import type { Translator } from "../nat/translate.js";
 

@@ -1,13 +1,12 @@
 /**
  * The core's view of configuration: already parsed and validated (control/config.ts does that and
- * names bad fields). Addresses are host-order uint32 numbers; times are seconds.
+ * names bad fields). Addresses are host-order uint32 numbers; times are seconds. The connection
+ * table's part is ConntrackConfig (conntrack/config.ts); NatConfig adds what the translator reads.
  */
+import { defaultTimeouts, TIMEOUT_SPECS, type Timeouts } from "../base/protocols.js";
+import type { ConntrackConfig } from "../conntrack/config.js";
 
-export type MappingMode = "endpoint-independent" | "per-destination";
-export type FilteringMode =
-  | "address-and-port-dependent"
-  | "address-dependent"
-  | "endpoint-independent";
+export type { FilteringMode, MappingMode, Timeouts } from "../conntrack/config.js";
 
 export interface Prefix {
   /** Network address, host-order uint32 (already masked). */
@@ -16,60 +15,26 @@ export interface Prefix {
   len: number;
 }
 
-export interface Timeouts {
-  /** RFC 5382 REQ-5: at least 7440 s. */
-  tcpEstablished: number;
-  /** RFC 5382 REQ-5 / RFC 7857: opening and closing states, at least 240 s. */
-  tcpTransitory: number;
-  /** RFC 4787 REQ-5: at least 120 s, 300 s recommended. */
-  udp: number;
-  /** RFC 5508 REQ-2: at least 60 s. */
-  icmp: number;
-}
-
-export interface NatConfig {
-  /** The NAT (outside) addresses, host order. Paired pooling spreads inside hosts over them. */
-  natAddresses: number[];
+export interface NatConfig extends ConntrackConfig {
   /** Inside prefixes whose sources are translated. */
   inside: Prefix[];
-  /** Outside port range for TCP and UDP mappings, inclusive. */
-  portLo: number;
-  portHi: number;
-  mapping: MappingMode;
-  filtering: FilteringMode;
-  timeouts: Timeouts;
   /** AWS NAT Gateway behaviour: an inside segment for an expired TCP flow is answered with RST. */
   rstOnExpired: boolean;
-  /** Connection table capacity (flows). */
-  maxFlows: number;
-  /** Mappings one inside host may hold, per protocol (RFC 6888 REQ-4); 0 = no limit. */
-  perHostQuota: number;
-  /** Seconds a freed port rests before reuse while others are free (RFC 6888 REQ-8). */
-  portReuseDelay: number;
   /** Packets start with a 10-byte virtio_net_hdr (TUN opened with IFF_VNET_HDR). */
   vnetHdr: boolean;
-  /** Add back the TTL lost on the second pass through the kernel (DESIGN.md §1). */
+  /** Add back the TTL lost on the second pass through the kernel (docs/architecture.md §Packet path). */
   restoreTtl: boolean;
   /** Answer packets that cannot get a mapping with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b). */
   icmpAdminProhibited: boolean;
-  /** Hash seed; undefined draws a random one per process. Tests pin it. */
-  hashSeed?: number;
 }
 
-export const DEFAULT_TIMEOUTS: Timeouts = {
-  tcpEstablished: 7440,
-  tcpTransitory: 240,
-  udp: 300,
-  icmp: 60,
-};
+/** The RFC defaults (base/protocols.ts TIMEOUT_SPECS). */
+export const DEFAULT_TIMEOUTS: Timeouts = defaultTimeouts();
 
 /** The `aws` preset: AWS NAT Gateway's 350 s idle timeout for every flow, and RST on expiry. */
-export const AWS_TIMEOUTS: Timeouts = {
-  tcpEstablished: 350,
-  tcpTransitory: 350,
-  udp: 350,
-  icmp: 350,
-};
+export const AWS_TIMEOUTS: Timeouts = Object.fromEntries(
+  TIMEOUT_SPECS.map((t) => [t.key, 350]),
+) as Timeouts;
 
 /**
  * The `aws` preset's outside port range: the ephemeral range the usual network ACL allows

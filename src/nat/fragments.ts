@@ -16,7 +16,7 @@
 const SLOTS = 4096;
 const MASK = SLOTS - 1;
 /** Seconds a chain is remembered (Linux ipfrag_time is 30 s). */
-export const FRAGMENT_TIMEOUT = 30;
+const FRAGMENT_TIMEOUT = 30;
 
 export class FragmentCache {
   private readonly keySrc = new Uint32Array(SLOTS);

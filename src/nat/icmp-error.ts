@@ -14,9 +14,9 @@ import * as tcp from "../wire/tcp.js";
 import * as udp from "../wire/udp.js";
 
 /** RFC 1812 §4.3.2.3: an ICMP error carries as much of the datagram as fits in 576 bytes. */
-export const MAX_ERROR_LEN = 576;
+const MAX_ERROR_LEN = 576;
 /** RFC 1812 §4.3.2.5: ICMP errors carry precedence 6, internetwork control (as Linux icmp_send). */
-export const TOS_INTERNETWORK_CONTROL = 0xc0;
+const TOS_INTERNETWORK_CONTROL = 0xc0;
 
 /**
  * Validate the datagram embedded in the ICMP error at `icmpOff` (whose message is `icmpLen` bytes).

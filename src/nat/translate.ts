@@ -13,7 +13,7 @@
  * are and queued; the caller sends them after its batch with `pendingOutput()`/`takeOutput()`.
  * It never throws on packet contents, allocates nothing and logs nothing. Time comes from the Clock.
  *
- * Direction is read from the addresses, because one TUN carries both ways (DESIGN.md §1): a source
+ * Direction is read from the addresses, because one TUN carries both ways (docs/architecture.md §Packet path): a source
  * inside an inside prefix is outbound; a destination that is a NAT address is inbound; outbound
  * traffic whose translated destination is a NAT address is hairpinned (RFC 4787 REQ-9, RFC 5382
  * REQ-8, RFC 5508 REQ-7): translated out, then back in.
@@ -23,8 +23,8 @@
  * only the address part of the delta is applied to it; GSO super-packets are rewritten once and the
  * kernel segments them after we write them back.
  */
-import type { Clock } from "../conntrack/clock.js";
-import { type FlowHooks, FlowTable } from "../conntrack/table.js";
+import type { Clock } from "../base/clock.js";
+import { type FlowTable, Refusal } from "../conntrack/table.js";
 import { adjust, adjustPartial, delta16, fold, negate, sum } from "../wire/checksum.js";
 import * as icmp from "../wire/icmp.js";
 import * as ipv4 from "../wire/ipv4.js";
@@ -42,6 +42,14 @@ import {
 } from "./icmp-error.js";
 import { DropReason, type NatStats } from "./stats.js";
 
+/** The drop each of the table's refusals counts as, indexed by Refusal value. */
+const REFUSAL_DROP = new Uint8Array(5);
+REFUSAL_DROP[Refusal.TableFull] = DropReason.TableFull;
+REFUSAL_DROP[Refusal.PortExhausted] = DropReason.PortExhausted;
+REFUSAL_DROP[Refusal.QuotaExceeded] = DropReason.QuotaExceeded;
+REFUSAL_DROP[Refusal.Unsolicited] = DropReason.Unsolicited;
+REFUSAL_DROP[Refusal.Filtered] = DropReason.Filtered;
+
 export const Verdict = { Forward: 0, Drop: 1, Reply: 2 } as const;
 export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 
@@ -49,10 +57,9 @@ export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 const TCP_OPEN_MASK = tcp.SYN | tcp.ACK | tcp.FIN | tcp.RST;
 
 /** Live flows from which a batch's lookups are prefetched (about where the table leaves L2). */
-export const PREFETCH_MIN_FLOWS = 65536;
+const PREFETCH_MIN_FLOWS = 65536;
 
 export class Translator {
-  readonly table: FlowTable;
   /** Bytes to send from the slot's start after Forward or Reply (virtio header included). */
   outLen = 0;
   /**
@@ -93,13 +100,17 @@ export class Translator {
   private wireBytes = 0;
   private partial = false;
 
+  /**
+   * `table` is built by the caller from the same config (its ConntrackConfig part) and counts
+   * into its own ConntrackStats; the translator counts everything else, drops included, in
+   * `stats`.
+   */
   constructor(
     cfg: NatConfig,
+    readonly table: FlowTable,
     private readonly clock: Clock,
     private readonly stats: NatStats,
-    hooks?: FlowHooks,
   ) {
-    this.table = new FlowTable(cfg, stats, hooks);
     this.insideAddr = new Uint32Array(cfg.inside.length);
     this.insideMask = new Uint32Array(cfg.inside.length);
     this.insideBcast = new Uint32Array(cfg.inside.length);
@@ -214,8 +225,10 @@ export class Translator {
     if (count > 1 && this.table.active >= PREFETCH_MIN_FLOWS) {
       this.prefetch(buf, slotSize, lens, count);
     }
+    // One clock read per batch: every packet of the batch sees the same second.
+    this.now = Math.floor(this.clock.now() / 1000);
     for (let i = 0; i < count; i++) {
-      const v = this.process(buf, i * slotSize, lens[i]!);
+      const v = this.processAt(buf, i * slotSize, lens[i]!);
       lens[i] = v === Verdict.Drop ? 0 : this.outLen;
     }
   }
@@ -245,14 +258,20 @@ export class Translator {
     this.sink = acc;
   }
 
+  /** Translate one packet in place, at the clock's current time (processBatch reads it once). */
   process(buf: Uint8Array, off: number, len: number): Verdict {
+    this.now = Math.floor(this.clock.now() / 1000);
+    return this.processAt(buf, off, len);
+  }
+
+  /** One packet at `this.now`. */
+  private processAt(buf: Uint8Array, off: number, len: number): Verdict {
     const v = this.translate(buf, off, len);
     if (this.relPending) this.releaseHeld();
     return v;
   }
 
   private translate(buf: Uint8Array, off: number, len: number): Verdict {
-    this.now = Math.floor(this.clock.now() / 1000);
     this.outLen = len;
     let p = off;
     let plen = len;
@@ -316,7 +335,7 @@ export class Translator {
     if (v === Verdict.Forward) {
       if (this.restoreTtl) {
         // The kernel decremented the TTL on the way into the TUN and will again on the way out;
-        // give one back so the gateway counts as one hop (DESIGN.md §1).
+        // give one back so the gateway counts as one hop (docs/architecture.md §Packet path).
         const ttl = ipv4.ttl(buf, p);
         if (ttl < 255) ipv4.setTtl(buf, p, ttl + 1);
       }
@@ -355,7 +374,7 @@ export class Translator {
           if (v >= 0) return v as Verdict;
         }
         f = t.createOutbound(proto, src, sport, dst, dport, this.now);
-        if (f < 0) return this.refuse(buf, p, tl, -f - 1);
+        if (f < 0) return this.refuse(buf, p, tl, REFUSAL_DROP[-f - 1]!);
       }
       // RFC 4787 REQ-6: outbound traffic refreshes; tcpUpdate also runs the state machine.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, true, this.now);
@@ -426,7 +445,7 @@ export class Translator {
       let f = t.lookupInside(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
       if (f < 0) {
         f = t.createOutbound(ipv4.PROTO_ICMP, src, id, dst, 0, this.now);
-        if (f < 0) return this.refuse(buf, p, tl, -f - 1);
+        if (f < 0) return this.refuse(buf, p, tl, REFUSAL_DROP[-f - 1]!);
       }
       t.touch(f, true, this.now);
       const oaddr = t.oaddr(f);
@@ -490,7 +509,7 @@ export class Translator {
           );
         }
         f = t.createInbound(proto, dst, dport, src, sport, this.now);
-        if (f < 0) return this.drop(-f - 1);
+        if (f < 0) return this.drop(REFUSAL_DROP[-f - 1]!);
       }
       // RFC 4787 REQ-6a: inbound refresh is allowed, and Linux does it too.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, false, this.now);
@@ -777,13 +796,13 @@ export class Translator {
   }
 
   /**
-   * No flow could be made for an outbound packet (table full, ports exhausted, over quota). The
-   * table counted the drop by reason; unless policy says otherwise (RFC 5508 REQ-9) the sender is told
+   * No flow could be made for an outbound packet (table full, ports exhausted, over quota): count
+   * the drop by reason; unless policy says otherwise (RFC 5508 REQ-9) the sender is told
    * with ICMP 3/13 (RFC 5508 REQ-8, RFC 6888 REQ-11b) — but never about an ICMP error or a
    * non-first fragment (RFC 1812 §4.3.2.7).
    */
   private refuse(buf: Uint8Array, p: number, tl: number, reason: number): Verdict {
-    // The table has already counted the reason.
+    this.stats.drops[reason]!++;
     this.lastDrop = reason;
     if (!this.icmpProhibited) return Verdict.Drop;
     if (ipv4.protocol(buf, p) === ipv4.PROTO_ICMP) {

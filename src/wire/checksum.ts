@@ -1,13 +1,5 @@
 /**
- * src/wire — pure views over packet bytes.
- *
- * Contract: every function here takes `(buf, off)` (plus a length where it validates) and reads or
- * writes big-endian fields at named offsets. Nothing allocates, nothing does I/O, nothing reads a
- * clock. Validators (`ipv4.check`, `tcp.check`, …) return a length or a negative sentinel and are
- * called once per packet; after a successful check no accessor reads past the packet. Checksums
- * are updated incrementally (RFC 1624); a wrong checksum is carried through, never repaired.
- *
- * This file: the Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+ * The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
  */
 
 /** Fold a 32-bit accumulator of 16-bit words into 16 bits (end-around carry). */

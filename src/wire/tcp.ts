@@ -3,8 +3,8 @@ import { readU16, readU32, writeU16, writeU32 } from "./ipv4.js";
 
 export const SRC_PORT = 0;
 export const DST_PORT = 2;
-export const SEQ_NUM = 4;
-export const ACK_NUM = 8;
+const SEQ_NUM = 4;
+const ACK_NUM = 8;
 export const DATA_OFF = 12;
 export const FLAGS = 13;
 export const WINDOW = 14;

@@ -5,20 +5,19 @@
  */
 export const FLAGS = 0;
 export const GSO_TYPE = 1;
-export const HDR_LEN = 2;
-export const GSO_SIZE = 4;
-export const CSUM_START = 6;
-export const CSUM_OFFSET = 8;
+const HDR_LEN = 2;
+const GSO_SIZE = 4;
+const CSUM_START = 6;
+const CSUM_OFFSET = 8;
 export const LEN = 10;
 
 /** The transport checksum holds only the pseudo-header sum; the kernel finishes it. */
 export const F_NEEDS_CSUM = 1;
-export const F_DATA_VALID = 2;
+// (VIRTIO_NET_HDR_F_DATA_VALID = 2 is never set on what a TUN reads.)
 
 export const GSO_NONE = 0;
 export const GSO_TCPV4 = 1;
-export const GSO_UDP = 3;
-export const GSO_TCPV6 = 4;
+// GSO_UDP (3, UFO) and GSO_TCPV6 (4) are not IPv4 segmentation the core rewrites.
 export const GSO_UDP_L4 = 5;
 export const GSO_ECN = 0x80;
 

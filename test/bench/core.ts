@@ -9,11 +9,13 @@
  * as they would in service.
  * Checksums are verified once on a sample, so a fast but wrong core cannot pass unnoticed.
  */
-import { ManualClock } from "../../src/conntrack/clock.js";
+
+import { ManualClock } from "../../src/base/clock.js";
 import { defaultNatConfig } from "../../src/nat/config.js";
 import { NatStats } from "../../src/nat/stats.js";
-import { Translator, Verdict } from "../../src/nat/translate.js";
+import { Verdict } from "../../src/nat/translate.js";
 import { checksumsOk } from "../helpers/checker.js";
+import { newTranslator } from "../helpers/nat.js";
 import { build, ip } from "../helpers/packet.js";
 
 const SLOT = 128;
@@ -56,7 +58,7 @@ function bench(flows: number, seconds: number): Result {
     inside: [{ addr: ip("10.0.0.0"), len: 8 }],
     maxFlows: Math.max(1024, Math.ceil(flows * 1.05)),
   });
-  const nat = new Translator(cfg, clock, stats);
+  const nat = newTranslator(cfg, clock, stats);
   const scratch = new Uint8Array(SLOT);
   let opened = 0;
   for (let i = 0; i < flows; i++) {
@@ -177,7 +179,7 @@ function inserts(full: boolean, n: number): { rate: number; evictions: number } 
     inside: [{ addr: ip("10.0.0.0"), len: 8 }],
     maxFlows: full ? 2048 : n + 1024,
   });
-  const nat = new Translator(cfg, clock, stats);
+  const nat = newTranslator(cfg, clock, stats);
   const BATCH = 64;
   const arena = new Uint8Array(BATCH * SLOT);
   const template = build({

@@ -17,25 +17,23 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 node --input-type=module - >"$tmp/metrics.txt" <<'JS'
-import { ManualClock } from "./dist/src/conntrack/clock.js";
+import { ManualClock } from "./dist/src/base/clock.js";
 import { createMetrics } from "./dist/src/control/metrics.js";
 import { readTunCounters } from "./dist/src/control/tun-stats.js";
 import { LoopStats } from "./dist/src/datapath/loop.js";
 import { defaultNatConfig } from "./dist/src/nat/config.js";
 import { NatStats } from "./dist/src/nat/stats.js";
 import { Translator } from "./dist/src/nat/translate.js";
+import { FlowTable } from "./dist/src/conntrack/table.js";
 import { build, ip } from "./dist/test/helpers/packet.js";
 
 const stats = new NatStats();
-const tr = new Translator(
-  defaultNatConfig({
-    natAddresses: [ip("203.0.113.1"), ip("203.0.113.5")],
-    inside: [{ addr: ip("10.0.0.0"), len: 8 }],
-    maxFlows: 4096,
-  }),
-  new ManualClock(),
-  stats,
-);
+const cfg = defaultNatConfig({
+  natAddresses: [ip("203.0.113.1"), ip("203.0.113.5")],
+  inside: [{ addr: ip("10.0.0.0"), len: 8 }],
+  maxFlows: 4096,
+});
+const tr = new Translator(cfg, new FlowTable(cfg, stats), new ManualClock(), stats);
 const slot = new Uint8Array(65600);
 const send = (s) => {
   const b = build(s);

@@ -2,7 +2,9 @@
  * A translator on a manual clock with the lab's addressing, so a test reads as the packets it
  * sends and the packets it expects back.
  */
-import { ManualClock } from "../../src/conntrack/clock.js";
+import type { Clock } from "../../src/base/clock.js";
+import { ManualClock } from "../../src/base/clock.js";
+import { type FlowHooks, FlowTable } from "../../src/conntrack/table.js";
 import { defaultNatConfig, type NatConfig } from "../../src/nat/config.js";
 import { NatStats } from "../../src/nat/stats.js";
 import { Translator, Verdict } from "../../src/nat/translate.js";
@@ -27,6 +29,16 @@ export interface Result {
   dropReason: number;
 }
 
+/** A translator with its own connection table, built the way the daemon builds them. */
+export function newTranslator(
+  cfg: NatConfig,
+  clock: Clock,
+  stats: NatStats,
+  hooks?: FlowHooks,
+): Translator {
+  return new Translator(cfg, new FlowTable(cfg, stats, hooks), clock, stats);
+}
+
 export class NatHarness {
   readonly clock = new ManualClock();
   readonly stats = new NatStats();
@@ -42,7 +54,7 @@ export class NatHarness {
       hashSeed: 12345,
       ...over,
     });
-    this.nat = new Translator(this.cfg, this.clock, this.stats);
+    this.nat = newTranslator(this.cfg, this.clock, this.stats);
   }
 
   /** Run raw bytes through the translator at a fixed slot offset 0. */

@@ -2,9 +2,9 @@
 // what happens when it is full.
 import t from "tap";
 import { HostTable } from "../../../src/conntrack/hosts.js";
-import { FlowTable, Proto } from "../../../src/conntrack/table.js";
+import { ConntrackStats } from "../../../src/conntrack/stats.js";
+import { FlowTable, Proto, Refusal } from "../../../src/conntrack/table.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
-import { DropReason, NatStats } from "../../../src/nat/stats.js";
 
 const BASE = 0x0a000000;
 
@@ -55,20 +55,23 @@ t.test(
   "with a full host table a quota refuses new hosts, no quota lets them through",
   async (t) => {
     for (const perHostQuota of [0, 4]) {
-      const stats = new NatStats();
+      const stats = new ConntrackStats();
       // 64 flows -> the smallest host table: 16 slots, 12 hosts.
       const table = new FlowTable(
         defaultNatConfig({ natAddresses: [0xc6336401], maxFlows: 64, perHostQuota, hashSeed: 3 }),
         stats,
       );
       let refused = 0;
+      let overQuota = 0;
       for (let i = 0; i < 20; i++) {
-        if (table.createOutbound(Proto.UDP, BASE + i, 5000, 0xcb00710a, 53, 1000) < 0) refused++;
+        const r = table.createOutbound(Proto.UDP, BASE + i, 5000, 0xcb00710a, 53, 1000);
+        if (r < 0) refused++;
+        if (r === -1 - Refusal.QuotaExceeded) overQuota++;
       }
       t.equal(table.hosts.count, table.hosts.maxHosts);
       if (perHostQuota > 0) {
         t.equal(refused, 20 - table.hosts.maxHosts, "hosts beyond the table are refused");
-        t.equal(stats.drops[DropReason.QuotaExceeded], refused);
+        t.equal(overQuota, refused, "each refused as over its quota");
       } else {
         t.equal(refused, 0, "untracked hosts still get flows");
       }

@@ -4,9 +4,9 @@
 import t from "tap";
 import { Prng } from "../../../src/conntrack/hash.js";
 import { PortAllocator } from "../../../src/conntrack/ports.js";
-import { type FlowHooks, FlowTable, Proto } from "../../../src/conntrack/table.js";
+import { ConntrackStats } from "../../../src/conntrack/stats.js";
+import { type FlowHooks, FlowTable, Proto, Refusal } from "../../../src/conntrack/table.js";
 import { defaultNatConfig, type NatConfig } from "../../../src/nat/config.js";
-import { DropReason, NatStats } from "../../../src/nat/stats.js";
 
 type Assert = { ok: typeof t.ok };
 const ip = (s: string): number => s.split(".").reduce((a, o) => a * 256 + Number(o), 0);
@@ -19,7 +19,7 @@ const S2 = ip("203.0.113.11");
 const NOW = 1000;
 
 function mk(over: Partial<NatConfig> = {}, hooks?: FlowHooks) {
-  const stats = new NatStats();
+  const stats = new ConntrackStats();
   const cfg = defaultNatConfig({
     natAddresses: [NAT1],
     maxFlows: 4096,
@@ -169,7 +169,7 @@ t.test("ports whose rest is over are free again, every one of them", async (t) =
   t.equal(stats.portAllocationErrors, 0);
   t.equal(
     table.createOutbound(Proto.UDP, H2, 7000, S1, 53, NOW + 200),
-    -1 - DropReason.PortExhausted,
+    -1 - Refusal.PortExhausted,
     "the 101st is refused",
   );
 });
@@ -179,8 +179,7 @@ t.test("no free port refuses the flow as PortExhausted and counts it", async (t)
   out(t, table, Proto.UDP, H1, 5000, S1, 53);
   out(t, table, Proto.UDP, H1, 5001, S1, 53);
   const r = table.createOutbound(Proto.UDP, H2, 5000, S1, 53, NOW);
-  t.equal(r, -1 - DropReason.PortExhausted);
-  t.equal(stats.drops[DropReason.PortExhausted], 1);
+  t.equal(r, -1 - Refusal.PortExhausted);
   t.equal(stats.portAllocationErrors, 1);
   t.equal(table.active, 2, "no flow leaked");
   t.same(table.portUsage(0, Proto.UDP), { used: 2, free: 0 });
@@ -188,14 +187,13 @@ t.test("no free port refuses the flow as PortExhausted and counts it", async (t)
 });
 
 t.test("a host over its quota is refused and counted, others are not", async (t) => {
-  const { table, stats } = mk({ perHostQuota: 8 });
+  const { table } = mk({ perHostQuota: 8 });
   for (let i = 0; i < 8; i++) out(t, table, Proto.UDP, H1, 41000 + i, S1, 53);
   t.equal(
     table.createOutbound(Proto.UDP, H1, 41100, S1, 53, NOW),
-    -1 - DropReason.QuotaExceeded,
+    -1 - Refusal.QuotaExceeded,
     "the 9th mapping is refused",
   );
-  t.equal(stats.drops[DropReason.QuotaExceeded], 1);
   t.ok(
     out(t, table, Proto.UDP, H1, 41000, S2, 53) >= 0,
     "a new flow on an existing mapping is fine",
@@ -262,8 +260,8 @@ t.test("per-destination mapping changes the port only when the 5-tuple is taken"
   t.equal(table.oport(c), 40000, "another destination: the port is reused");
   t.equal(table.mappings, 0, "no mapping table in this mode");
   // A shared port names no single inside endpoint, so nothing opens from outside.
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 99, NOW), -1 - DropReason.Filtered);
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40002, S2, 99, NOW), -1 - DropReason.Unsolicited);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 99, NOW), -1 - Refusal.Filtered);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40002, S2, 99, NOW), -1 - Refusal.Unsolicited);
 });
 
 t.test(
@@ -273,7 +271,7 @@ t.test(
     for (let h = 0; h < 10; h++) out(t, table, Proto.TCP, ip("10.0.6.0") + h, 6000, S1, 443);
     t.equal(
       table.createOutbound(Proto.TCP, ip("10.0.6.99"), 6000, S1, 443, NOW),
-      -1 - DropReason.PortExhausted,
+      -1 - Refusal.PortExhausted,
     );
     t.equal(stats.portAllocationErrors, 1);
     t.ok(out(t, table, Proto.TCP, ip("10.0.6.99"), 6000, S2, 443) >= 0, "another destination fits");
@@ -284,8 +282,8 @@ t.test("address-and-port-dependent filtering admits only the exact remote", asyn
   const { table } = mk();
   const f = out(t, table, Proto.UDP, H1, 40000, S1, 3478);
   t.equal(table.lookupOutside(Proto.UDP, NAT1, 40000, S1, 3478, NOW), f);
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 3479, NOW), -1 - DropReason.Filtered);
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 3478, NOW), -1 - DropReason.Filtered);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 3479, NOW), -1 - Refusal.Filtered);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 3478, NOW), -1 - Refusal.Filtered);
 });
 
 t.test("address-dependent filtering admits a new port of a known address only", async (t) => {
@@ -295,14 +293,14 @@ t.test("address-dependent filtering admits a new port of a known address only", 
   t.ok(g >= 0, "same address, new port: admitted");
   t.equal(table.iaddr(g), H1);
   t.equal(table.iport(g), 40000);
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 3478, NOW), -1 - DropReason.Filtered);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S2, 3478, NOW), -1 - Refusal.Filtered);
   // The address is forgotten when its last flow goes, while the mapping lives on (flow to S2).
   out(t, table, Proto.UDP, H1, 40000, S2, 3478);
   table.remove(f, NOW);
   t.ok(table.createInbound(Proto.UDP, NAT1, 40000, S1, 3480, NOW) >= 0, "g still vouches for S1");
   table.remove(g, NOW);
   table.remove(table.lookupOutside(Proto.UDP, NAT1, 40000, S1, 3480, NOW), NOW);
-  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 3481, NOW), -1 - DropReason.Filtered);
+  t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 3481, NOW), -1 - Refusal.Filtered);
   t.ok(table.createInbound(Proto.UDP, NAT1, 40000, S2, 1, NOW) >= 0, "S2 still admitted");
 });
 
@@ -325,10 +323,10 @@ t.test("an inbound packet without a mapping is unsolicited in every filtering mo
     "endpoint-independent",
   ] as const) {
     const { table } = mk({ filtering });
-    t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 1, NOW), -1 - DropReason.Unsolicited);
+    t.equal(table.createInbound(Proto.UDP, NAT1, 40000, S1, 1, NOW), -1 - Refusal.Unsolicited);
     t.equal(
       table.createInbound(Proto.UDP, ip("198.51.100.9"), 40000, S1, 1, NOW),
-      -1 - DropReason.Unsolicited,
+      -1 - Refusal.Unsolicited,
       "not a NAT address",
     );
   }
@@ -337,7 +335,7 @@ t.test("an inbound packet without a mapping is unsolicited in every filtering mo
 t.test("a UDP mapping does not admit TCP (mappings are per protocol)", async (t) => {
   const { table } = mk({ filtering: "endpoint-independent" });
   out(t, table, Proto.UDP, H1, 40000, S1, 3478);
-  t.equal(table.createInbound(Proto.TCP, NAT1, 40000, S1, 3478, NOW), -1 - DropReason.Unsolicited);
+  t.equal(table.createInbound(Proto.TCP, NAT1, 40000, S1, 3478, NOW), -1 - Refusal.Unsolicited);
   t.notOk(table.hasMapping(Proto.TCP, NAT1, 40000));
   t.ok(table.hasMapping(Proto.UDP, NAT1, 40000));
 });

@@ -5,10 +5,16 @@ import t from "tap";
 
 const tap = t;
 
-import { FlowFlag, type FlowHooks, FlowTable, Proto } from "../../../src/conntrack/table.js";
+import { ConntrackStats } from "../../../src/conntrack/stats.js";
+import {
+  FlowFlag,
+  type FlowHooks,
+  FlowTable,
+  Proto,
+  Refusal,
+} from "../../../src/conntrack/table.js";
 import { TcpFlag, TcpState } from "../../../src/conntrack/tcp-state.js";
 import { AWS_TIMEOUTS, defaultNatConfig, type NatConfig } from "../../../src/nat/config.js";
-import { DropReason, NatStats } from "../../../src/nat/stats.js";
 
 const ip = (s: string): number => s.split(".").reduce((a, o) => a * 256 + Number(o), 0);
 const NAT1 = ip("198.51.100.1");
@@ -20,7 +26,7 @@ const T0 = 1000;
 const { SYN, ACK, FIN, RST } = TcpFlag;
 
 function mk(over: Partial<NatConfig> = {}, hooks?: FlowHooks) {
-  const stats = new NatStats();
+  const stats = new ConntrackStats();
   const cfg = defaultNatConfig({ natAddresses: [NAT1], maxFlows: 1024, hashSeed: 42, ...over });
   return { table: new FlowTable(cfg, stats, hooks), stats, cfg };
 }
@@ -266,8 +272,7 @@ t.test("a full table of replied or established flows refuses and counts", async 
     table.tcpUpdate(f, SYN | ACK, false, T0);
   }
   const r = table.createOutbound(Proto.TCP, H1, 30010, S1, 443, T0);
-  t.equal(r, -1 - DropReason.TableFull);
-  t.equal(stats.drops[DropReason.TableFull], 1);
+  t.equal(r, -1 - Refusal.TableFull);
   t.equal(stats.tableFullEvents, 1);
   t.equal(stats.evictions, 0);
   t.equal(table.active, 4);
@@ -293,7 +298,7 @@ t.test("inbound packets never evict to open a flow", async (t) => {
   table.createOutbound(Proto.UDP, H1, 30000, S2, 53, T0);
   t.equal(
     table.createInbound(Proto.UDP, NAT1, 30000, ip("192.0.2.9"), 1, T0),
-    -1 - DropReason.TableFull,
+    -1 - Refusal.TableFull,
   );
   t.equal(table.active, 2);
 });
@@ -398,7 +403,7 @@ t.test("forEach visits each live flow once", async (t) => {
 });
 
 /** Bytes of every typed array reachable from the table (not the shared stats), per flow. */
-function bytesPerFlow(t: { ok: typeof tap.ok }, table: FlowTable, stats: NatStats): number {
+function bytesPerFlow(t: { ok: typeof tap.ok }, table: FlowTable, stats: ConntrackStats): number {
   const seen = new Set<object>([stats]);
   let bytes = 0;
   const visit = (o: unknown) => {
@@ -441,7 +446,7 @@ t.test("the table stays within 128 bytes per flow, all tables and indexes includ
     ],
   ];
   for (const [name, over, h] of cases) {
-    const stats = new NatStats();
+    const stats = new ConntrackStats();
     const table = new FlowTable(
       defaultNatConfig({ natAddresses: [NAT1], hashSeed: 1, ...over }),
       stats,
@@ -456,7 +461,7 @@ t.test("the table stays within 128 bytes per flow, all tables and indexes includ
 });
 
 t.test("a table of 1,000,000 flows fills, finds every flow both ways, then refuses", async (t) => {
-  const stats = new NatStats();
+  const stats = new ConntrackStats();
   const N = 1_000_000;
   const started = process.hrtime.bigint();
   const table = new FlowTable(defaultNatConfig({ natAddresses: [NAT1], maxFlows: N }), stats);
@@ -490,10 +495,7 @@ t.test("a table of 1,000,000 flows fills, finds every flow both ways, then refus
     -1,
     "the very first flow went",
   );
-  for (let f = 0; f < N; f++) table.markReplied(f);
-  t.equal(
-    table.createOutbound(Proto.UDP, host(5001), 40000, S1, 443, T0),
-    -1 - DropReason.TableFull,
-  );
+  for (let f = 0; f < N; f++) table.touch(f, false, T0);
+  t.equal(table.createOutbound(Proto.UDP, host(5001), 40000, S1, 443, T0), -1 - Refusal.TableFull);
   t.equal(table.active, N);
 });

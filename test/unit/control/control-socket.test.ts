@@ -4,9 +4,9 @@ import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
+import { ManualClock } from "../../../src/base/clock.js";
 import { formatFlow } from "../../../src/cli/flows.js";
 import { formatStats } from "../../../src/cli/stats.js";
-import { ManualClock } from "../../../src/conntrack/clock.js";
 import { request } from "../../../src/control/control-client.js";
 import {
   type ControlSource,
@@ -15,7 +15,7 @@ import {
 } from "../../../src/control/control-socket.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 import { build, ip } from "../../helpers/packet.js";
 
 const NAT = "203.0.113.1";
@@ -24,7 +24,7 @@ const SRV = "203.0.113.10";
 function rig(maxFlows = 4096) {
   const clock = new ManualClock();
   const stats = new NatStats();
-  const tr = new Translator(
+  const tr = newTranslator(
     defaultNatConfig({
       natAddresses: [ip(NAT)],
       inside: [{ addr: ip("10.0.0.0"), len: 8 }],

@@ -3,8 +3,9 @@
  * (src/control/guard.ts), plus the kernel half of readiness (src/control/readiness.ts), without a
  * kernel.
  */
+
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import {
   desiredGuard,
   GUARD_REASONS,
@@ -31,8 +32,8 @@ import type { Runner } from "../../../src/control/runner.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
 import { parseCidr, parseIpv4 } from "../../../src/wire/addr.js";
+import { newTranslator } from "../../helpers/nat.js";
 
 const cidr = (s: string) => {
   const c = parseCidr(s);
@@ -312,7 +313,7 @@ t.test("the guard's counters are exported per reason, read when scraped", async 
     inside: [cidr("10.0.0.0/8")],
     maxFlows: 1024,
   });
-  const tr = new Translator(cfg, new ManualClock(), stats);
+  const tr = newTranslator(cfg, new ManualClock(), stats);
   let reads = 0;
   const m = createMetrics(
     {

@@ -1,5 +1,5 @@
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import { hasCapNetAdmin } from "../../../src/control/checks.js";
 import { BatchClock } from "../../../src/control/clock.js";
 import { startHttpServer } from "../../../src/control/http.js";

@@ -3,12 +3,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import type { ControlSettings } from "../../../src/control/config.js";
 import { MappingLog, openMappingLog } from "../../../src/control/mapping-log.js";
 import { defaultNatConfig, type NatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 import { build, ip } from "../../helpers/packet.js";
 
 const NAT = "203.0.113.1";
@@ -17,7 +17,7 @@ const WALL = Date.UTC(2025, 0, 2, 3, 4, 5);
 
 function rig(log: MappingLog, over: Partial<NatConfig> = {}) {
   const clock = new ManualClock();
-  const tr = new Translator(
+  const tr = newTranslator(
     defaultNatConfig({
       natAddresses: [ip(NAT)],
       inside: [{ addr: ip("10.0.0.0"), len: 8 }],

@@ -6,12 +6,12 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 import { ip } from "../../helpers/packet.js";
 
 const docs = readFileSync(join(process.cwd(), "docs", "observability.md"), "utf8");
@@ -24,7 +24,7 @@ async function registered(): Promise<string[]> {
     inside: [{ addr: ip("10.0.0.0"), len: 8 }],
     maxFlows: 1024,
   });
-  const tr = new Translator(cfg, new ManualClock(), stats);
+  const tr = newTranslator(cfg, new ManualClock(), stats);
   const m = createMetrics(
     {
       stats,

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { parse as parseYaml } from "yaml";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import type { FlowHooks } from "../../../src/conntrack/table.js";
 import { startHttpServer } from "../../../src/control/http.js";
 import { createMetrics } from "../../../src/control/metrics.js";
@@ -13,7 +13,7 @@ import { readTunCounters } from "../../../src/control/tun-stats.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { DropReason, NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 import { build, ip } from "../../helpers/packet.js";
 
 const NAT = "203.0.113.1";
@@ -29,7 +29,7 @@ function rig(over: Parameters<typeof defaultNatConfig>[0] = {}, hooks?: FlowHook
     hashSeed: 7,
     ...over,
   });
-  const tr = new Translator(cfg, clock, stats, hooks);
+  const tr = newTranslator(cfg, clock, stats, hooks);
   const slot = new Uint8Array(65600);
   const send = (spec: Parameters<typeof build>[0]) => {
     const b = build(spec);

@@ -1,12 +1,12 @@
 import { execFileSync } from "node:child_process";
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { readTunCounters } from "../../../src/control/tun-stats.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
-import { Translator } from "../../../src/nat/translate.js";
+import { newTranslator } from "../../helpers/nat.js";
 
 t.test("a device's kernel counters are read from sysfs, as ip -s link shows them", async (t) => {
   // The loopback device is real and always there; its queue length is fixed, its counters only grow.
@@ -35,7 +35,7 @@ t.test("a missing or odd device name reads as null, never as another path", asyn
 
 t.test("the TUN counters are exported by direction, with the queue length", async (t) => {
   const stats = new NatStats();
-  const tr = new Translator(
+  const tr = newTranslator(
     defaultNatConfig({ natAddresses: [1], inside: [{ addr: 0x0a000000, len: 8 }], maxFlows: 64 }),
     new ManualClock(),
     stats,
@@ -73,7 +73,7 @@ t.test("the TUN counters are exported by direction, with the queue length", asyn
 
 t.test("without a readable TUN no TUN series is exported", async (t) => {
   const stats = new NatStats();
-  const tr = new Translator(
+  const tr = newTranslator(
     defaultNatConfig({ natAddresses: [1], inside: [{ addr: 0x0a000000, len: 8 }], maxFlows: 64 }),
     new ManualClock(),
     stats,

@@ -1,5 +1,5 @@
 import t from "tap";
-import { ManualClock } from "../../../src/conntrack/clock.js";
+import { ManualClock } from "../../../src/base/clock.js";
 import { DataLoop } from "../../../src/datapath/loop.js";
 import { MemoryDevice } from "../../../src/io/memory-device.js";
 import {

@@ -1,5 +1,6 @@
 /**
- * Time enters the core only through a Clock (STYLE.md: no Date.now() below control/).
+ * Time enters the core only through a Clock (no Date.now() below control/; see
+ * docs/architecture.md §Layers).
  * `now()` is monotonic milliseconds; the core converts to whole seconds where it stores stamps.
  */
 export interface Clock {
