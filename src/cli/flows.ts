@@ -158,6 +158,8 @@ async function followFlows(socket: string, argv: Record<string, unknown>): Promi
       socket,
       { cmd: "follow", ...filterOf(argv) },
       (obj) => {
+        if (obj.type === "following")
+          process.stderr.write("tunnat: following flow events (Ctrl-C to stop)\n");
         if (obj.type === "lost")
           process.stderr.write(`tunnat: ${String(obj.count)} events missed (reader too slow)\n`);
         if (obj.type !== "event") return;
