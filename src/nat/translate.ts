@@ -56,6 +56,10 @@ export type Verdict = (typeof Verdict)[keyof typeof Verdict];
 /** The TCP flags that decide whether a segment may open or pick up a flow. */
 const TCP_OPEN_MASK = tcp.SYN | tcp.ACK | tcp.FIN | tcp.RST;
 
+/** laterFragment's outcomes besides a DropReason (which are >= 0). */
+const FRAGMENT_FORWARD = -1;
+const FRAGMENT_HELD = -2;
+
 /** Live flows from which a batch's lookups are prefetched (about where the table leaves L2). */
 const PREFETCH_MIN_FLOWS = 65536;
 
@@ -309,6 +313,8 @@ export class Translator {
     const dst = ipv4.dst(buf, p);
 
     let v: Verdict;
+    /** Where a forwarded packet goes: to an inside host (inbound, hairpinned) or outside. */
+    let toInside: boolean;
     if (this.isInside(src)) {
       if (this.notAHost(src)) return this.drop(DropReason.Spoofed);
       if (this.isNat(dst) && !this.hairpinMayEnter(buf, p, hl, tl, dst)) {
@@ -317,32 +323,49 @@ export class Translator {
       this.stats.packetsInFromSource += this.segs;
       this.stats.bytesInFromSource += this.wireBytes;
       v = this.outbound(buf, p, hl, tl);
-      if (v === Verdict.Forward && this.isNat(ipv4.dst(buf, p))) {
+      toInside = v === Verdict.Forward && this.isNat(ipv4.dst(buf, p));
+      if (toInside) {
         this.stats.hairpinPackets += this.segs;
         v = this.inbound(buf, p, hl, tl);
-      } else if (v === Verdict.Forward) {
-        this.stats.packetsOutToDestination += this.segs;
-        this.stats.bytesOutToDestination += this.wireBytes;
       }
     } else if (this.isNat(dst)) {
       if (this.isNat(src)) return this.drop(DropReason.Spoofed);
       this.stats.packetsInFromDestination += this.segs;
       this.stats.bytesInFromDestination += this.wireBytes;
       v = this.inbound(buf, p, hl, tl);
+      toInside = true;
     } else {
       return this.drop(DropReason.NotNatTraffic);
     }
-    if (v === Verdict.Forward) {
-      if (this.restoreTtl) {
-        // The kernel decremented the TTL on the way into the TUN and will again on the way out;
-        // give one back so the gateway counts as one hop (docs/architecture.md §Packet path).
-        const ttl = ipv4.ttl(buf, p);
-        if (ttl < 255) ipv4.setTtl(buf, p, ttl + 1);
-      }
-    } else if (v === Verdict.Reply) {
-      this.stats.repliesGenerated++;
-    }
+    if (v === Verdict.Forward) this.forwarded(buf, p, toInside, this.segs, this.wireBytes);
+    else if (v === Verdict.Reply) this.stats.repliesGenerated++;
     return v;
+  }
+
+  /**
+   * A packet (or a released fragment) leaves translated: the one place that counts what goes out
+   * to the source or to the destination, and restores the TTL. The kernel decremented the TTL on
+   * the way into the TUN and will again on the way out; one is given back so the gateway counts
+   * as one hop (docs/architecture.md §Packet path).
+   */
+  private forwarded(
+    buf: Uint8Array,
+    p: number,
+    toInside: boolean,
+    segs: number,
+    bytes: number,
+  ): void {
+    if (toInside) {
+      this.stats.packetsOutToSource += segs;
+      this.stats.bytesOutToSource += bytes;
+    } else {
+      this.stats.packetsOutToDestination += segs;
+      this.stats.bytesOutToDestination += bytes;
+    }
+    if (this.restoreTtl) {
+      const ttl = ipv4.ttl(buf, p);
+      if (ttl < 255) ipv4.setTtl(buf, p, ttl + 1);
+    }
   }
 
   private drop(reason: number): Verdict {
@@ -356,7 +379,7 @@ export class Translator {
   private outbound(buf: Uint8Array, p: number, hl: number, tl: number): Verdict {
     const proto = ipv4.protocol(buf, p);
     const ff = ipv4.flagsFrag(buf, p);
-    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.laterFragment(buf, p, proto, true);
+    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.fragmentVerdict(buf, p, proto, true);
     const l4 = p + hl;
     const l4len = tl - hl;
     if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
@@ -379,16 +402,7 @@ export class Translator {
       // RFC 4787 REQ-6: outbound traffic refreshes; tcpUpdate also runs the state machine.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, true, this.now);
       else t.touch(f, true, this.now);
-      const oaddr = t.oaddr(f);
-      const oport = t.oport(f);
-      const ipd = t.ipDelta(f);
-      ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
-      udp.setSrcPort(buf, l4, oport);
-      this.fixL4(buf, l4, proto, ipd, t.l4Delta(f));
-      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, oaddr, false);
-      t.addOut(f, this.segs, this.wireBytes);
-      return Verdict.Forward;
+      return this.applyPorts(buf, p, l4, proto, ff, f, src, dst, true);
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpOutbound(buf, p, hl, tl, ff);
     return this.drop(DropReason.UnsupportedProtocol);
@@ -448,16 +462,7 @@ export class Translator {
         if (f < 0) return this.refuse(buf, p, tl, REFUSAL_DROP[-f - 1]!);
       }
       t.touch(f, true, this.now);
-      const oaddr = t.oaddr(f);
-      const oid = t.oport(f);
-      ipv4.writeU32(buf, p + ipv4.SRC, oaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), t.ipDelta(f)));
-      // The ICMP checksum has no pseudo-header: only the identifier changes it.
-      icmp.setId(buf, ic, oid);
-      icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(id, oid)));
-      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, oaddr, false);
-      t.addOut(f, 1, tl);
-      return Verdict.Forward;
+      return this.applyEcho(buf, p, ic, tl, ff, f, src, dst, true);
     }
     if (icmp.isError(type)) return this.icmpErrorOutbound(buf, p, ic, iclen);
     return this.drop(DropReason.IcmpUnsupported);
@@ -487,7 +492,7 @@ export class Translator {
   private inbound(buf: Uint8Array, p: number, hl: number, tl: number): Verdict {
     const proto = ipv4.protocol(buf, p);
     const ff = ipv4.flagsFrag(buf, p);
-    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.laterFragment(buf, p, proto, false);
+    if ((ff & ipv4.FRAG_OFFSET_MASK) !== 0) return this.fragmentVerdict(buf, p, proto, false);
     const l4 = p + hl;
     const l4len = tl - hl;
     if (proto === ipv4.PROTO_TCP || proto === ipv4.PROTO_UDP) {
@@ -514,17 +519,7 @@ export class Translator {
       // RFC 4787 REQ-6a: inbound refresh is allowed, and Linux does it too.
       if (proto === ipv4.PROTO_TCP) t.tcpUpdate(f, tflags, false, this.now);
       else t.touch(f, false, this.now);
-      const iaddr = t.iaddr(f);
-      const ipd = negate(t.ipDelta(f));
-      ipv4.writeU32(buf, p + ipv4.DST, iaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
-      udp.setDstPort(buf, l4, t.iport(f));
-      this.fixL4(buf, l4, proto, ipd, negate(t.l4Delta(f)));
-      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, iaddr, true);
-      t.addIn(f, this.segs, this.wireBytes);
-      this.stats.packetsOutToSource += this.segs;
-      this.stats.bytesOutToSource += this.wireBytes;
-      return Verdict.Forward;
+      return this.applyPorts(buf, p, l4, proto, ff, f, src, dst, false);
     }
     if (proto === ipv4.PROTO_ICMP) return this.icmpInbound(buf, p, hl, tl, ff);
     return this.drop(DropReason.UnsupportedProtocol);
@@ -543,19 +538,9 @@ export class Translator {
       const f = t.lookupOutside(ipv4.PROTO_ICMP, dst, oid, src, 0, this.now);
       if (f < 0) return this.drop(DropReason.Unsolicited);
       t.touch(f, false, this.now);
-      const iaddr = t.iaddr(f);
-      const id = t.iport(f);
-      ipv4.writeU32(buf, p + ipv4.DST, iaddr);
-      ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), negate(t.ipDelta(f))));
-      icmp.setId(buf, ic, id);
-      icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(oid, id)));
-      if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, iaddr, true);
-      t.addIn(f, 1, tl);
-      this.stats.packetsOutToSource += 1;
-      this.stats.bytesOutToSource += tl;
-      return Verdict.Forward;
+      return this.applyEcho(buf, p, ic, tl, ff, f, src, dst, false);
     }
-    if (icmp.isError(type)) return this.icmpErrorInbound(buf, p, ic, iclen, tl);
+    if (icmp.isError(type)) return this.icmpErrorInbound(buf, p, ic, iclen);
     // Echo requests to the NAT address and other ICMP are not ours to answer (RFC 5508 REQ-11).
     return this.drop(
       type === icmp.ECHO_REQUEST ? DropReason.Unsolicited : DropReason.IcmpUnsupported,
@@ -567,13 +552,7 @@ export class Translator {
    * datagram went NAT address -> remote; its source is restored to the inside endpoint and the outer
    * destination becomes that inside host. Type and code are kept.
    */
-  private icmpErrorInbound(
-    buf: Uint8Array,
-    p: number,
-    ic: number,
-    iclen: number,
-    tl: number,
-  ): Verdict {
+  private icmpErrorInbound(buf: Uint8Array, p: number, ic: number, iclen: number): Verdict {
     const e = this.checkError(buf, ic, iclen);
     if (e < 0) return Verdict.Drop;
     const f = this.embeddedFlow(buf, e, false);
@@ -583,8 +562,6 @@ export class Translator {
     rewriteEmbedded(buf, ic, iclen, e, ehl, true, iaddr, this.table.iport(f));
     ipv4.rewriteDst(buf, p, iaddr);
     this.stats.icmpErrorsTranslated++;
-    this.stats.packetsOutToSource += 1;
-    this.stats.bytesOutToSource += tl;
     return Verdict.Forward;
   }
 
@@ -631,6 +608,70 @@ export class Translator {
       return -1;
     }
     return e;
+  }
+
+  // ---------------------------------------------------------------- applying a mapping
+
+  /**
+   * Rewrite a TCP or UDP packet by its flow: outbound, the source becomes the mapping's outside
+   * endpoint; inbound, the destination becomes the inside endpoint. The flow's precomputed deltas
+   * fix both checksums (negated inbound); a first fragment records the datagram for the rest.
+   */
+  private applyPorts(
+    buf: Uint8Array,
+    p: number,
+    l4: number,
+    proto: number,
+    ff: number,
+    f: number,
+    src: number,
+    dst: number,
+    outbound: boolean,
+  ): Verdict {
+    const t = this.table;
+    const addr = outbound ? t.oaddr(f) : t.iaddr(f);
+    const ipd = outbound ? t.ipDelta(f) : negate(t.ipDelta(f));
+    const l4d = outbound ? t.l4Delta(f) : negate(t.l4Delta(f));
+    ipv4.writeU32(buf, p + (outbound ? ipv4.SRC : ipv4.DST), addr);
+    ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
+    if (outbound) udp.setSrcPort(buf, l4, t.oport(f));
+    else udp.setDstPort(buf, l4, t.iport(f));
+    this.fixL4(buf, l4, proto, ipd, l4d);
+    if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, proto, src, dst, addr, !outbound);
+    if (outbound) t.addOut(f, this.segs, this.wireBytes);
+    else t.addIn(f, this.segs, this.wireBytes);
+    return Verdict.Forward;
+  }
+
+  /**
+   * Rewrite an ICMP echo request (outbound) or reply (inbound) by its flow: the address as for
+   * ports, and the identifier, which stands for the port. The ICMP checksum has no pseudo-header:
+   * only the identifier changes it.
+   */
+  private applyEcho(
+    buf: Uint8Array,
+    p: number,
+    ic: number,
+    tl: number,
+    ff: number,
+    f: number,
+    src: number,
+    dst: number,
+    outbound: boolean,
+  ): Verdict {
+    const t = this.table;
+    const addr = outbound ? t.oaddr(f) : t.iaddr(f);
+    const from = icmp.id(buf, ic);
+    const to = outbound ? t.oport(f) : t.iport(f);
+    const ipd = outbound ? t.ipDelta(f) : negate(t.ipDelta(f));
+    ipv4.writeU32(buf, p + (outbound ? ipv4.SRC : ipv4.DST), addr);
+    ipv4.setChecksumField(buf, p, adjust(ipv4.checksumField(buf, p), ipd));
+    icmp.setId(buf, ic, to);
+    icmp.setChecksumField(buf, ic, adjust(icmp.checksumField(buf, ic), delta16(from, to)));
+    if (ff & ipv4.FLAG_MF) this.firstFragment(buf, p, ipv4.PROTO_ICMP, src, dst, addr, !outbound);
+    if (outbound) t.addOut(f, 1, tl);
+    else t.addIn(f, 1, tl);
+    return Verdict.Forward;
   }
 
   // ---------------------------------------------------------------- helpers
@@ -696,17 +737,31 @@ export class Translator {
     }
   }
 
+  /** A later fragment of the packet being processed: its verdict, the drop counted. */
+  private fragmentVerdict(buf: Uint8Array, p: number, proto: number, outbound: boolean): Verdict {
+    const r = this.laterFragment(buf, p, proto, outbound);
+    if (r === FRAGMENT_FORWARD) return Verdict.Forward;
+    if (r === FRAGMENT_HELD) {
+      this.lastDrop = -1;
+      return Verdict.Drop;
+    }
+    return this.drop(r);
+  }
+
   /**
    * A fragment after the first: translate it as its first fragment was. Without state it is held
    * for its first fragment (RFC 4787 REQ-14), unless it is being released (then it is dropped).
+   * Returns FRAGMENT_FORWARD, FRAGMENT_HELD or the DropReason, uncounted: it serves both the
+   * packet being processed and the fragments released from the stash, and only the caller knows
+   * which (a released fragment's drop is not the current packet's).
    */
-  private laterFragment(buf: Uint8Array, p: number, proto: number, outbound: boolean): Verdict {
+  private laterFragment(buf: Uint8Array, p: number, proto: number, outbound: boolean): number {
     const src = ipv4.src(buf, p);
     const dst = ipv4.dst(buf, p);
     const oldId = ipv4.id(buf, p);
     const s = this.frags.get(src, dst, proto, oldId, this.now);
     if (s < 0) {
-      if (this.releasing) return this.drop(DropReason.FragmentNoState);
+      if (this.releasing) return DropReason.FragmentNoState;
       return this.hold(buf, p, src, dst, proto, oldId, outbound);
     }
     const addr = this.frags.newAddr[s]!;
@@ -716,18 +771,13 @@ export class Translator {
     if (outbound && this.isNat(dst)) {
       // Hairpinned fragment: its first fragment was recorded again on the way back in.
       const s2 = this.frags.get(addr, dst, proto, this.frags.newId[s]!, this.now);
-      if (s2 < 0) return this.drop(DropReason.FragmentNoState);
+      if (s2 < 0) return DropReason.FragmentNoState;
       ipv4.rewriteDst(buf, p, this.frags.newAddr[s2]!);
     }
-    if (!outbound) {
-      // process() counts what goes out only for outbound packets; inbound() does it for the rest.
-      this.stats.packetsOutToSource += 1;
-      this.stats.bytesOutToSource += ipv4.totalLength(buf, p);
-    }
-    return Verdict.Forward;
+    return FRAGMENT_FORWARD;
   }
 
-  /** Copy an out-of-order fragment into the stash; Drop without counting a drop. */
+  /** Copy an out-of-order fragment into the stash: FRAGMENT_HELD, or the drop when it is full. */
   private hold(
     buf: Uint8Array,
     p: number,
@@ -736,15 +786,14 @@ export class Translator {
     proto: number,
     ipId: number,
     outbound: boolean,
-  ): Verdict {
+  ): number {
     this.expireHeld(this.now);
     const tl = ipv4.totalLength(buf, p);
     if (!this.stash.hold(buf, p, tl, src, dst, proto, ipId, outbound, this.now)) {
-      return this.drop(DropReason.FragmentStashFull);
+      return DropReason.FragmentStashFull;
     }
     this.stats.fragmentsHeld++;
-    this.lastDrop = -1;
-    return Verdict.Drop;
+    return FRAGMENT_HELD;
   }
 
   /** Held fragments whose first fragment did not come in time are dropped (FragmentNoState). */
@@ -756,37 +805,30 @@ export class Translator {
   /**
    * The first fragment of a datagram with held fragments has passed: translate those in place in
    * the stash (as laterFragment does for fragments in order) and queue them for takeOutput().
+   * It uses none of the current packet's per-packet state: each released fragment is one
+   * unsegmented packet, counted here, and its drop (if any) is not the current packet's.
    */
   private releaseHeld(): void {
     this.relPending = false;
     const st = this.stash;
     const a = st.arena;
     const outbound = this.relOutbound;
-    const keepDrop = this.lastDrop;
     this.releasing = true;
-    this.partial = false;
-    this.segs = 1;
     let e = st.next(0, this.relSrc, this.relDst, this.relProto, this.relId, outbound);
     while (e >= 0) {
       const p = e * FRAGMENT_HOLD_MAX_BYTES;
-      if (this.laterFragment(a, p, this.relProto, outbound) === Verdict.Forward) {
-        if (outbound) {
-          this.stats.packetsOutToDestination += 1;
-          this.stats.bytesOutToDestination += st.len[e]!;
-        }
-        if (this.restoreTtl) {
-          const ttl = ipv4.ttl(a, p);
-          if (ttl < 255) ipv4.setTtl(a, p, ttl + 1);
-        }
+      const r = this.laterFragment(a, p, this.relProto, outbound);
+      if (r === FRAGMENT_FORWARD) {
+        this.forwarded(a, p, !outbound, 1, st.len[e]!);
         st.markReady(e);
         this.stats.fragmentsReleased++;
       } else {
+        this.stats.drops[r]!++;
         st.drop(e);
       }
       e = st.next(e + 1, this.relSrc, this.relDst, this.relProto, this.relId, outbound);
     }
     this.releasing = false;
-    this.lastDrop = keepDrop;
   }
 
   private setId(buf: Uint8Array, p: number, oldId: number, newId: number): void {
