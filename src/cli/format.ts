@@ -60,7 +60,8 @@ export function humanSeconds(s: number): string {
 /** A counter by its name's unit: *Bytes/bytes* as bytes, *Seconds as seconds, else a count. */
 export function humanByName(name: string, v: number): string {
   if (/bytes/i.test(name)) return humanBytes(v);
-  if (/seconds$/i.test(name)) return `${humanFraction(v)} s`;
+  if (/seconds$/i.test(name))
+    return Number.isInteger(v) ? humanSeconds(v) : `${humanFraction(v)} s`;
   return humanCount(v);
 }
 

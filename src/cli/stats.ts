@@ -19,10 +19,12 @@ function show(x: unknown, key = "", raw = true): string {
   if (Array.isArray(x)) {
     if (x.length === 0) return "none";
     return x
-      .map((c: Record<string, unknown>) =>
-        "field" in c
-          ? `${String(c.field)} ${String(c.old)} -> ${String(c.new)}`
-          : JSON.stringify(c),
+      .map((c: unknown) =>
+        c !== null && typeof c === "object" && "field" in c
+          ? `${String((c as Record<string, unknown>).field)} ${String((c as Record<string, unknown>).old)} -> ${String((c as Record<string, unknown>).new)}`
+          : typeof c === "string"
+            ? c
+            : JSON.stringify(c),
       )
       .join(", ");
   }

@@ -138,4 +138,9 @@ t.test("stats: human units unless raw", async (t) => {
   t.match(formatStats(s), /bytesOutToDestination\s+5\.0 MiB/);
   t.match(formatStats(s), /flowsCreated\s+12k/);
   t.match(formatStats(s, { raw: true }), /bytesOutToDestination\s+5242880/);
+  // A list of strings (the gateway's inside prefixes) reads as a list.
+  t.match(
+    formatStats({ gateway: { inside: ["10.0.1.0/24", "10.0.2.0/24"] } }),
+    /inside\s+10\.0\.1\.0\/24, 10\.0\.2\.0\/24/,
+  );
 });
