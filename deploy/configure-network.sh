@@ -1,6 +1,6 @@
 #!/bin/bash
 # tunnat: the network part of the EC2 set-up (docs/ec2.md), run by deploy/cloud-init.sh and
-# by the lab test (test/lab/deploy.test.ts), which plays the instance in a network namespace.
+# by the netns test (test/netns/ec2-instance.test.ts), which plays the instance in a network namespace.
 #
 #  1. installs the sysctl.d file (ip_forward, rp_filter) and applies it now;
 #  2. reads the instance metadata (IMDSv2): the ENI's MAC -> interface, the secondary private

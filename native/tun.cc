@@ -1,4 +1,4 @@
-// tunnat packet I/O addon (DESIGN.md §2, native-notes/README.md).
+// tunnat packet I/O addon (docs/architecture.md §Threading and §Decisions, native-notes/README.md).
 //
 // Contract: this file does only what JavaScript cannot do. It opens a TUN queue
 // (TUNSETIFF), sets offloads (TUNSETOFFLOAD), watches the fd with uv_poll on the

@@ -6,14 +6,14 @@
 # The native addon is not rebuilt: it uses N-API (node-addon-api), whose ABI is stable across
 # Node versions, so the build made by `npm ci` on the machine's Node loads on every line.
 #
-# Usage: bash scripts/node-versions.sh [MAJOR:SUITE[,SUITE]...]   (default: 22:unit,lab 24:unit,lab)
+# Usage: bash scripts/node-versions.sh [MAJOR:SUITE[,SUITE]...]   (default: 22:unit,netns 24:unit,netns)
 # Needs `npm run build` first. Each run's summary line is prefixed with its Node version, so the
 # last plain "N passed, N failed, N skipped" line of CI stays the README's test command's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${TUNNAT_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tunnat/node}"
 plan=("$@")
-[ ${#plan[@]} -gt 0 ] || plan=("22:unit,lab" "24:unit,lab")
+[ ${#plan[@]} -gt 0 ] || plan=("22:unit,netns" "24:unit,netns")
 [ -d dist/test ] || {
   echo "node-versions: dist/test missing: run npm run build first" >&2
   exit 2

@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 // Runs the compiled test suites with node-tap and ends with the line CI reads:
-// "N passed, N failed, N skipped". Unit tests run in parallel; lab tests (namespaces, real daemons)
-// run one file at a time with a longer timeout.
+// "N passed, N failed, N skipped". Unit tests run in parallel; netns tests (network namespaces,
+// real daemons) run one file at a time with a longer timeout.
 //
 // What it prints: one line per test file (status, assertions passed/failed/skipped, time), every
 // failure with its diagnostics, and each suite's totals. The full TAP stream of each suite is kept
 // in dist/test-output/<suite>-node<major>.tap (TAP_OUT=DIR to put it elsewhere; TAP_ECHO=1 to
 // print it as it comes, as before).
 //
-// Usage: node test/run.js [unit|lab|fuzz ...]
+// Usage: node test/run.js [unit|netns|fuzz ...]
 import { spawn } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -16,13 +16,13 @@ import { pathToFileURL } from "node:url";
 
 const suites = {
   unit: { dir: "dist/test/unit", args: ["--jobs", "2", "--timeout", "300"] },
-  lab: {
-    dir: "dist/test/lab",
+  netns: {
+    dir: "dist/test/netns",
     args: ["--jobs", "1", "--timeout", "900", "--exclude", "**/helpers/**"],
   },
   fuzz: { dir: "dist/test/fuzz", args: ["--jobs", "1", "--timeout", "1800"] },
 };
-const wanted = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "lab"];
+const wanted = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "netns"];
 const outDir = process.env.TAP_OUT || "dist/test-output";
 const echo = process.env.TAP_ECHO === "1";
 const major = process.versions.node.split(".")[0];

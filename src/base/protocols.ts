@@ -29,7 +29,7 @@ export interface Protocol {
 }
 
 export type ProtocolName = "tcp" | "udp" | "icmp";
-export type TimeoutKey = "tcpEstablished" | "tcpTransitory" | "udp" | "icmp";
+type TimeoutKey = "tcpEstablished" | "tcpTransitory" | "udp" | "icmp";
 
 /** IPv4 protocol numbers the connection table tracks. */
 export const Proto = { TCP: 6, UDP: 17, ICMP: 1 } as const;

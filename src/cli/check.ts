@@ -3,6 +3,7 @@
  * opens no TUN, so it runs on a live gateway too (the daemon's own TUN is then not a conflict).
  * Exits 0 when all pass, 2 when the config is invalid (as `run` does), 1 when a prerequisite fails.
  */
+import { describeConfig, loadConfig } from "../control/config.js";
 import type { Command } from "./command.js";
 import { inputFrom, settingsOptions } from "./command.js";
 
@@ -21,7 +22,13 @@ export const check: Command = {
     const { runChecks, formatChecks } = await import("../control/checks.js");
     const results = await runChecks({ input: inputFrom(argv) });
     const ok = results.every((r) => r.ok);
-    if (argv.json) process.stdout.write(`${JSON.stringify({ ok, checks: results }, null, 2)}\n`);
+    // The effective settings, every field (null when the config is invalid: "config" says why).
+    let settings: ReturnType<typeof describeConfig> | null = null;
+    try {
+      settings = describeConfig(loadConfig(inputFrom(argv)));
+    } catch {}
+    if (argv.json)
+      process.stdout.write(`${JSON.stringify({ ok, checks: results, settings }, null, 2)}\n`);
     else process.stdout.write(formatChecks(results));
     if (ok) return 0;
     return results.some((r) => r.name === "config" && !r.ok) ? 2 : 1;

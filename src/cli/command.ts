@@ -6,7 +6,7 @@
  */
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeFor, isTunnatError } from "../base/errors.js";
-import { FIELDS, type LoadInput } from "../control/config.js";
+import { type LoadInput, settingFlags } from "../control/config.js";
 import { AWS_PORTS, AWS_TIMEOUTS } from "../nat/config.js";
 import { rawValue } from "./format.js";
 
@@ -32,8 +32,6 @@ export interface Command {
   builder?: (y: Argv) => Argv;
   /** Its exit code (0, 1, 2); a thrown error exits as fail() says. Absent for a verb group. */
   run?: (argv: Record<string, unknown>) => Promise<number>;
-  /** `--help` examples: [command line, what it does]. */
-  examples?: [string, string][];
   /** Verbs under this one (`tunnat lab up`); one of them must be given. */
   subcommands?: Command[];
 }
@@ -46,9 +44,10 @@ export function fail(e: unknown): number {
 }
 
 /**
- * Add every setting of the schema as a flag. Whole numbers are typed as numbers; durations say
- * their units; a default that --preset aws changes says so. config.ts validates each value as the
- * user typed it (a middleware hands it the text, not yargs' number), so errors name it exactly.
+ * Add every setting of the schema as a flag. Whole numbers are typed as numbers (shown as
+ * [number]); durations say their units; a default that --preset aws changes says so. config.ts
+ * parses every value: a middleware hands it the text as typed (not yargs' number), so a bad one
+ * is named exactly.
  */
 export function settingsOptions(y: Argv): Argv {
   y.option("config", {
@@ -57,22 +56,17 @@ export function settingsOptions(y: Argv): Argv {
     group: "Settings:",
   });
   const numbers: string[] = [];
-  for (const f of Object.values(FIELDS)) {
+  for (const f of settingFlags()) {
     const isNumber = numeric(f);
     if (isNumber) numbers.push(f.flag);
     const units = f.expect === "seconds" ? " (seconds, or with a unit: 90s, 5m, 2h, 1d)" : "";
     const aws = AWS_DEFAULTS[f.key];
-    const def =
-      f.def !== undefined
-        ? ` (default ${f.def}${aws ? `; ${aws} with --preset aws` : ""})`
-        : aws
-          ? ` (with --preset aws: ${aws})`
-          : "";
     y.option(f.flag, {
-      type: f.boolean ? "boolean" : isNumber ? "number" : "string",
-      describe: `${f.describe}${units} [env ${f.env}]${def}`,
+      // Strings otherwise, booleans too: config.ts parses every value and names a bad one.
+      type: isNumber ? "number" : "string",
+      describe: `${f.describe}${units}${aws ? ` (${aws} with --preset aws)` : ""}`,
       group: "Settings:",
-      requiresArg: !f.boolean,
+      requiresArg: f.requiresArg,
     });
   }
   return y.middleware((argv) => {

@@ -7,11 +7,8 @@ import type { Timeouts } from "../base/protocols.js";
 
 export type { Timeouts } from "../base/protocols.js";
 
-export type MappingMode = "endpoint-independent" | "per-destination";
-export type FilteringMode =
-  | "address-and-port-dependent"
-  | "address-dependent"
-  | "endpoint-independent";
+type MappingMode = "endpoint-independent" | "per-destination";
+type FilteringMode = "address-and-port-dependent" | "address-dependent" | "endpoint-independent";
 
 export interface ConntrackConfig {
   /** The NAT (outside) addresses, host order. Paired pooling spreads inside hosts over them. */

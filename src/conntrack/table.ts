@@ -22,13 +22,16 @@
  * - Memory is fixed at construction (typed arrays only): about 100 bytes per flow at the
  *   default capacity, 120 with the mapping log's fields; see memoryBytes() and the unit test.
  */
-import { PROTO_SLOTS, Proto, protoSlot, type Timeouts } from "../base/protocols.js";
+import { Proto, protoSlot, type Timeouts } from "../base/protocols.js";
+import { Admission } from "./admission.js";
 import type { ConntrackConfig } from "./config.js";
 import { flowDeltas } from "./deltas.js";
-import { hashTuple, indexSlots, nextPow2, Prng, randomSeed } from "./hash.js";
+import { EvictionList } from "./eviction.js";
+import { hashTuple, indexSlots, Prng, randomSeed } from "./hash.js";
 import type { FlowHooks } from "./hooks.js";
 import { HostTable } from "./hosts.js";
-import { EndpointIndex, TupleIndex } from "./index.js";
+import { TupleIndex } from "./index.js";
+import { MappingTable } from "./mappings.js";
 import { NatPool, PortAllocator, type TupleProbe } from "./ports.js";
 import {
   CTR_BYTES,
@@ -36,7 +39,6 @@ import {
   CTR_U32,
   FLAG_BITS,
   FlowFlag,
-  LINK_SHIFT,
   MAX_CAPACITY,
   R_DELTAS,
   R_EXPIRES,
@@ -49,7 +51,7 @@ import {
   REC,
 } from "./record.js";
 import { Refusal } from "./refusal.js";
-import { RemoteSet } from "./remotes.js";
+import { forEachFlow, hostTraffic, portUsage } from "./scans.js";
 import { type ConntrackStats, STATE_SLOTS } from "./stats.js";
 import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
@@ -58,10 +60,6 @@ export { Proto } from "../base/protocols.js";
 export type { FlowHooks } from "./hooks.js";
 export { FlowFlag } from "./record.js";
 export { Refusal } from "./refusal.js";
-
-const FILTER_APDF = 0;
-const FILTER_ADF = 1;
-const FILTER_EIF = 2;
 
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
@@ -83,7 +81,9 @@ export class FlowTable implements TupleProbe {
   /** Live flows. */
   active = 0;
   /** Live endpoint-independent mappings (per-destination mode: always 0). */
-  mappings = 0;
+  get mappings(): number {
+    return this.maps.live;
+  }
   /**
    * Flow slots and eviction-list entries examined to make room (sweep and eviction) since
    * construction; with ports.examined, the work an insert costs (tests and the bench read it).
@@ -95,42 +95,21 @@ export class FlowTable implements TupleProbe {
   readonly hosts: HostTable;
   readonly timeouts: TimeoutTable;
 
-  // Mapping fields (endpoint-independent mode; empty arrays otherwise), indexed by mapping id.
-  readonly mProto: Uint8Array;
-  readonly mIaddr: Uint32Array;
-  readonly mIport: Uint16Array;
-  /** Index of the mapping's NAT address in pool.addrs. */
-  readonly mAddr: Uint16Array;
-  readonly mOport: Uint16Array;
-  /** Flows using the mapping; for a free mapping id, the free-list link (next + 1). */
-  readonly mRefs: Uint32Array;
-  // Only with a mappingRemoved hook: what the RFC 6888 §4 log line needs.
-  readonly mCreated: Uint32Array;
-  readonly mBytesOut: Float64Array;
-  readonly mBytesIn: Float64Array;
+  /** Endpoint-independent mappings (empty in per-destination mode), indexed by mapping id. */
+  readonly maps: MappingTable;
   /** Per-destination mode with a mappingRemoved hook: creation second of each flow. */
   readonly fCreated: Uint32Array;
 
   private readonly seed: number;
   private readonly prng: Prng;
   private readonly eim: boolean;
-  private readonly filtering: number;
-  private readonly quota: number;
+  private readonly admission: Admission;
   private readonly inIdx: TupleIndex;
   private readonly outIdx: TupleIndex;
-  private readonly mapIdx: EndpointIndex;
-  private readonly remotes: RemoteSet | null;
   private readonly logRemovals: boolean;
   private freeHead: number;
-  private mapFree: number;
-  /**
-   * The eviction list: the flows no reply has reached, oldest first, doubly linked (next in the
-   * flags word, prev + 1 here), so that a reply or a removal unlinks a flow in O(1) and the
-   * victim of a full table is always the head (see takeSlot).
-   */
-  private readonly evPrev: Uint32Array;
-  private evHead = -1;
-  private evTail = -1;
+  /** The unreplied flows, oldest first: the victims of a full table (see takeSlot). */
+  private readonly evictable: EvictionList;
   private sweepCursor = 0;
   // The outside tuple being allocated in per-destination mode (read by outsideTupleFree).
   private probeProto = 0;
@@ -152,13 +131,6 @@ export class FlowTable implements TupleProbe {
     this.seed = (cfg.hashSeed ?? randomSeed()) | 0;
     this.prng = new Prng(this.seed ^ 0x2545f491);
     this.eim = cfg.mapping !== "per-destination";
-    this.filtering =
-      cfg.filtering === "endpoint-independent"
-        ? FILTER_EIF
-        : cfg.filtering === "address-dependent"
-          ? FILTER_ADF
-          : FILTER_APDF;
-    this.quota = cfg.perHostQuota;
     this.timeouts = new TimeoutTable(cfg.timeouts);
     this.logRemovals = typeof hooks.mappingRemoved === "function";
 
@@ -166,7 +138,7 @@ export class FlowTable implements TupleProbe {
     const counters = new ArrayBuffer(cap * CTR_BYTES);
     this.ctr = new Float64Array(counters);
     this.pkt = new Uint32Array(counters);
-    this.evPrev = new Uint32Array(cap);
+    this.evictable = new EvictionList(this.rec, cap);
     // Free list threaded through `expires` (a free slot has no expiry): next id + 1, 0 ends it.
     for (let f = 0; f < cap - 1; f++) this.rec[f * REC + R_EXPIRES] = f + 2;
     this.freeHead = 0;
@@ -176,30 +148,8 @@ export class FlowTable implements TupleProbe {
     this.outIdx = new TupleIndex(slots, this.seed ^ 0x68e31da4, this.rec, R_OADDR, 16);
 
     const mcap = this.eim ? cap : 0;
-    this.mProto = new Uint8Array(mcap);
-    this.mIaddr = new Uint32Array(mcap);
-    this.mIport = new Uint16Array(mcap);
-    this.mAddr = new Uint16Array(mcap);
-    this.mOport = new Uint16Array(mcap);
-    this.mRefs = new Uint32Array(mcap);
-    const logM = this.logRemovals ? mcap : 0;
-    this.mCreated = new Uint32Array(logM);
-    this.mBytesOut = new Float64Array(logM);
-    this.mBytesIn = new Float64Array(logM);
+    this.maps = new MappingTable(mcap, slots, this.seed ^ 0x1b56c4e9, this.logRemovals);
     this.fCreated = new Uint32Array(!this.eim && this.logRemovals ? cap : 0);
-    for (let m = 0; m < mcap - 1; m++) this.mRefs[m] = m + 2;
-    this.mapFree = mcap > 0 ? 0 : -1;
-    this.mapIdx = new EndpointIndex(
-      this.eim ? slots : 4,
-      this.seed ^ 0x1b56c4e9,
-      this.mProto,
-      this.mIaddr,
-      this.mIport,
-    );
-    this.remotes =
-      this.eim && this.filtering === FILTER_ADF
-        ? new RemoteSet(Math.max(16, nextPow2(cap) / 2), this.seed ^ 0x7f4a7c15)
-        : null;
 
     this.pool = new NatPool(cfg.natAddresses, this.seed ^ 0x3c6ef372);
     this.ports = new PortAllocator(
@@ -212,6 +162,7 @@ export class FlowTable implements TupleProbe {
     );
     // Hosts: one slot per 32 flows (a 16 k-host table at the default 262,144 flows), at most 256 k.
     this.hosts = new HostTable(Math.min(262144, Math.ceil(cap / 32)), this.seed ^ 0x0b4611a1);
+    this.admission = new Admission(cfg, this.eim, this.hosts, cap, this.seed ^ 0x7f4a7c15);
   }
 
   /** New idle timeouts (SIGHUP reload); each flow takes them at its next refresh. */
@@ -305,7 +256,7 @@ export class FlowTable implements TupleProbe {
   private setReplied(f: number): void {
     const i = f * REC + R_FLAGS;
     if ((this.rec[i] & FlowFlag.REPLIED) !== 0) return;
-    this.unlinkEvictable(f);
+    this.evictable.unlink(f);
     this.rec[i] |= FlowFlag.REPLIED;
   }
 
@@ -415,23 +366,23 @@ export class FlowTable implements TupleProbe {
     let m = -1;
     let newMapping = false;
     if (this.eim) {
-      m = this.mapIdx.find(proto, ia, iport);
+      m = this.maps.find(proto, ia, iport);
       if (m < 0) {
-        if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+        if (!this.admission.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
         if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
         a = this.pool.paired(ia);
         oport = this.ports.allocate(a, pi, iport, now);
         if (oport < 0) return this.refuse(f, Refusal.PortExhausted);
-        m = this.newMapping(proto, ia, iport, a, oport, now);
+        m = this.maps.add(proto, ia, iport, a, oport, now);
         this.ports.take(a, pi, oport, m + 1);
         newMapping = true;
       } else {
-        a = this.mAddr[m];
-        oport = this.mOport[m];
+        a = this.maps.addr[m]!;
+        oport = this.maps.oport[m]!;
       }
-      this.mRefs[m]++;
+      this.maps.refs[m]++;
     } else {
-      if (!this.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
+      if (!this.admission.quotaAllows(ia, pi)) return this.refuse(f, Refusal.QuotaExceeded);
       if (this.pool.size === 0) return this.refuse(f, Refusal.PortExhausted);
       a = this.pool.paired(ia);
       this.probeProto = proto;
@@ -446,7 +397,7 @@ export class FlowTable implements TupleProbe {
     const oa = this.pool.addrs[a];
     this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, 0);
     this.hosts.addFlow(ia, pi, newMapping);
-    if (this.remotes !== null) this.remotes.add(m, ra);
+    this.admission.flowAdded(m, ra);
     if (newMapping) {
       stats.mappingsCreated++;
       if (!this.eim && this.logRemovals) this.fCreated[f] = now;
@@ -480,23 +431,21 @@ export class FlowTable implements TupleProbe {
     const pi = protoSlot(proto);
     const v = this.ports.get(a, pi, oport);
     if (v <= 0) return -1 - Refusal.Unsolicited;
-    if (!this.eim || this.filtering === FILTER_APDF) return -1 - Refusal.Filtered;
     const m = v - 1;
     const ra = raddr >>> 0;
-    if (this.filtering === FILTER_ADF && !(this.remotes as RemoteSet).has(m, ra)) {
-      return -1 - Refusal.Filtered;
-    }
+    const refusal = this.admission.inboundRefusal(m, ra);
+    if (refusal >= 0) return -1 - refusal;
     // No eviction for inbound-opened flows: outsiders must not push out the inside's flows.
     const f = this.freeHead;
     if (f < 0) return -1 - Refusal.TableFull;
     this.freeHead = this.expires(f) - 1;
-    this.mRefs[m]++;
-    const ia = this.mIaddr[m];
+    this.maps.refs[m]++;
+    const ia = this.maps.iaddr[m]!;
     this.initFlow(
       f,
       proto,
       ia,
-      this.mIport[m],
+      this.maps.iport[m]!,
       oaddr >>> 0,
       oport,
       ra,
@@ -505,7 +454,7 @@ export class FlowTable implements TupleProbe {
       FlowFlag.INBOUND,
     );
     this.hosts.addFlow(ia, pi, false);
-    if (this.remotes !== null) this.remotes.add(m, ra);
+    this.admission.flowAdded(m, ra);
     return f;
   }
 
@@ -585,42 +534,23 @@ export class FlowTable implements TupleProbe {
 
   // ---------------------------------------------------------------- control plane (may allocate)
 
+  // The scans themselves live in scans.ts; these keep them at hand on the table.
+
   /** Call fn(flowId) for each live flow. */
   forEach(fn: (flow: number) => void): void {
-    for (let f = 0; f < this.capacity; f++) if (this.proto(f) !== 0) fn(f);
+    forEachFlow(this, fn);
   }
 
   /** Ports (echo ids for ICMP) in use and free on NAT address `addrIndex` for `proto`. */
   portUsage(addrIndex: number, proto: number): { used: number; free: number } {
-    const pi = protoSlot(proto);
-    const used = this.ports.used[addrIndex * PROTO_SLOTS + pi];
-    return { used, free: this.ports.rangeSize(pi) - used };
+    return portUsage(this, addrIndex, proto);
   }
 
-  /**
-   * Traffic per tracked inside host, finished and live flows together (for top talkers). Traffic
-   * of hosts that left the table is in hosts.departed*.
-   */
+  /** Traffic per tracked inside host, finished and live flows together (see scans.ts). */
   hostTraffic(
     fn: (addr: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number) => void,
   ): void {
-    const h = this.hosts;
-    const po = Float64Array.from(h.pktsOut);
-    const pin = Float64Array.from(h.pktsIn);
-    const bo = Float64Array.from(h.bytesOut);
-    const bin = Float64Array.from(h.bytesIn);
-    for (let f = 0; f < this.capacity; f++) {
-      if (this.proto(f) === 0) continue;
-      const s = h.find(this.iaddr(f));
-      if (s < 0) continue;
-      po[s] += this.pktsOut(f);
-      pin[s] += this.pktsIn(f);
-      bo[s] += this.bytesOut(f);
-      bin[s] += this.bytesIn(f);
-    }
-    for (let s = 0; s < h.slots; s++) {
-      if (h.flows[s] !== 0) fn(h.addr[s], po[s], bo[s], pin[s], bin[s]);
-    }
+    hostTraffic(this, fn);
   }
 
   /** Bytes held in typed arrays by the table and everything it owns. */
@@ -629,27 +559,18 @@ export class FlowTable implements TupleProbe {
     for (const a of [
       this.rec,
       this.ctr,
-      this.evPrev,
+      this.fCreated,
       this.inIdx.slots,
       this.outIdx.slots,
-      this.mProto,
-      this.mIaddr,
-      this.mIport,
-      this.mAddr,
-      this.mOport,
-      this.mRefs,
-      this.mCreated,
-      this.mBytesOut,
-      this.mBytesIn,
-      this.fCreated,
-      this.mapIdx.slots,
       this.pool.addrs,
     ]) {
       n += a.byteLength;
     }
     n += this.ports.memoryBytes();
     n += this.hosts.memoryBytes();
-    if (this.remotes !== null) n += this.remotes.memoryBytes();
+    n += this.maps.memoryBytes();
+    n += this.evictable.memoryBytes();
+    n += this.admission.memoryBytes();
     return n;
   }
 
@@ -661,14 +582,6 @@ export class FlowTable implements TupleProbe {
   }
 
   // ---------------------------------------------------------------- internals
-
-  private quotaAllows(iaddr: number, pi: number): boolean {
-    if (this.quota <= 0) return true;
-    const s = this.hosts.find(iaddr);
-    // A host the full host table cannot track cannot have its quota enforced: refuse it.
-    if (s < 0) return !this.hosts.full;
-    return this.hosts.maps[s * PROTO_SLOTS + pi] < this.quota;
-  }
 
   /** Give back a slot taken for a flow that could not be made; return the refusal. */
   private refuse(f: number, reason: number): number {
@@ -686,7 +599,7 @@ export class FlowTable implements TupleProbe {
     if (this.freeHead < 0) {
       this.sweep(now, FULL_SWEEP_BUDGET);
       if (this.freeHead < 0) {
-        const victim = this.evHead;
+        const victim = this.evictable.head;
         this.examined++;
         if (victim < 0) return -1;
         this.stats.evictions++;
@@ -697,37 +610,6 @@ export class FlowTable implements TupleProbe {
     const f = this.freeHead;
     this.freeHead = this.expires(f) - 1;
     return f;
-  }
-
-  private evNext(f: number): number {
-    return (this.rec[f * REC + R_FLAGS] >>> LINK_SHIFT) - 1;
-  }
-
-  private setEvNext(f: number, next: number): void {
-    const i = f * REC + R_FLAGS;
-    this.rec[i] = ((this.rec[i] & FLAG_BITS) | ((next + 1) << LINK_SHIFT)) >>> 0;
-  }
-
-  /** Append a new flow to the eviction list (it has no reply yet). */
-  private pushEvictable(f: number): void {
-    const t = this.evTail;
-    this.setEvNext(f, -1);
-    this.evPrev[f] = t + 1;
-    if (t >= 0) this.setEvNext(t, f);
-    else this.evHead = f;
-    this.evTail = f;
-  }
-
-  /** Take a flow out of the eviction list (a reply came, or it is removed). */
-  private unlinkEvictable(f: number): void {
-    const p = this.evPrev[f] - 1;
-    const n = this.evNext(f);
-    if (p >= 0) this.setEvNext(p, n);
-    else this.evHead = n;
-    if (n >= 0) this.evPrev[n] = p + 1;
-    else this.evTail = p;
-    this.setEvNext(f, -1);
-    this.evPrev[f] = 0;
   }
 
   private initFlow(
@@ -758,44 +640,18 @@ export class FlowTable implements TupleProbe {
     rec[b + R_FLAGS] = flag;
     this.inIdx.insert(f);
     this.outIdx.insert(f);
-    this.pushEvictable(f);
+    this.evictable.push(f);
     this.active++;
     this.stats.flowsCreated++;
     this.stats.flowsByState[protoSlot(proto) * STATE_SLOTS]++;
     this.hooks.flowCreated?.(f, now);
   }
 
-  private newMapping(
-    proto: number,
-    ia: number,
-    iport: number,
-    a: number,
-    oport: number,
-    now: number,
-  ): number {
-    const m = this.mapFree;
-    this.mapFree = this.mRefs[m] - 1;
-    this.mRefs[m] = 0;
-    this.mProto[m] = proto;
-    this.mIaddr[m] = ia;
-    this.mIport[m] = iport;
-    this.mAddr[m] = a;
-    this.mOport[m] = oport;
-    if (this.logRemovals) {
-      this.mCreated[m] = now;
-      this.mBytesOut[m] = 0;
-      this.mBytesIn[m] = 0;
-    }
-    this.mapIdx.insert(m);
-    this.mappings++;
-    return m;
-  }
-
   private removeFlow(f: number, now: number): void {
     const p = this.proto(f);
     if (p === 0) return;
     this.hooks.flowRemoved?.(f, now);
-    if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.unlinkEvictable(f);
+    if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.evictable.unlink(f);
     this.inIdx.delete(f);
     this.outIdx.delete(f);
     const stats = this.stats;
@@ -809,34 +665,31 @@ export class FlowTable implements TupleProbe {
     let mappingGone = true;
     const m = this.eim ? this.ports.get(a, pi, op) - 1 : -1;
     if (m >= 0) {
-      if (this.remotes !== null) this.remotes.remove(m, ra);
+      this.admission.flowRemoved(m, ra);
+      const maps = this.maps;
       if (this.logRemovals) {
-        this.mBytesOut[m] += this.bytesOut(f);
-        this.mBytesIn[m] += this.bytesIn(f);
+        maps.bytesOut[m] += this.bytesOut(f);
+        maps.bytesIn[m] += this.bytesIn(f);
       }
-      if (--this.mRefs[m] === 0) {
+      if (--maps.refs[m] === 0) {
         this.ports.release(a, pi, op, now);
-        this.mapIdx.delete(m);
-        this.mappings--;
         stats.mappingsRemoved++;
         if (this.logRemovals) {
           this.hooks.mappingRemoved?.(
             p,
             ia,
-            this.mIport[m],
+            maps.iport[m]!,
             oa,
             op,
             ra,
             this.rport(f),
             now,
-            this.mCreated[m],
-            this.mBytesOut[m],
-            this.mBytesIn[m],
+            maps.created[m]!,
+            maps.bytesOut[m]!,
+            maps.bytesIn[m]!,
           );
         }
-        this.mProto[m] = 0;
-        this.mRefs[m] = this.mapFree + 1;
-        this.mapFree = m;
+        maps.release(m);
       } else {
         mappingGone = false;
       }

@@ -1,19 +1,27 @@
 /**
- * Settings for `tunnat run` and `tunnat check`, merged from (lowest to highest) built-in defaults <
- * the JSON config file (--config FILE / TUNNAT_CONFIG) < TUNNAT_* environment < command-line flags,
- * and validated by the hand-written schema below. Every error names the field as the user wrote it
- * (--max-flows, TUNNAT_MAX_FLOWS or "maxFlows" in FILE) and the bad value, and exits 2.
+ * Settings for `tunnat run`, `tunnat down` and `tunnat check`, merged from (lowest to highest)
+ * built-in defaults < the JSON config file (--config FILE / TUNNAT_CONFIG) < TUNNAT_* environment
+ * < command-line flags. Every error names the field as the user wrote it (--max-flows,
+ * TUNNAT_MAX_FLOWS or "maxFlows" in FILE) and the bad value, and exits 2.
+ *
+ * One schema (FIELDS) defines each setting once: its names, its kind (how its text is parsed and
+ * shown), its default, whether SIGHUP applies it, and where its value goes. Everything else is
+ * derived from it: the flags the CLI declares, the types (Settings, ControlSettings), the merge,
+ * the reload report and describeConfig(). Adding a setting = one FIELDS entry, plus a NatConfig
+ * member when the core reads it (docs/architecture.md §Decisions).
  *
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
 import { ErrorCode, TunnatError } from "../base/errors.js";
+import { TIMEOUT_SPECS } from "../base/protocols.js";
 import {
   AWS_PORTS,
   AWS_TIMEOUTS,
   DEFAULT_TIMEOUTS,
   defaultNatConfig,
   type NatConfig,
+  type Timeouts,
 } from "../nat/config.js";
 import {
   type Cidr,
@@ -25,52 +33,18 @@ import {
   parseIpv4,
 } from "../wire/addr.js";
 
-export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
-export type Preset = "default" | "aws";
-export type MappingLog = { kind: "off" } | { kind: "stdout" } | { kind: "file"; path: string };
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+type Preset = "default" | "aws";
+type MappingLog = { kind: "off" } | { kind: "stdout" } | { kind: "file"; path: string };
 
 export interface HostPort {
   host: string;
   port: number;
 }
 
-/** What the daemon needs besides the core's NatConfig. */
-export interface ControlSettings {
-  /** The config file read, if any (SIGHUP re-reads it). */
-  configFile: string | undefined;
-  insideInterface: string | undefined;
-  outsideInterface: string | undefined;
-  tun: string;
-  /** Address put on the TUN (a link-local /32 by default); null = none. */
-  tunAddress: Cidr | null;
-  metrics: HostPort;
-  controlSocket: string;
-  /** Group (gid) allowed to use the control socket (mode 0660); undefined = owner only (0600). */
-  controlSocketGroup: number | undefined;
-  /** The plumbing's undo journal: survives a crash so the next start removes the leftovers. */
-  stateFile: string;
-  logLevel: LogLevel;
-  preset: Preset;
-  manageRoutes: boolean;
-  /** Policy routing table and rule priority owned by tunnat (stale ones are removed at start). */
-  routeTable: number;
-  rulePriority: number;
-  /** Set net.ipv4.ip_forward=1 when it is 0 instead of refusing to start. */
-  setIpForward: boolean;
-  offloads: boolean;
-  mappingLog: MappingLog;
-  logDestinations: boolean;
-  /** Inside hosts with their own per-host metric series; the rest are summed as "other". */
-  topHosts: number;
-}
-
-export interface TunnatConfig {
-  nat: NatConfig;
-  control: ControlSettings;
-}
-
 /** Where a value came from; used in error messages. */
-export type Source = "default" | "file" | "env" | "flag";
+type Source = "default" | "file" | "env" | "flag";
 
 /** A parse failure with its own explanation (replaces "expected ..."). */
 class Bad {
@@ -79,72 +53,98 @@ class Bad {
 
 type Parsed<T> = T | Bad;
 
-interface Field<T> {
-  /** camelCase key; also the config file key ("timeouts.udp" = nested object). */
-  key: string;
-  flag: string;
-  env: string;
-  /** Shown after "expected" in errors and in --help. */
+/** A JSON value as describeConfig() shows it. */
+type Shown = string | number | boolean | null | Shown[] | { [k: string]: Shown };
+
+/**
+ * The kind of a setting's value: how its text is read, and how a value is written back (the reload
+ * report compares these texts; describeConfig shows them). format(parse(x)) reads as x does.
+ */
+interface Kind<T> {
+  /** Shown after "expected" when a value has an impossible shape (a JSON object, say). */
   expect: string;
-  describe: string;
-  boolean?: boolean;
-  repeatable?: boolean;
-  /** Default as the user would write it (parsed like any other input), or undefined. */
-  def?: string;
   parse(text: string): Parsed<T>;
+  format(value: T): string;
+  /** A JSON value for describeConfig (default: format(), numbers and booleans written plainly as such). */
+  json?(value: T): Shown;
 }
 
-function intRange(lo: number, hi: number) {
-  return (text: string): Parsed<number> => {
-    if (!/^[0-9]+$/.test(text)) return new Bad(`expected an integer ${lo}..${hi}`);
-    const n = Number(text);
-    if (n < lo || n > hi) return new Bad(`expected an integer ${lo}..${hi}`);
-    return n;
+function intRange(lo: number, hi: number): Kind<number> {
+  const why = `expected an integer ${lo}..${hi}`;
+  return {
+    expect: `an integer ${lo}..${hi}`,
+    parse: (text) => {
+      if (!/^[0-9]+$/.test(text)) return new Bad(why);
+      const n = Number(text);
+      return n < lo || n > hi ? new Bad(why) : n;
+    },
+    format: String,
   };
 }
 
-function oneOf<T extends string>(values: readonly T[]) {
-  return (text: string): Parsed<T> =>
-    (values as readonly string[]).includes(text)
-      ? (text as T)
-      : new Bad(`expected one of ${values.join(", ")}`);
+function oneOf<T extends string>(values: readonly T[]): Kind<T> {
+  return {
+    expect: `one of ${values.join(", ")}`,
+    parse: (text) =>
+      (values as readonly string[]).includes(text)
+        ? (text as T)
+        : new Bad(`expected one of ${values.join(", ")}`),
+    format: (v) => v,
+  };
 }
 
-function parseBool(text: string): Parsed<boolean> {
-  const t = text.toLowerCase();
-  if (t === "true" || t === "1" || t === "yes" || t === "on") return true;
-  if (t === "false" || t === "0" || t === "no" || t === "off") return false;
-  return new Bad("expected true or false");
-}
+/** A boolean; on the command line a bare --flag means true and --no-flag false. */
+const BOOL: Kind<boolean> = {
+  expect: "true or false",
+  parse: (text) => {
+    const t = text.toLowerCase();
+    if (t === "true" || t === "1" || t === "yes" || t === "on") return true;
+    if (t === "false" || t === "0" || t === "no" || t === "off") return false;
+    return new Bad("expected true or false");
+  },
+  format: String,
+};
 
 const MAX_TIMEOUT = 30 * 86400;
 /** Seconds, optionally with an s/m/h/d suffix ("2h4m" is not accepted; "124m" is). */
-function parseDuration(text: string): Parsed<number> {
-  const m = /^([0-9]+)([smhd]?)$/.exec(text);
-  const why = `expected a duration in seconds 1..${MAX_TIMEOUT} (suffix s, m, h or d allowed)`;
-  if (!m) return new Bad(why);
-  const mult = m[2] === "m" ? 60 : m[2] === "h" ? 3600 : m[2] === "d" ? 86400 : 1;
-  const n = Number(m[1]) * mult;
-  if (n < 1 || n > MAX_TIMEOUT) return new Bad(why);
-  return n;
-}
+const DURATION: Kind<number> = {
+  expect: "seconds",
+  parse: (text) => {
+    const m = /^([0-9]+)([smhd]?)$/.exec(text);
+    const why = `expected a duration in seconds 1..${MAX_TIMEOUT} (suffix s, m, h or d allowed)`;
+    if (!m) return new Bad(why);
+    const mult = m[2] === "m" ? 60 : m[2] === "h" ? 3600 : m[2] === "d" ? 86400 : 1;
+    const n = Number(m[1]) * mult;
+    return n < 1 || n > MAX_TIMEOUT ? new Bad(why) : n;
+  },
+  format: String,
+};
 
 /** Linux IFNAMSIZ is 16 with the NUL; dev_valid_name() refuses "/", ":" and whitespace. */
-function parseIfName(text: string): Parsed<string> {
-  if (text.length < 1 || text.length > 15 || text === "." || text === ".." || /[/:\s]/.test(text))
-    return new Bad("expected an interface name of 1..15 characters without '/', ':' or spaces");
-  return text;
-}
+const IF_NAME: Kind<string> = {
+  expect: "an interface name",
+  parse: (text) =>
+    text.length < 1 || text.length > 15 || text === "." || text === ".." || /[/:\s]/.test(text)
+      ? new Bad("expected an interface name of 1..15 characters without '/', ':' or spaces")
+      : text,
+  format: (v) => v,
+};
 
-function parseInsidePrefix(text: string): Parsed<Cidr> {
-  const c = parseCidr(text);
-  if (!c || !text.includes("/")) return new Bad("expected an IPv4 prefix like 10.0.0.0/16");
-  if (c.hostBits)
-    return new Bad(`host bits are set; did you mean ${formatCidr(c)}? (the prefix must be masked)`);
-  if (c.len === 0)
-    return new Bad("expected a prefix longer than /0 (0.0.0.0/0 would NAT the host)");
-  return { addr: c.addr, len: c.len };
-}
+const INSIDE_PREFIX: Kind<Cidr> = {
+  expect: "an IPv4 prefix",
+  parse: (text) => {
+    const c = parseCidr(text);
+    if (!c || !text.includes("/")) return new Bad("expected an IPv4 prefix like 10.0.0.0/16");
+    if (c.hostBits)
+      return new Bad(
+        `host bits are set; did you mean ${formatCidr(c)}? (the prefix must be masked)`,
+      );
+    if (c.len === 0)
+      return new Bad("expected a prefix longer than /0 (0.0.0.0/0 would NAT the host)");
+    return { addr: c.addr, len: c.len };
+  },
+  format: formatCidr,
+};
 
 /** Addresses that can never be a NAT (outside) address. */
 function specialUse(ip: number): string | null {
@@ -156,52 +156,100 @@ function specialUse(ip: number): string | null {
   return null;
 }
 
-function parseNatAddress(text: string): Parsed<number> {
-  const ip = parseIpv4(text);
-  if (ip < 0) return new Bad("expected an IPv4 address like 172.16.4.7");
-  const special = specialUse(ip);
-  if (special) return new Bad(`${formatIpv4(ip)} is ${special} and cannot be a NAT address`);
-  return ip;
-}
+const NAT_ADDRESS: Kind<number> = {
+  expect: "an IPv4 address",
+  parse: (text) => {
+    const ip = parseIpv4(text);
+    if (ip < 0) return new Bad("expected an IPv4 address like 172.16.4.7");
+    const special = specialUse(ip);
+    if (special) return new Bad(`${formatIpv4(ip)} is ${special} and cannot be a NAT address`);
+    return ip;
+  },
+  format: formatIpv4,
+};
 
-function parseTunAddress(text: string): Parsed<Cidr | null> {
-  if (text === "none") return null;
-  const c = parseCidr(text);
-  if (!c) return new Bad('expected an IPv4 address with prefix like 169.254.77.1/32, or "none"');
-  // Keep the host bits: this is an interface address, not a route.
-  return { addr: parseIpv4(text.split("/")[0] ?? ""), len: c.len };
-}
+const TUN_ADDRESS: Kind<Cidr | null> = {
+  expect: "ADDR/LEN or none",
+  parse: (text) => {
+    if (text === "none") return null;
+    const c = parseCidr(text);
+    if (!c) return new Bad('expected an IPv4 address with prefix like 169.254.77.1/32, or "none"');
+    // Keep the host bits: this is an interface address, not a route.
+    return { addr: parseIpv4(text.split("/")[0] ?? ""), len: c.len };
+  },
+  format: (v) => (v ? formatCidr(v) : "none"),
+  json: (v) => (v ? formatCidr(v) : null),
+};
 
-function parseHostPort(text: string): Parsed<HostPort> {
-  const why = "expected HOST:PORT with an IPv4 address, [IPv6] or localhost, port 1..65535";
-  const m = /^(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):([0-9]{1,5})$/.exec(text);
-  if (!m) return new Bad(why);
-  const host = m[1] ?? "";
-  const port = Number(m[2]);
-  if (port < 1 || port > 65535) return new Bad(why);
-  if (!host.startsWith("[") && host !== "localhost" && parseIpv4(host) < 0) return new Bad(why);
-  return { host: host.startsWith("[") ? host.slice(1, -1) : host, port };
-}
+const HOST_PORT: Kind<HostPort> = {
+  expect: "HOST:PORT",
+  parse: (text) => {
+    const why = "expected HOST:PORT with an IPv4 address, [IPv6] or localhost, port 1..65535";
+    const m = /^(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):([0-9]{1,5})$/.exec(text);
+    if (!m) return new Bad(why);
+    const host = m[1] ?? "";
+    const port = Number(m[2]);
+    if (port < 1 || port > 65535) return new Bad(why);
+    if (!host.startsWith("[") && host !== "localhost" && parseIpv4(host) < 0) return new Bad(why);
+    return { host: host.startsWith("[") ? host.slice(1, -1) : host, port };
+  },
+  format: (v) => `${v.host.includes(":") ? `[${v.host}]` : v.host}:${v.port}`,
+};
 
-function parsePorts(text: string): Parsed<[number, number]> {
-  const why = "expected a port range LO-HI within 1-65535 with LO <= HI";
-  const m = /^([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(text);
-  if (!m) return new Bad(why);
-  const lo = Number(m[1]);
-  const hi = m[2] === undefined ? lo : Number(m[2]);
-  if (lo < 1 || hi > 65535 || lo > hi) return new Bad(why);
-  return [lo, hi];
-}
+const PORT_RANGE: Kind<[number, number]> = {
+  expect: "LO-HI",
+  parse: (text) => {
+    const why = "expected a port range LO-HI within 1-65535 with LO <= HI";
+    const m = /^([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(text);
+    if (!m) return new Bad(why);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (lo < 1 || hi > 65535 || lo > hi) return new Bad(why);
+    return [lo, hi];
+  },
+  format: (v) => `${v[0]}-${v[1]}`,
+};
 
-function parseAbsPath(text: string): Parsed<string> {
-  return text.startsWith("/") && !text.includes("\0") ? text : new Bad("expected an absolute path");
-}
+const ABS_PATH: Kind<string> = {
+  expect: "an absolute path",
+  parse: (text) =>
+    text.startsWith("/") && !text.includes("\0") ? text : new Bad("expected an absolute path"),
+  format: (v) => v,
+};
 
-function parseGroup(text: string): Parsed<string> {
-  return /^(\d+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/.test(text)
-    ? text
-    : new Bad("expected a group name or number");
-}
+/** A group name or number; loadConfig resolves it to a gid. */
+const GROUP: Kind<string> = {
+  expect: "a group name or number",
+  parse: (text) =>
+    /^(\d+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/.test(text)
+      ? text
+      : new Bad("expected a group name or number"),
+  format: (v) => v,
+};
+
+const MAPPING_LOG: Kind<MappingLog> = {
+  expect: "off, stdout or a file",
+  parse: (text) => {
+    if (text === "off") return { kind: "off" };
+    if (text === "stdout" || text === "-") return { kind: "stdout" };
+    if (text.length === 0 || text.includes("\0"))
+      return new Bad('expected "off", "stdout" or a file');
+    return { kind: "file", path: text };
+  },
+  format: (v) => (v.kind === "file" ? v.path : v.kind),
+};
+
+const ROUTE_TABLE: Kind<number> = {
+  expect: "a table id",
+  parse: (text) => {
+    const why = "expected a routing table id 1..4294967295 other than 253, 254, 255";
+    if (!/^[0-9]+$/.test(text)) return new Bad(why);
+    const n = Number(text);
+    // 253/254/255 are the kernel's default, main and local tables (RT_TABLE_*): never ours.
+    return n < 1 || n > 4294967295 || n === 253 || n === 254 || n === 255 ? new Bad(why) : n;
+  },
+  format: String,
+};
 
 /** A group name or number as a gid, from /etc/group (Node has no getgrnam). */
 function resolveGroup(name: string, readFile: (p: string) => string): number | undefined {
@@ -219,334 +267,390 @@ function resolveGroup(name: string, readFile: (p: string) => string): number | u
   return undefined;
 }
 
-function parseMappingLog(text: string): Parsed<MappingLog> {
-  if (text === "off") return { kind: "off" };
-  if (text === "stdout" || text === "-") return { kind: "stdout" };
-  if (text.length === 0 || text.includes("\0"))
-    return new Bad('expected "off", "stdout" or a file');
-  return { kind: "file", path: text };
+/** One setting of the schema. */
+interface Field {
+  /** camelCase config-file key ("timeouts.udp" = nested object); also names it in reloads. */
+  key: string;
+  flag: string;
+  env: string;
+  describe: string;
+  kind: Kind<unknown>;
+  /** Default as the user would write it (parsed like any other input); absent = unset. */
+  def?: string;
+  /** May be given several times (or comma-separated); the value is a list. */
+  list?: true;
+  /** SIGHUP applies a change without a restart. */
+  live?: true;
+  /**
+   * The value is copied as it is into this part of TunnatConfig, under the field's name in
+   * FIELDS (checked by the compiler against NatConfig). Absent: loadConfig derives it (timeouts,
+   * ports, presets, the group's gid, defaults that depend on other fields).
+   */
+  to?: "nat" | "control";
 }
 
-function parseRouteTable(text: string): Parsed<number> {
-  const why = "expected a routing table id 1..4294967295 other than 253, 254, 255";
-  if (!/^[0-9]+$/.test(text)) return new Bad(why);
-  const n = Number(text);
-  // 253/254/255 are the kernel's default, main and local tables (RT_TABLE_*): never ours.
-  if (n < 1 || n > 4294967295 || n === 253 || n === 254 || n === 255) return new Bad(why);
-  return n;
-}
-
-function field<T>(f: Field<T>): Field<T> {
-  return f;
-}
-
-/** The schema. Order is the order of --help. */
+/** The schema. Order is the order of --help and of describeConfig(). */
 export const FIELDS = {
-  inside: field<Cidr>({
+  inside: {
     key: "inside",
     flag: "inside",
     env: "TUNNAT_INSIDE",
-    repeatable: true,
-    expect: "an IPv4 prefix",
+    list: true,
+    kind: INSIDE_PREFIX,
     describe: "inside prefix whose traffic is translated (repeatable, required)",
-    parse: parseInsidePrefix,
-  }),
-  insideInterface: field<string>({
+  },
+  insideInterface: {
     key: "insideInterface",
     flag: "inside-interface",
     env: "TUNNAT_INSIDE_INTERFACE",
-    expect: "an interface name",
+    kind: IF_NAME,
+    to: "control",
     describe: "interface the inside hosts' traffic arrives on (required with route management)",
-    parse: parseIfName,
-  }),
-  natAddress: field<number>({
+  },
+  natAddress: {
     key: "natAddress",
     flag: "nat-address",
     env: "TUNNAT_NAT_ADDRESS",
-    repeatable: true,
-    expect: "an IPv4 address",
+    list: true,
+    kind: NAT_ADDRESS,
     describe: "NAT (outside) address the host does not own itself (repeatable, required)",
-    parse: parseNatAddress,
-  }),
-  outsideInterface: field<string>({
+  },
+  outsideInterface: {
     key: "outsideInterface",
     flag: "outside-interface",
     env: "TUNNAT_OUTSIDE_INTERFACE",
-    expect: "an interface name",
+    kind: IF_NAME,
+    to: "control",
     describe: "interface facing the internet (MTU, proxy ARP; required with route management)",
-    parse: parseIfName,
-  }),
-  tun: field<string>({
+  },
+  tun: {
     key: "tun",
     flag: "tun",
     env: "TUNNAT_TUN",
     def: "tunnat0",
-    expect: "an interface name",
+    kind: IF_NAME,
+    to: "control",
     describe: "TUN device name",
-    parse: parseIfName,
-  }),
-  tunAddress: field<Cidr | null>({
+  },
+  tunAddress: {
     key: "tunAddress",
     flag: "tun-address",
     env: "TUNNAT_TUN_ADDRESS",
     def: "169.254.77.1/32",
-    expect: "ADDR/LEN or none",
+    kind: TUN_ADDRESS,
+    to: "control",
     describe: 'address given to the TUN device, or "none"',
-    parse: parseTunAddress,
-  }),
-  metrics: field<HostPort>({
+  },
+  metrics: {
     key: "metrics",
     flag: "metrics",
     env: "TUNNAT_METRICS",
     def: "127.0.0.1:9469",
-    expect: "HOST:PORT",
+    kind: HOST_PORT,
+    to: "control",
     describe: "listen address for /metrics and /healthz",
-    parse: parseHostPort,
-  }),
-  maxFlows: field<number>({
+  },
+  maxFlows: {
     key: "maxFlows",
     flag: "max-flows",
     env: "TUNNAT_MAX_FLOWS",
     def: "262144",
-    expect: "an integer 1024..16777216",
+    kind: intRange(1024, 16_777_216),
+    to: "nat",
     describe: "connection table capacity",
-    parse: intRange(1024, 16_777_216),
-  }),
-  ports: field<[number, number]>({
+  },
+  ports: {
     key: "ports",
     flag: "ports",
     env: "TUNNAT_PORTS",
     def: "1-65535",
-    expect: "LO-HI",
+    kind: PORT_RANGE,
     describe: "outside port range for TCP and UDP mappings",
-    parse: parsePorts,
-  }),
-  mapping: field<NatConfig["mapping"]>({
+  },
+  mapping: {
     key: "mapping",
     flag: "mapping",
     env: "TUNNAT_MAPPING",
     def: "endpoint-independent",
-    expect: "endpoint-independent or per-destination",
+    kind: oneOf<NatConfig["mapping"]>(["endpoint-independent", "per-destination"]),
+    to: "nat",
     describe: "mapping behaviour (RFC 4787 REQ-1; per-destination = AWS-like port reuse)",
-    parse: oneOf(["endpoint-independent", "per-destination"] as const),
-  }),
-  filtering: field<NatConfig["filtering"]>({
+  },
+  filtering: {
     key: "filtering",
     flag: "filtering",
     env: "TUNNAT_FILTERING",
     def: "address-and-port-dependent",
-    expect: "address-and-port-dependent, address-dependent or endpoint-independent",
-    describe: "inbound filtering behaviour (RFC 4787 REQ-8)",
-    parse: oneOf([
+    kind: oneOf<NatConfig["filtering"]>([
       "address-and-port-dependent",
       "address-dependent",
       "endpoint-independent",
-    ] as const),
-  }),
-  tcpEstablished: field<number>({
+    ]),
+    to: "nat",
+    describe: "inbound filtering behaviour (RFC 4787 REQ-8)",
+  },
+  tcpEstablished: {
     key: "timeouts.tcpEstablished",
     flag: "tcp-established-timeout",
     env: "TUNNAT_TCP_ESTABLISHED_TIMEOUT",
-    expect: "seconds",
+    kind: DURATION,
+    live: true,
     describe: `idle timeout of established TCP flows (default ${DEFAULT_TIMEOUTS.tcpEstablished}; RFC 5382 REQ-5 minimum 7440)`,
-    parse: parseDuration,
-  }),
-  tcpTransitory: field<number>({
+  },
+  tcpTransitory: {
     key: "timeouts.tcpTransitory",
     flag: "tcp-transitory-timeout",
     env: "TUNNAT_TCP_TRANSITORY_TIMEOUT",
-    expect: "seconds",
+    kind: DURATION,
+    live: true,
     describe: `timeout of opening/closing TCP flows (default ${DEFAULT_TIMEOUTS.tcpTransitory}; minimum 240)`,
-    parse: parseDuration,
-  }),
-  udp: field<number>({
+  },
+  udp: {
     key: "timeouts.udp",
     flag: "udp-timeout",
     env: "TUNNAT_UDP_TIMEOUT",
-    expect: "seconds",
+    kind: DURATION,
+    live: true,
     describe: `UDP mapping timeout (default ${DEFAULT_TIMEOUTS.udp}; RFC 4787 REQ-5 minimum 120)`,
-    parse: parseDuration,
-  }),
-  icmp: field<number>({
+  },
+  icmp: {
     key: "timeouts.icmp",
     flag: "icmp-timeout",
     env: "TUNNAT_ICMP_TIMEOUT",
-    expect: "seconds",
+    kind: DURATION,
+    live: true,
     describe: `ICMP query timeout (default ${DEFAULT_TIMEOUTS.icmp}; RFC 5508 REQ-2 minimum 60)`,
-    parse: parseDuration,
-  }),
-  preset: field<Preset>({
+  },
+  preset: {
     key: "preset",
     flag: "preset",
     env: "TUNNAT_PRESET",
     def: "default",
-    expect: "default or aws",
+    kind: oneOf<Preset>(["default", "aws"]),
+    to: "control",
     describe:
       "aws = AWS NAT Gateway behaviour: 350 s idle timeout everywhere, RST on expiry, ports 1024-65535 (the NACL ephemeral range)",
-    parse: oneOf(["default", "aws"] as const),
-  }),
-  perHostQuota: field<number>({
+  },
+  perHostQuota: {
     key: "perHostQuota",
     flag: "per-host-quota",
     env: "TUNNAT_PER_HOST_QUOTA",
     def: "0",
-    expect: "an integer 0..16777216",
+    kind: intRange(0, 16_777_216),
+    to: "nat",
     describe: "mappings one inside host may hold per protocol, 0 = no limit (RFC 6888 REQ-4)",
-    parse: intRange(0, 16_777_216),
-  }),
-  logLevel: field<LogLevel>({
+  },
+  logLevel: {
     key: "logLevel",
     flag: "log-level",
     env: "TUNNAT_LOG_LEVEL",
     def: "info",
-    expect: "trace, debug, info, warn, error, fatal or silent",
+    kind: oneOf(LOG_LEVELS),
+    to: "control",
+    live: true,
     describe: "log level",
-    parse: oneOf(["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const),
-  }),
-  manageRoutes: field<boolean>({
+  },
+  manageRoutes: {
     key: "manageRoutes",
     flag: "manage-routes",
     env: "TUNNAT_MANAGE_ROUTES",
-    boolean: true,
     def: "true",
-    expect: "true or false",
+    kind: BOOL,
+    to: "control",
     describe: "install and remove the routes, rules, proxy ARP and sysctls (--no-manage-routes)",
-    parse: parseBool,
-  }),
-  routeTable: field<number>({
+  },
+  routeTable: {
     key: "routeTable",
     flag: "route-table",
     env: "TUNNAT_ROUTE_TABLE",
     def: "4242",
-    expect: "a table id",
+    kind: ROUTE_TABLE,
+    to: "control",
     describe: "policy routing table owned by tunnat",
-    parse: parseRouteTable,
-  }),
-  rulePriority: field<number>({
+  },
+  rulePriority: {
     key: "rulePriority",
     flag: "rule-priority",
     env: "TUNNAT_RULE_PRIORITY",
     def: "4242",
-    expect: "an integer 1..32765",
+    kind: intRange(1, 32765),
+    to: "control",
     describe: "priority of tunnat's ip rules (stale rules with it and our table are removed)",
-    parse: intRange(1, 32765),
-  }),
-  setIpForward: field<boolean>({
+  },
+  setIpForward: {
     key: "setIpForward",
     flag: "set-ip-forward",
     env: "TUNNAT_SET_IP_FORWARD",
-    boolean: true,
     def: "false",
-    expect: "true or false",
+    kind: BOOL,
+    to: "control",
     describe: "set net.ipv4.ip_forward=1 if it is 0 (restored on exit) instead of refusing",
-    parse: parseBool,
-  }),
-  vnetHdr: field<boolean>({
+  },
+  vnetHdr: {
     key: "vnetHdr",
     flag: "vnet-hdr",
     env: "TUNNAT_VNET_HDR",
-    boolean: true,
     def: "true",
-    expect: "true or false",
+    kind: BOOL,
+    to: "nat",
     describe: "open the TUN with IFF_VNET_HDR (needed for offloads)",
-    parse: parseBool,
-  }),
-  offloads: field<boolean>({
+  },
+  offloads: {
     key: "offloads",
     flag: "offloads",
     env: "TUNNAT_OFFLOADS",
-    boolean: true,
-    expect: "true or false",
+    kind: BOOL,
     describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
-    parse: parseBool,
-  }),
-  restoreTtl: field<boolean>({
+  },
+  tunQueueLength: {
+    key: "tunQueueLength",
+    flag: "tun-queue-length",
+    env: "TUNNAT_TUN_QUEUE_LENGTH",
+    kind: intRange(1, 1_000_000),
+    to: "control",
+    describe:
+      "packets the TUN queues for the daemon before the kernel drops (its txqueuelen), set at start; default: the kernel's (500)",
+  },
+  restoreTtl: {
     key: "restoreTtl",
     flag: "restore-ttl",
     env: "TUNNAT_RESTORE_TTL",
-    boolean: true,
     def: "true",
-    expect: "true or false",
+    kind: BOOL,
+    to: "nat",
     describe: "give back the TTL lost on the second pass through the kernel",
-    parse: parseBool,
-  }),
-  icmpProhibited: field<boolean>({
+  },
+  icmpAdminProhibited: {
     key: "icmpProhibited",
     flag: "icmp-prohibited",
     env: "TUNNAT_ICMP_PROHIBITED",
-    boolean: true,
     def: "true",
-    expect: "true or false",
+    kind: BOOL,
+    to: "nat",
     describe:
       "answer a packet that gets no mapping (quota, ports, table full) with ICMP 3/13 (RFC 5508 REQ-8); --no-icmp-prohibited drops it silently (REQ-9)",
-    parse: parseBool,
-  }),
-  controlSocket: field<string>({
+  },
+  controlSocket: {
     key: "controlSocket",
     flag: "control-socket",
     env: "TUNNAT_CONTROL_SOCKET",
     def: "/run/tunnat/tunnat.sock",
-    expect: "an absolute path",
+    kind: ABS_PATH,
+    to: "control",
     describe: "unix socket for tunnat flows / tunnat stats",
-    parse: parseAbsPath,
-  }),
-  controlSocketGroup: field<string>({
+  },
+  controlSocketGroup: {
     key: "controlSocketGroup",
     flag: "control-socket-group",
     env: "TUNNAT_CONTROL_SOCKET_GROUP",
-    expect: "a group name or number",
+    kind: GROUP,
     describe:
       "group that may use the control socket (mode 0660, e.g. tunnat); default: its owner only (0600)",
-    parse: parseGroup,
-  }),
-  stateFile: field<string>({
+  },
+  stateFile: {
     key: "stateFile",
     flag: "state-file",
     env: "TUNNAT_STATE_FILE",
-    expect: "an absolute path",
+    kind: ABS_PATH,
     describe:
       "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
-    parse: parseAbsPath,
-  }),
-  mappingLog: field<MappingLog>({
+  },
+  mappingLog: {
     key: "mappingLog",
     flag: "mapping-log",
     env: "TUNNAT_MAPPING_LOG",
     def: "off",
-    expect: "off, stdout or a file",
+    kind: MAPPING_LOG,
+    to: "control",
     describe: "log mapping creation/removal (RFC 6888 §4): off, stdout or FILE",
-    parse: parseMappingLog,
-  }),
-  topHosts: field<number>({
+  },
+  topHosts: {
     key: "topHosts",
     flag: "top-hosts",
     env: "TUNNAT_TOP_HOSTS",
     def: "20",
-    expect: "an integer 0..1000",
+    kind: intRange(0, 1000),
+    to: "control",
     describe:
       'inside hosts (by bytes) with their own tunnat_host_* series; the rest are summed as host="other", which bounds the scrape',
-    parse: intRange(0, 1000),
-  }),
-  logDestinations: field<boolean>({
+  },
+  logDestinations: {
     key: "logDestinations",
     flag: "log-destinations",
     env: "TUNNAT_LOG_DESTINATIONS",
-    boolean: true,
     def: "false",
-    expect: "true or false",
+    kind: BOOL,
+    to: "control",
     describe: "include destinations in the mapping log (off by default, RFC 6888 REQ-12)",
-    parse: parseBool,
-  }),
-} as const;
+  },
+} as const satisfies Record<string, Field>;
 
-export type FieldName = keyof typeof FIELDS;
-type FieldValue<K extends FieldName> = (typeof FIELDS)[K] extends Field<infer T> ? T : never;
+type FieldName = keyof typeof FIELDS;
+type FieldOf<K extends FieldName> = (typeof FIELDS)[K];
+type KindValue<K extends FieldName> = FieldOf<K>["kind"] extends Kind<infer T> ? T : never;
 
-/** Fields that may be given several times (their value is an array). */
-type RepeatableName = "inside" | "natAddress";
+/**
+ * Each setting's value after the merge: a list for list fields, never undefined when the field
+ * has a default.
+ */
+type Settings = {
+  -readonly [K in FieldName]: FieldOf<K> extends { list: true }
+    ? KindValue<K>[]
+    : FieldOf<K> extends { def: string }
+      ? KindValue<K>
+      : KindValue<K> | undefined;
+};
+
+type FieldsTo<P> = { [K in FieldName]: FieldOf<K> extends { to: P } ? K : never }[FieldName];
+
+/** What the daemon needs besides the core's NatConfig. */
+export type ControlSettings = Pick<Settings, FieldsTo<"control">> & {
+  /** The config file read, if any (SIGHUP re-reads it). */
+  configFile: string | undefined;
+  /** Group (gid) allowed to use the control socket (mode 0660); undefined = owner only (0600). */
+  controlSocketGroup: number | undefined;
+  /** The plumbing's undo journal: survives a crash so the next start removes the leftovers. */
+  stateFile: string;
+  offloads: boolean;
+};
+
+export interface TunnatConfig {
+  nat: NatConfig;
+  control: ControlSettings;
+  /** Every setting's effective value (defaults, presets and derived defaults applied). */
+  settings: Settings;
+}
+
+/** The fields of the schema with their names, in order (typed, unlike Object.entries). */
+const FIELD_NAMES = Object.keys(FIELDS) as FieldName[];
+const field = (name: FieldName): Field => FIELDS[name];
 
 /** The --config flag is not a setting itself; it says where the file is. */
-export const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
+const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
+
+/**
+ * The settings as command-line flags, for the CLI to declare. Every one is a string, booleans
+ * too, so that the schema parses the value and a bad one is named (yargs' own booleans would read
+ * --manage-routes=maybe as false); a bare boolean flag needs no value.
+ */
+export function settingFlags(): {
+  flag: string;
+  describe: string;
+  requiresArg: boolean;
+  key: string;
+  expect: string;
+}[] {
+  return FIELD_NAMES.map((name) => {
+    const f = field(name);
+    return {
+      key: f.key,
+      expect: f.kind.expect,
+      flag: f.flag,
+      describe: `${f.describe} [env ${f.env}]${f.def !== undefined ? ` (default ${f.def})` : ""}`,
+      requiresArg: f.kind !== BOOL,
+    };
+  });
+}
 
 /** One raw input: the text(s) given and where. */
 interface Raw {
@@ -568,13 +672,13 @@ function configError(where: string, value: unknown, why: string): TunnatError {
 }
 
 /** Flatten a file/flag value into texts; returns null for impossible shapes (objects). */
-function toTexts(v: unknown, repeatable: boolean): string[] | null {
+function toTexts(v: unknown, list: boolean): string[] | null {
   if (v === undefined || v === null) return [];
   if (Array.isArray(v)) {
-    if (!repeatable && v.length > 1) return v.map((x) => String(x)).slice(-1); // last wins
+    if (!list && v.length > 1) return v.map((x) => String(x)).slice(-1); // last wins
     const out: string[] = [];
     for (const x of v) {
-      const t = toTexts(x, repeatable);
+      const t = toTexts(x, list);
       if (t === null) return null;
       out.push(...t);
     }
@@ -584,8 +688,8 @@ function toTexts(v: unknown, repeatable: boolean): string[] | null {
   return null;
 }
 
-function splitList(texts: string[], repeatable: boolean): string[] {
-  if (!repeatable) return texts;
+function splitList(texts: string[], list: boolean): string[] {
+  if (!list) return texts;
   const out: string[] = [];
   for (const t of texts)
     for (const part of t.split(",")) if (part.trim() !== "") out.push(part.trim());
@@ -593,10 +697,7 @@ function splitList(texts: string[], repeatable: boolean): string[] {
 }
 
 /** Read and flatten the JSON config file into field key -> value. */
-function readConfigFile(
-  path: string,
-  readFile: (p: string) => string,
-): Map<string, { value: unknown; key: string }> {
+function readConfigFile(path: string, readFile: (p: string) => string): Map<string, unknown> {
   let text: string;
   try {
     text = readFile(path);
@@ -616,15 +717,15 @@ function readConfigFile(
       `config file ${path} is not valid JSON: ${(e as Error).message}`,
     );
   }
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+  if (!isObject(doc))
     throw new TunnatError(ErrorCode.ConfigFile, `config file ${path} must hold a JSON object`);
-  const known = new Set<string>(Object.values(FIELDS).map((f) => f.key));
-  const out = new Map<string, { value: unknown; key: string }>();
+  const known = new Set<string>(FIELD_NAMES.map((n) => field(n).key));
+  const out = new Map<string, unknown>();
   const walk = (obj: Record<string, unknown>, prefix: string): void => {
     for (const [k, v] of Object.entries(obj)) {
       const key = prefix + k;
-      if (key === "timeouts" && typeof v === "object" && v !== null && !Array.isArray(v)) {
-        walk(v as Record<string, unknown>, "timeouts.");
+      if (key === "timeouts" && isObject(v)) {
+        walk(v, "timeouts.");
         continue;
       }
       if (!known.has(key))
@@ -632,20 +733,56 @@ function readConfigFile(
           ErrorCode.Config,
           `unknown setting "${key}" in ${path}; known settings: ${[...known].join(", ")}`,
         );
-      out.set(key, { value: v, key });
+      out.set(key, v);
     }
   };
-  walk(doc as Record<string, unknown>, "");
+  walk(doc, "");
   return out;
 }
 
-export interface Resolved {
-  values: {
-    [K in FieldName]: (K extends RepeatableName ? FieldValue<K>[] : FieldValue<K>) | undefined;
-  };
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+interface Resolved {
+  values: Settings;
   /** Where each set value came from, for cross-field error messages. */
   origin: { [K in FieldName]?: { where: string; text: string; source: Source } };
   configFile: string | undefined;
+}
+
+/** The highest layer that sets field `f`, as texts, or null. */
+function rawInput(
+  f: Field,
+  flags: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+  file: Map<string, unknown>,
+  configFile: string | undefined,
+): Raw | null {
+  const list = f.list === true;
+  // Repeatable fields are not merged across layers: the highest layer that sets one wins.
+  const flagVal = flags[f.flag];
+  if (flagVal !== undefined) {
+    // A bare boolean flag (`--set-ip-forward`) arrives as "" and means true.
+    const where = `--${f.flag}`;
+    if (f.kind === BOOL && flagVal === "") return { texts: ["true"], source: "flag", where };
+    const texts = toTexts(flagVal, list);
+    if (texts === null) throw configError(where, flagVal, `expected ${f.kind.expect}`);
+    return { texts: splitList(texts, list), source: "flag", where };
+  }
+  const envVal = env[f.env];
+  if (envVal !== undefined)
+    return { texts: splitList([envVal], list), source: "env", where: f.env };
+  if (file.has(f.key)) {
+    const v = file.get(f.key);
+    const texts = toTexts(v, list);
+    const where = `"${f.key}" in ${configFile}`;
+    if (texts === null) throw configError(where, v, `expected ${f.kind.expect}`);
+    return { texts: splitList(texts, list), source: "file", where };
+  }
+  if (f.def !== undefined)
+    return { texts: [f.def], source: "default", where: `default of --${f.flag}` };
+  return null;
 }
 
 /** Merge and parse every field; cross-field rules are applied by loadConfig. */
@@ -654,75 +791,56 @@ export function resolveSettings(input: LoadInput): Resolved {
   const env = input.env ?? {};
   const readFile = input.readFile ?? ((p: string) => readFileSync(p, "utf8"));
 
-  const cfgFlag = flags[CONFIG_FLAG.flag];
-  const cfgTexts = toTexts(cfgFlag, false);
+  const cfgTexts = toTexts(flags[CONFIG_FLAG.flag], false);
   let configFile: string | undefined;
   if (cfgTexts && cfgTexts.length > 0) configFile = cfgTexts[cfgTexts.length - 1];
   else if (env[CONFIG_FLAG.env] !== undefined && env[CONFIG_FLAG.env] !== "")
     configFile = env[CONFIG_FLAG.env];
   const file = configFile !== undefined ? readConfigFile(configFile, readFile) : new Map();
 
-  const values = {} as Resolved["values"];
+  // Filled field by field below; the schema's types hold for each value parsed by its own kind.
+  const values: Record<string, unknown> = {};
   const origin: Resolved["origin"] = {};
-  for (const name of Object.keys(FIELDS) as FieldName[]) {
-    const f: Field<unknown> = FIELDS[name];
-    const repeatable = f.repeatable === true;
-    // Highest layer that sets the field wins; repeatable fields are not merged across layers.
-    let raw: Raw | null = null;
-    const flagVal = flags[f.flag];
-    if (flagVal !== undefined) {
-      const texts = toTexts(flagVal, repeatable);
-      if (texts === null) throw configError(`--${f.flag}`, flagVal, `expected ${f.expect}`);
-      raw = { texts: splitList(texts, repeatable), source: "flag", where: `--${f.flag}` };
-    } else if (env[f.env] !== undefined) {
-      raw = { texts: splitList([env[f.env] ?? ""], repeatable), source: "env", where: f.env };
-    } else if (file.has(f.key)) {
-      const v = file.get(f.key)?.value;
-      const texts = toTexts(v, repeatable);
-      const where = `"${f.key}" in ${configFile}`;
-      if (texts === null) throw configError(where, v, `expected ${f.expect}`);
-      raw = { texts: splitList(texts, repeatable), source: "file", where };
-    } else if (f.def !== undefined) {
-      raw = { texts: [f.def], source: "default", where: `default of --${f.flag}` };
-    }
-    if (raw === null) {
-      (values as Record<string, unknown>)[name] = undefined;
-      continue;
-    }
-    if (!repeatable && raw.texts.length === 0) raw.texts = [""];
+  for (const name of FIELD_NAMES) {
+    const f = field(name);
+    const raw = rawInput(f, flags, env, file, configFile);
+    if (raw === null) continue;
+    if (f.list !== true && raw.texts.length === 0) raw.texts = [""];
     const parsed: unknown[] = [];
     for (const text of raw.texts) {
-      const p = f.parse(text);
+      const p: unknown = f.kind.parse(text);
       if (p instanceof Bad) throw configError(raw.where, text, p.why);
       parsed.push(p);
     }
-    (values as Record<string, unknown>)[name] = repeatable ? parsed : parsed[parsed.length - 1];
-    (origin as Record<string, unknown>)[name] = {
-      where: raw.where,
-      text: raw.texts.join(","),
-      source: raw.source,
-    };
+    values[name] = f.list === true ? parsed : parsed[parsed.length - 1];
+    origin[name] = { where: raw.where, text: raw.texts.join(","), source: raw.source };
   }
-  return { values, origin, configFile };
+  return { values: values as Settings, origin, configFile };
 }
 
-/** RFC minimums for the timeouts, and why (checked unless the aws preset is chosen). */
-const TIMEOUT_MINIMUMS = {
-  tcpEstablished: { min: 7440, why: "RFC 5382 REQ-5 requires at least 7440 s (2 h 4 min)" },
-  tcpTransitory: { min: 240, why: "RFC 5382 REQ-5 requires at least 240 s (4 min)" },
-  udp: { min: 120, why: "RFC 4787 REQ-5 requires at least 120 s (2 min)" },
-  icmp: { min: 60, why: "RFC 5508 REQ-2 requires at least 60 s" },
-} as const;
+/** The settings whose schema entry says `to: P`, as they are. */
+function settingsTo<P extends "nat" | "control">(
+  s: Settings,
+  part: P,
+): Pick<Settings, FieldsTo<P>> {
+  const out: Partial<Settings> = {};
+  const copy = <K extends FieldName>(k: K) => {
+    out[k] = s[k];
+  };
+  for (const name of FIELD_NAMES) if (field(name).to === part) copy(name);
+  return out as Pick<Settings, FieldsTo<P>>;
+}
 
 /** Load, merge and validate everything; throws TunnatError(TUNNAT_ERR_CONFIG) naming the field. */
 export function loadConfig(input: LoadInput): TunnatConfig {
-  const { values: v, origin, configFile } = resolveSettings(input);
+  const { values, origin, configFile } = resolveSettings(input);
+  const v: Settings = { ...values };
   const flagHint = (name: FieldName) => {
-    const f = FIELDS[name];
+    const f = field(name);
     return `--${f.flag}, ${f.env} or "${f.key}" in the config file`;
   };
-  const inside = (v.inside as Cidr[] | undefined) ?? [];
-  const natAddresses = (v.natAddress as number[] | undefined) ?? [];
+  const inside = v.inside ?? [];
+  const natAddresses = v.natAddress ?? [];
   if (inside.length === 0)
     throw new TunnatError(
       ErrorCode.Config,
@@ -750,122 +868,96 @@ export function loadConfig(input: LoadInput): TunnatConfig {
           formatIpv4(a),
           `lies inside the inside prefix ${formatCidr(p)}; RFC 4787 REQ-7 needs inside and outside addresses that do not conflict: choose a NAT address outside every --inside prefix`,
         );
-  for (let i = 0; i < inside.length; i++)
-    for (let j = i + 1; j < inside.length; j++) {
-      const a = inside[i] as Cidr;
-      const b = inside[j] as Cidr;
+  inside.forEach((a, i) => {
+    for (const b of inside.slice(i + 1))
       if (cidrOverlaps(a, b))
         throw configError(
           origin.inside?.where ?? "--inside",
           formatCidr(b),
           `overlaps ${formatCidr(a)}; list each inside prefix once`,
         );
-    }
+  });
 
-  const preset = v.preset as Preset;
-  const base = preset === "aws" ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS;
-  const timeouts = { ...base };
-  for (const k of ["tcpEstablished", "tcpTransitory", "udp", "icmp"] as const) {
-    const given = v[k] as number | undefined;
-    if (given === undefined) continue;
-    const rule = TIMEOUT_MINIMUMS[k];
-    if (preset !== "aws" && given < rule.min)
-      throw configError(
-        origin[k]?.where ?? `--${FIELDS[k].flag}`,
-        origin[k]?.text ?? String(given),
-        `${rule.why}; use --preset aws to accept the AWS NAT Gateway's shorter idle timeouts`,
-      );
-    timeouts[k] = given;
+  const aws = v.preset === "aws";
+  const timeouts: Timeouts = { ...(aws ? AWS_TIMEOUTS : DEFAULT_TIMEOUTS) };
+  // The RFC minimums come from the protocol table (base/protocols.ts).
+  for (const rule of TIMEOUT_SPECS) {
+    const k = rule.key;
+    const given = v[k];
+    if (given !== undefined) {
+      if (!aws && given < rule.min)
+        throw configError(
+          origin[k]?.where ?? `--${FIELDS[k].flag}`,
+          origin[k]?.text ?? String(given),
+          `${rule.why}; use --preset aws to accept the AWS NAT Gateway's shorter idle timeouts`,
+        );
+      timeouts[k] = given;
+    }
+    v[k] = timeouts[k];
   }
 
-  const manageRoutes = v.manageRoutes as boolean;
-  const insideInterface = v.insideInterface as string | undefined;
-  const outsideInterface = v.outsideInterface as string | undefined;
-  if (manageRoutes && insideInterface === undefined)
+  if (v.manageRoutes && v.insideInterface === undefined)
     throw new TunnatError(
       ErrorCode.Config,
       `missing --inside-interface: route management needs the interface inside traffic arrives on (${flagHint("insideInterface")}), or use --no-manage-routes`,
     );
-  if (manageRoutes && outsideInterface === undefined)
+  if (v.manageRoutes && v.outsideInterface === undefined)
     throw new TunnatError(
       ErrorCode.Config,
       `missing --outside-interface: route management needs the interface facing the internet (${flagHint("outsideInterface")}), or use --no-manage-routes`,
     );
 
-  const vnetHdr = v.vnetHdr as boolean;
-  const offloadsGiven = v.offloads as boolean | undefined;
-  if (offloadsGiven === true && !vnetHdr)
+  if (v.offloads === true && !v.vnetHdr)
     throw configError(
       origin.offloads?.where ?? "--offloads",
       origin.offloads?.text ?? "true",
       "offloads need the virtio_net_hdr: drop --no-vnet-hdr or turn offloads off",
     );
+  const offloads = v.offloads ?? v.vnetHdr;
+  v.offloads = offloads;
   // The aws preset narrows the default range to the NACL ephemeral ports; a given --ports wins.
-  const ports =
-    preset === "aws" && origin.ports?.source === "default"
-      ? ([...AWS_PORTS] as [number, number])
-      : (v.ports as [number, number]);
+  if (aws && origin.ports?.source === "default") v.ports = [AWS_PORTS[0], AWS_PORTS[1]];
 
-  const groupName = v.controlSocketGroup as string | undefined;
   let controlSocketGroup: number | undefined;
-  if (groupName !== undefined) {
+  if (v.controlSocketGroup !== undefined) {
     controlSocketGroup = resolveGroup(
-      groupName,
+      v.controlSocketGroup,
       input.readFile ?? ((p: string) => readFileSync(p, "utf8")),
     );
     if (controlSocketGroup === undefined)
       throw configError(
         origin.controlSocketGroup?.where ?? "--control-socket-group",
-        groupName,
+        v.controlSocketGroup,
         "no such group in /etc/group; create it (systemd-sysusers) or give its number",
       );
   }
   // systemd's StateDirectory= survives restarts (RuntimeDirectory= is emptied when the service
   // stops, crashes included, which would lose the journal exactly when it is needed).
-  const stateDirectory = (input.env?.STATE_DIRECTORY ?? "").split(":")[0];
+  const stateDirectory = (input.env?.STATE_DIRECTORY ?? "").split(":")[0] ?? "";
   const stateFile =
-    (v.stateFile as string | undefined) ??
-    (stateDirectory?.startsWith("/")
+    v.stateFile ??
+    (stateDirectory.startsWith("/")
       ? `${stateDirectory}/plumbing.json`
-      : `${v.controlSocket as string}.plumbing.json`);
+      : `${v.controlSocket}.plumbing.json`);
+  v.stateFile = stateFile;
 
   const nat = defaultNatConfig({
+    ...settingsTo(v, "nat"),
     natAddresses,
     inside,
-    portLo: ports[0],
-    portHi: ports[1],
-    mapping: v.mapping as NatConfig["mapping"],
-    filtering: v.filtering as NatConfig["filtering"],
+    portLo: v.ports[0],
+    portHi: v.ports[1],
     timeouts,
-    rstOnExpired: preset === "aws",
-    maxFlows: v.maxFlows as number,
-    perHostQuota: v.perHostQuota as number,
-    vnetHdr,
-    restoreTtl: v.restoreTtl as boolean,
-    icmpAdminProhibited: v.icmpProhibited as boolean,
+    rstOnExpired: aws,
   });
   const control: ControlSettings = {
+    ...settingsTo(v, "control"),
     configFile,
-    insideInterface,
-    outsideInterface,
-    tun: v.tun as string,
-    tunAddress: v.tunAddress as Cidr | null,
-    metrics: v.metrics as HostPort,
-    controlSocket: v.controlSocket as string,
     controlSocketGroup,
     stateFile,
-    logLevel: v.logLevel as LogLevel,
-    preset,
-    manageRoutes,
-    routeTable: v.routeTable as number,
-    rulePriority: v.rulePriority as number,
-    setIpForward: v.setIpForward as boolean,
-    offloads: offloadsGiven ?? vnetHdr,
-    mappingLog: v.mappingLog as MappingLog,
-    logDestinations: v.logDestinations as boolean,
-    topHosts: v.topHosts as number,
+    offloads,
   };
-  return { nat, control };
+  return { nat, control, settings: v };
 }
 
 /** One setting a reload saw change: its config-file key and the old and new values as shown. */
@@ -875,49 +967,25 @@ export interface SettingChange {
   new: string;
 }
 
-function mappingLogText(m: MappingLog): string {
-  return m.kind === "file" ? m.path : m.kind;
+/** A setting's effective value as text (the reload report's old and new values). */
+function settingText(c: TunnatConfig, name: FieldName): string {
+  const f = field(name);
+  const value: unknown = c.settings[name];
+  if (value === undefined) return "none";
+  const text = (x: unknown) => f.kind.format(x);
+  return Array.isArray(value) && f.list === true ? value.map(text).join(",") : text(value);
 }
 
 /**
  * Every setting a user can give, by its config-file key, as the text a reload report shows.
- * `live` ones take effect on SIGHUP; the others need a restart. A test checks that every field of
- * NatConfig and ControlSettings is either listed here or deliberately not a setting.
+ * `live` ones take effect on SIGHUP; the others need a restart. Derived from FIELDS; a test
+ * checks that every field is covered.
  */
-export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) => string][] = [
-  ["logLevel", true, (c) => c.control.logLevel],
-  ["timeouts.tcpEstablished", true, (c) => String(c.nat.timeouts.tcpEstablished)],
-  ["timeouts.tcpTransitory", true, (c) => String(c.nat.timeouts.tcpTransitory)],
-  ["timeouts.udp", true, (c) => String(c.nat.timeouts.udp)],
-  ["timeouts.icmp", true, (c) => String(c.nat.timeouts.icmp)],
-  ["inside", false, (c) => c.nat.inside.map(formatCidr).join(",")],
-  ["natAddress", false, (c) => c.nat.natAddresses.map(formatIpv4).join(",")],
-  ["ports", false, (c) => `${c.nat.portLo}-${c.nat.portHi}`],
-  ["mapping", false, (c) => c.nat.mapping],
-  ["filtering", false, (c) => c.nat.filtering],
-  ["preset", false, (c) => c.control.preset],
-  ["maxFlows", false, (c) => String(c.nat.maxFlows)],
-  ["perHostQuota", false, (c) => String(c.nat.perHostQuota)],
-  ["vnetHdr", false, (c) => String(c.nat.vnetHdr)],
-  ["offloads", false, (c) => String(c.control.offloads)],
-  ["restoreTtl", false, (c) => String(c.nat.restoreTtl)],
-  ["icmpProhibited", false, (c) => String(c.nat.icmpAdminProhibited)],
-  ["insideInterface", false, (c) => c.control.insideInterface ?? ""],
-  ["outsideInterface", false, (c) => c.control.outsideInterface ?? ""],
-  ["tun", false, (c) => c.control.tun],
-  ["tunAddress", false, (c) => (c.control.tunAddress ? formatCidr(c.control.tunAddress) : "none")],
-  ["metrics", false, (c) => `${c.control.metrics.host}:${c.control.metrics.port}`],
-  ["controlSocket", false, (c) => c.control.controlSocket],
-  ["controlSocketGroup", false, (c) => String(c.control.controlSocketGroup ?? "none")],
-  ["stateFile", false, (c) => c.control.stateFile],
-  ["manageRoutes", false, (c) => String(c.control.manageRoutes)],
-  ["routeTable", false, (c) => String(c.control.routeTable)],
-  ["rulePriority", false, (c) => String(c.control.rulePriority)],
-  ["setIpForward", false, (c) => String(c.control.setIpForward)],
-  ["mappingLog", false, (c) => mappingLogText(c.control.mappingLog)],
-  ["logDestinations", false, (c) => String(c.control.logDestinations)],
-  ["topHosts", false, (c) => String(c.control.topHosts)],
-];
+export const RELOADABLE_SETTINGS: readonly [string, boolean, (c: TunnatConfig) => string][] =
+  FIELD_NAMES.map((name) => {
+    const f = field(name);
+    return [f.key, f.live === true, (c: TunnatConfig) => settingText(c, name)];
+  });
 
 /**
  * What a reload from `cur` to `next` changes: the settings applied live and, each with its old
@@ -934,24 +1002,45 @@ export function reloadChanges(
     const b = read(next);
     if (a !== b) (live ? applied : needRestart).push({ field, old: a, new: b });
   }
-  return { applied, needRestart };
+  // By key, so the report reads the same whatever order the schema lists the fields in.
+  const byField = (x: SettingChange, y: SettingChange) => (x.field < y.field ? -1 : 1);
+  return { applied: applied.sort(byField), needRestart: needRestart.sort(byField) };
 }
 
-/** A JSON-friendly view of the effective settings (for `tunnat check --json` and the start log). */
-export function describeConfig(c: TunnatConfig): Record<string, unknown> {
-  return {
-    inside: c.nat.inside.map(formatCidr),
-    natAddresses: c.nat.natAddresses.map(formatIpv4),
-    ports: `${c.nat.portLo}-${c.nat.portHi}`,
-    mapping: c.nat.mapping,
-    filtering: c.nat.filtering,
-    timeouts: c.nat.timeouts,
-    rstOnExpired: c.nat.rstOnExpired,
-    maxFlows: c.nat.maxFlows,
-    perHostQuota: c.nat.perHostQuota,
-    vnetHdr: c.nat.vnetHdr,
-    ...c.control,
-    tunAddress: c.control.tunAddress ? formatCidr(c.control.tunAddress) : null,
-    metrics: `${c.control.metrics.host}:${c.control.metrics.port}`,
-  };
+/**
+ * A JSON view of the effective settings (`tunnat check --json`), every field under its config-file
+ * key (timeouts nested as in the file), plus the config file read and what the preset implies.
+ */
+export function describeConfig(c: TunnatConfig): Record<string, Shown> {
+  const out: Record<string, Shown> = {};
+  const nested: Record<string, Record<string, Shown>> = {};
+  for (const name of FIELD_NAMES) {
+    const f = field(name);
+    const value: unknown = c.settings[name];
+    const { kind } = f;
+    // A number or boolean written as itself stays one (an address, written dotted, does not).
+    const one = (x: unknown): Shown => {
+      if (kind.json) return kind.json(x);
+      const text = kind.format(x);
+      return (typeof x === "number" || typeof x === "boolean") && text === String(x) ? x : text;
+    };
+    const shown =
+      value === undefined
+        ? null
+        : Array.isArray(value) && f.list === true
+          ? value.map(one)
+          : one(value);
+    // "timeouts.udp" is shown as { timeouts: { udp } }, as the config file nests it.
+    const dot = f.key.indexOf(".");
+    if (dot < 0) out[f.key] = shown;
+    else {
+      const group = nested[f.key.slice(0, dot)] ?? {};
+      group[f.key.slice(dot + 1)] = shown;
+      nested[f.key.slice(0, dot)] = group;
+    }
+  }
+  for (const [k, group] of Object.entries(nested)) out[k] = group;
+  out.configFile = c.control.configFile ?? null;
+  out.rstOnExpired = c.nat.rstOnExpired;
+  return out;
 }

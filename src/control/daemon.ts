@@ -47,7 +47,7 @@ import { gatewayInfo, topTalkers } from "./status-snapshot.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
-export interface OpenTunOptions {
+interface OpenTunOptions {
   name: string;
   vnetHdr: boolean;
   offloads: boolean;
@@ -190,6 +190,8 @@ export class Daemon {
       vnetHdr: cfg.nat.vnetHdr,
       offloads: c.offloads,
     });
+    if (c.tunQueueLength !== undefined)
+      await this.setTunQueueLength(this.device.name, c.tunQueueLength);
     if (this.plumbing) {
       await this.plumbing.apply();
     } else {
@@ -259,6 +261,22 @@ export class Daemon {
       },
       "forwarding",
     );
+  }
+
+  /**
+   * --tun-queue-length: the TUN's txqueuelen, before any packet flows (the kernel's queue for
+   * the daemon; what overflows it is counted in tunnat_tun_packets_dropped_total{to_daemon}).
+   */
+  private async setTunQueueLength(tun: string, n: number): Promise<void> {
+    try {
+      await this.deps.runner.ip(["link", "set", "dev", tun, "txqueuelen", String(n)]);
+    } catch (e) {
+      throw new TunnatError(
+        ErrorCode.Datapath,
+        `cannot set the queue length of TUN ${tun} to ${n} (--tun-queue-length): ${errorMessage(e)}`,
+        { cause: e },
+      );
+    }
   }
 
   /** Stop the loop, remove the plumbing, close the TUN and the listener. Idempotent. */

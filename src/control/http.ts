@@ -9,7 +9,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { ErrorCode, TunnatError } from "../base/errors.js";
 import type { HostPort } from "./config.js";
 
-export interface MetricsProvider {
+interface MetricsProvider {
   contentType: string;
   metrics(): Promise<string>;
 }

@@ -46,7 +46,7 @@ export interface TunOptions {
 }
 
 /** Which TUNSETOFFLOAD flags the kernel accepted. */
-export interface TunOffloads {
+interface TunOffloads {
   /** The flags word passed to TUNSETOFFLOAD (0 when offloads are off). */
   readonly flags: number;
   /** TUN_F_CSUM: packets may carry VIRTIO_NET_HDR_F_NEEDS_CSUM (partial transport checksum). */
@@ -58,7 +58,7 @@ export interface TunOffloads {
 }
 
 /** Counters of the device itself; plain numbers, read at scrape time. */
-export interface TunStats {
+interface TunStats {
   batches: number;
   packetsRead: number;
   packetsWritten: number;
@@ -69,7 +69,7 @@ export interface TunStats {
 }
 
 /** An error that ended the device, handed to onError. */
-export interface TunIoError extends ErrnoError {
+interface TunIoError extends ErrnoError {
   /** "gone": the interface was deleted or the fd closed; "fatal": anything else. */
   severity: "gone" | "fatal";
 }

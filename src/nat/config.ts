@@ -6,9 +6,9 @@
 import { defaultTimeouts, TIMEOUT_SPECS, type Timeouts } from "../base/protocols.js";
 import type { ConntrackConfig } from "../conntrack/config.js";
 
-export type { FilteringMode, MappingMode, Timeouts } from "../conntrack/config.js";
+export type { Timeouts } from "../conntrack/config.js";
 
-export interface Prefix {
+interface Prefix {
   /** Network address, host-order uint32 (already masked). */
   addr: number;
   /** Prefix length 0..32. */

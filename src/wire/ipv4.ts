@@ -4,19 +4,19 @@
 import { adjust, delta16, delta32 } from "./checksum.js";
 
 export const VER_IHL = 0;
-export const TOS = 1;
-export const TOTAL_LEN = 2;
+const TOS = 1;
+const TOTAL_LEN = 2;
 export const ID = 4;
-export const FLAGS_FRAG = 6;
-export const TTL = 8;
+const FLAGS_FRAG = 6;
+const TTL = 8;
 export const PROTOCOL = 9;
-export const CHECKSUM = 10;
+const CHECKSUM = 10;
 export const SRC = 12;
 export const DST = 16;
 export const MIN_HEADER_LEN = 20;
 export const MAX_HEADER_LEN = 60;
 
-export const FLAG_DF = 0x4000;
+const FLAG_DF = 0x4000;
 export const FLAG_MF = 0x2000;
 export const FRAG_OFFSET_MASK = 0x1fff;
 

@@ -1,8 +1,8 @@
 /** TCP header (RFC 9293 §3.1) over (buf, off) where off is the start of the TCP header. */
 import { readU16, readU32, writeU16, writeU32 } from "./ipv4.js";
 
-export const SRC_PORT = 0;
-export const DST_PORT = 2;
+const SRC_PORT = 0;
+const DST_PORT = 2;
 const SEQ_NUM = 4;
 const ACK_NUM = 8;
 export const DATA_OFF = 12;

@@ -5,7 +5,7 @@ export const SRC_PORT = 0;
 export const DST_PORT = 2;
 export const LENGTH = 4;
 export const CHECKSUM = 6;
-export const HEADER_LEN = 8;
+const HEADER_LEN = 8;
 
 export const ERR_TOO_SHORT = -1;
 export const ERR_LENGTH = -2;

@@ -3,7 +3,7 @@
  * IFF_VNET_HDR puts in front of every packet. Multi-byte fields are little-endian: the TUN uses the
  * host's byte order unless TUNSETVNETLE/BE say otherwise, and tunnat only runs on little-endian hosts.
  */
-export const FLAGS = 0;
+const FLAGS = 0;
 export const GSO_TYPE = 1;
 const HDR_LEN = 2;
 const GSO_SIZE = 4;

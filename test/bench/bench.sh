@@ -1,40 +1,86 @@
 #!/usr/bin/env bash
-# `npm run bench`: iperf3 TCP throughput through tunnat versus Linux's own NAT (nftables snat),
-# in one private topology and one run, alternating modes, several rounds (issue 3 item 6).
+# `npm run bench`: the NAT benchmark (issue 11). tunnat against Linux's own NAT (nftables snat) on
+# one private topology in one run: rounds alternate the modes (kernel first in odd rounds, tunnat
+# first in even ones) and the summary is the median of per-round ratios, so both modes of a round
+# see the same background load. test/bench/report.ts turns the raw records into the table and
+# the JSON; README "Benchmark" explains every column.
+#
+#   npm run bench [-- --quick] [-- --rounds N --seconds S --flows N --queues N --direct --out FILE]
+#
+# What one mode's block measures (in this order): ping RTT at idle; TCP 1-byte request/response
+# over one connection (rate, p50, p99); new TCP connections per second; TCP throughput with 1, 4
+# and 16 streams (iperf3); UDP 64 B and 1400 B datagrams through the NAT (several senders, several
+# receivers), with the NAT path's loss (sent - arrived at the server's host) and the receiver's
+# loss (arrived - read, the server's UDP RcvbufErrors) apart; then the table is filled with
+# --flows live UDP flows and TCP 1 stream and request/response run again, with the daemon's RSS.
+# Every load figure records the daemon's CPU (/proc/PID/stat), the kernel's softirq time and the
+# host's busy and steal time (/proc/stat), and the senders' own CPU.
 #
 # Topology (addresses from lab/lab.json, the lab's only home; namespaces tnb-<pid>-*):
-#   p1 (inside host) --veth-- br-in [nat] out0 --veth-- inet (iperf3 server)
+#   p1 (inside host) --veth-- br-in [nat] out0 --veth-- inet (servers)
 # kernel mode: nft table ip tnbench, postrouting snat of the inside prefix to the NAT address out
 #              of out0; the NAT address is an extra /32 on out0 (so ARP for it is answered).
 # tunnat mode: that table and address removed; `tunnat run` in the nat namespace with the lab's
 #              flags (it routes the NAT address into its TUN and proxy-ARPs for it on out0).
-# Same NAT address, same veths and bridge, same iperf3 server; tunnat mode adds the TUN hop by design.
+# direct mode (--direct): no NAT at all, inet routes the inside prefix back via the nat
+#              namespace: what the endpoints and the forwarding alone can do on this machine.
+# Same NAT address, veths, bridge and servers in every mode; tunnat mode adds the TUN hop by design.
 #
-# Environment: BENCH_ROUNDS (3), BENCH_SECONDS (5), BENCH_STREAMS ("1 4"), BENCH_OUT (JSON file),
-# BENCH_NODE_ARGS (extra node flags for the daemon, e.g. --cpu-prof --cpu-prof-dir=/tmp/x),
-# BENCH_PERF (1: `perf stat` the daemon's syscalls during tunnat runs, if perf is installed),
-# BENCH_DAEMON_ARGS (extra `tunnat run` flags, e.g. --no-offloads to measure without GSO),
-# BENCH_NO_GUARD (1: empty the guard's nft forward chain in tunnat rounds, to measure its cost).
-# Needs root, iproute2, nft, iperf3, curl, node.
+# Flags (and the environment variables they override):
+#   --quick            1 round of 2 s per test, 200,000 flows: about a minute
+#   --rounds N         BENCH_ROUNDS (3)        --seconds S   BENCH_SECONDS (5)
+#   --flows N          BENCH_FLOWS (1000000; 0 skips the full-table phase)
+#   --queues N         BENCH_QUEUES (unset: the daemon's default): passed as `tunnat run --queues N`
+#   --direct           BENCH_DIRECT=1: add the no-NAT baseline mode
+#   --out FILE         BENCH_OUT: write the JSON there (default: bench-result.json in the cwd)
+# Also: BENCH_NODE_ARGS (extra node flags for the daemon), BENCH_DAEMON_ARGS (extra `tunnat run`
+# flags), BENCH_NO_GUARD=1 (empty the guard's nft forward chain in tunnat rounds, to measure its
+# cost), BENCH_UDP_SENDERS (default: CPUs), BENCH_FILL_PPS (200000).
+# Needs root, iproute2, nft, iperf3, curl, ping, cc, node. Sends only inside its own namespaces.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ROUNDS="${BENCH_ROUNDS:-3}"
 SECS="${BENCH_SECONDS:-5}"
-STREAMS="${BENCH_STREAMS:-1 4}"
-OUT="${BENCH_OUT:-}"
+FLOWS="${BENCH_FLOWS:-1000000}"
+QUEUES="${BENCH_QUEUES:-}"
+DIRECT="${BENCH_DIRECT:-0}"
+OUT="${BENCH_OUT:-bench-result.json}"
+QUICK=0
 NODE_ARGS="${BENCH_NODE_ARGS:-}"
-PERF="${BENCH_PERF:-0}"
 NO_GUARD="${BENCH_NO_GUARD:-0}"
 DAEMON_ARGS="${BENCH_DAEMON_ARGS:-}"
+UDP_SENDERS="${BENCH_UDP_SENDERS:-$(nproc)}"
+FILL_PPS="${BENCH_FILL_PPS:-200000}"
 NODE="$(command -v node)"
 
 die() { echo "bench: $*" >&2; exit 1; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1; ROUNDS=1; SECS=2; FLOWS="${BENCH_FLOWS:-200000}" ;;
+    --rounds) ROUNDS="${2:-}"; shift ;;
+    --seconds) SECS="${2:-}"; shift ;;
+    --flows) FLOWS="${2:-}"; shift ;;
+    --queues) QUEUES="${2:-}"; shift ;;
+    --direct) DIRECT=1 ;;
+    --out) OUT="${2:-}"; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: --rounds must be 1..99, not '$ROUNDS'" >&2; exit 2; }
+[[ "$SECS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: --seconds must be 1..99, not '$SECS'" >&2; exit 2; }
+[[ "$FLOWS" =~ ^[0-9]{1,7}$ && "$FLOWS" -le 4000000 ]] || { echo "bench: --flows must be 0..4000000, not '$FLOWS'" >&2; exit 2; }
+[[ -z "$QUEUES" || "$QUEUES" =~ ^[1-9][0-9]?$ ]] || { echo "bench: --queues must be 1..99, not '$QUEUES'" >&2; exit 2; }
+[[ "$UDP_SENDERS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: BENCH_UDP_SENDERS must be 1..99" >&2; exit 2; }
+[[ "$FILL_PPS" =~ ^[0-9]{4,7}$ ]] || { echo "bench: BENCH_FILL_PPS must be 1000..9999999" >&2; exit 2; }
+[[ -n "$OUT" ]] || { echo "bench: --out needs a file name" >&2; exit 2; }
+
 [[ "$(id -u)" == 0 ]] || die "needs root (ip netns)"
-for t in ip nft iperf3 curl timeout node; do command -v "$t" >/dev/null || die "needs $t"; done
-[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || die "BENCH_ROUNDS must be 1..99"
-[[ "$SECS" =~ ^[1-9][0-9]?$ ]] || die "BENCH_SECONDS must be 1..99"
+for t in ip nft iperf3 curl timeout ping cc node; do command -v "$t" >/dev/null || die "needs $t"; done
 [[ -f "$ROOT/build/Release/tunnat_tun.node" ]] || die "native addon not built (npm rebuild)"
+[[ -f "$ROOT/dist/test/bench/report.js" ]] || die "not built (npm run build)"
 
 # --- addresses from lab/lab.json -------------------------------------------------------------
 # shellcheck disable=SC2016 # the JS is single-quoted on purpose
@@ -56,7 +102,13 @@ NS_NAT="$NAME-nat"
 NS_INET="$NAME-inet"
 TMP="$(mktemp -d /tmp/tunnat-bench.XXXXXX)"
 DAEMON_PID=""
-SERVER_PID=""
+BG_PIDS=()
+RR_PORT=9001
+UDP_PORT=9000
+# The full-table phase: source ports SPORT0.. times destination ports DPORT0.. (dropped by inet).
+SPORT0=20000
+NSPORTS=1000
+DPORT0=30000
 
 cleanup() {
   local rc=$?
@@ -66,7 +118,7 @@ cleanup() {
     for _ in $(seq 30); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$DAEMON_PID" 2>/dev/null || true
   fi
-  if [[ -n "$SERVER_PID" ]]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
+  for p in "${BG_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   for ns in "$NS_P1" "$NS_NAT" "$NS_INET"; do
     if ip netns list | grep -qw "$ns"; then
       for p in $(ip netns pids "$ns" 2>/dev/null); do
@@ -75,6 +127,10 @@ cleanup() {
       ip netns del "$ns" 2>/dev/null || true
     fi
   done
+  if [[ "$rc" != 0 && -s "${RESULTS:-}" ]]; then
+    cp "$RESULTS" "$OUT.partial.jsonl" 2>/dev/null &&
+      echo "bench: failed; the records so far are in $OUT.partial.jsonl" >&2
+  fi
   rm -rf "$TMP"
   exit "$rc"
 }
@@ -82,6 +138,10 @@ trap cleanup EXIT
 trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
 
 in_ns() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
+
+# The load generators and servers (test/bench/natload.c), built for this run.
+LOAD="$TMP/natload"
+cc -O2 -Wall -o "$LOAD" "$ROOT/test/bench/natload.c" || die "cannot build natload.c"
 
 # --- topology --------------------------------------------------------------------------------
 for ns in "$NS_P1" "$NS_NAT" "$NS_INET"; do
@@ -103,10 +163,30 @@ ip -n "$NS_INET" addr add "$INET/$OUT_LEN" dev eth0
 ip -n "$NS_INET" link set eth0 up
 in_ns "$NS_NAT" sysctl -q -w net.ipv4.ip_forward=1
 in_ns "$NS_NAT" sysctl -q -w "net.ipv4.neigh.$OUTIF.proxy_delay=0"
+# The kernel's unreplied-UDP lifetime is 30 s; tunnat's UDP timeout is 300 s. The same 300 s here,
+# so the full-table phase keeps its flows in both modes.
+in_ns "$NS_NAT" sysctl -q -w net.netfilter.nf_conntrack_udp_timeout=300 2>/dev/null || true
+# New connections per second: more ephemeral ports and TIME_WAIT reuse on the client.
+in_ns "$NS_P1" sysctl -q -w net.ipv4.ip_local_port_range="1024 65000"
+in_ns "$NS_P1" sysctl -q -w net.ipv4.tcp_tw_reuse=1
+# The full-table phase's datagrams end at inet without an answer (no ICMP port unreachable).
+in_ns "$NS_INET" nft -f - <<EOF
+table ip tnbfill {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    udp dport $DPORT0-65535 drop
+  }
+}
+EOF
 
+# Servers in inet for the whole run (bounded: the run cannot outlast them by design).
+SERVER_SECS=$((ROUNDS * 3 * (SECS * 9 + 120) + 600))
 in_ns "$NS_INET" iperf3 -s -B "$INET" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
-disown "$SERVER_PID" # no job-control notice when cleanup kills it
+BG_PIDS+=($!)
+in_ns "$NS_INET" "$LOAD" rr-server "$RR_PORT" "$SERVER_SECS" "$(nproc)" >/dev/null &
+RR_PID=$!
+BG_PIDS+=("$RR_PID")
+for p in "${BG_PIDS[@]}"; do disown "$p"; done # no job-control notice when cleanup kills them
 
 # --- modes -----------------------------------------------------------------------------------
 kernel_on() {
@@ -123,28 +203,31 @@ EOF
 kernel_off() {
   in_ns "$NS_NAT" nft delete table ip tnbench
   ip -n "$NS_NAT" addr del "$NAT_ADDR/32" dev "$OUTIF"
-  # Entries of the kernel NAT must not linger into the tunnat run.
-  in_ns "$NS_NAT" sh -c 'command -v conntrack >/dev/null && conntrack -F >/dev/null 2>&1 || true'
+  ct_flush
+}
+# Entries of one block (the kernel NAT's bindings, the full-table phase's flows, connections in
+# TIME_WAIT) must not linger into the next: empty the nat namespace's connection tracking table.
+ct_flush() { in_ns "$NS_NAT" "$LOAD" ct-flush >/dev/null || die "cannot empty the nat namespace's conntrack table"; }
+direct_on() { ip -n "$NS_INET" route add "$IN_PREFIX" via "$OUT_ADDR"; }
+direct_off() {
+  ip -n "$NS_INET" route del "$IN_PREFIX" via "$OUT_ADDR"
+  ct_flush
 }
 
-host_cpu() { # "busy total" jiffies of all cores (busy = everything but idle and iowait)
-  awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
-busy_pct() { # busy% of all cores between two host_cpu samples
-  echo "$1 $2" | awk '{ split($0, a, " "); printf "%.0f", ($3 - $1) / ($4 - $2) * 100 }'
-}
-
-daemon_cpu_ticks() { # "utime stime" of the daemon, in clock ticks
-  awk '{ print $14, $15 }' "/proc/$DAEMON_PID/stat" 2>/dev/null || echo 0 0
-}
+# The daemon's flags. The table is sized for the full-table phase in every tunnat block, so the
+# only difference that phase makes is the live flows.
+MAX_FLOWS=262144
+while [[ "$MAX_FLOWS" -lt $((FLOWS + FLOWS / 4 + 100000)) ]]; do MAX_FLOWS=$((MAX_FLOWS * 2)); done
+TUNNAT_FLAGS=(--inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR"
+  --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" --control-socket "$TMP/ctl.sock"
+  --max-flows "$MAX_FLOWS")
+[[ -z "$QUEUES" ]] || TUNNAT_FLAGS+=(--queues "$QUEUES")
 
 tunnat_on() {
   # ip netns exec execs node, so $! is the daemon's own pid.
   # shellcheck disable=SC2086
-  ip netns exec "$NS_NAT" "$NODE" $NODE_ARGS "$ROOT/bin/tunnat.js" run \
-    --inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR" \
-    --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" \
-    --control-socket "$TMP/ctl.sock" --log-level warn $DAEMON_ARGS >>"$TMP/daemon.log" 2>&1 &
+  ip netns exec "$NS_NAT" "$NODE" $NODE_ARGS "$ROOT/bin/tunnat.js" run "${TUNNAT_FLAGS[@]}" \
+    --log-level warn $DAEMON_ARGS >>"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 100); do
     kill -0 "$DAEMON_PID" 2>/dev/null || break
@@ -165,156 +248,226 @@ guard_off() {
   in_ns "$NS_NAT" nft flush chain ip "$t" forward
 }
 tunnat_off() {
+  # What the daemon dropped during the block, by reason (a figure that looks wrong often has one).
+  in_ns "$NS_NAT" "$NODE" "$ROOT/bin/tunnat.js" stats --json --socket "$TMP/ctl.sock" 2>/dev/null |
+    node -e '
+      const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
+      const d = Object.entries(s.drops ?? {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`);
+      console.log(`    tunnat drops in this block: ${d.length ? d.join(", ") : "none"}; TUN: ${JSON.stringify(s.tun ?? {})}`);
+    ' || true
   kill -TERM "$DAEMON_PID"
-  for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$DAEMON_PID" 2>/dev/null; then
     kill -KILL "$DAEMON_PID"
-    die "tunnat did not stop within 5 s after SIGTERM"
+    die "tunnat did not stop within 10 s after SIGTERM"
   fi
   wait "$DAEMON_PID" 2>/dev/null || true
   DAEMON_PID=""
   # The guard outlives the daemon (fail closed); the kernel's round needs the gateway open.
   # shellcheck disable=SC2086
-  ip netns exec "$NS_NAT" "$NODE" "$ROOT/bin/tunnat.js" down \
-    --inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR" \
-    --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" \
-    --control-socket "$TMP/ctl.sock" $DAEMON_ARGS >>"$TMP/daemon.log" 2>&1 ||
-    die "tunnat down failed (see $TMP/daemon.log)"
+  ip netns exec "$NS_NAT" "$NODE" "$ROOT/bin/tunnat.js" down "${TUNNAT_FLAGS[@]}" $DAEMON_ARGS \
+    >>"$TMP/daemon.log" 2>&1 || die "tunnat down failed (see $TMP/daemon.log)"
+  ct_flush
 }
 
-# One iperf3 run; prints the receiver's bits/s.
-iperf() {
-  local streams="$1" json="$2"
+# --- samples ---------------------------------------------------------------------------------
+# One sample as JSON: the host's /proc/stat "cpu" line (jiffies), the daemon's utime+stime, the
+# TUN's tx_dropped (packets the kernel dropped because the daemon did not read them in time),
+# the server namespace's UDP counters (/proc/net/snmp) and the time.
+sample() {
+  local stat d=0 tund=0 udp srv c
+  stat="$(awk '/^cpu / { $1 = ""; gsub(/^ /, ""); gsub(/ /, ","); print; exit }' /proc/stat)"
+  if [[ -n "$DAEMON_PID" ]]; then
+    d="$(awk '{ print $14 + $15 }' "/proc/$DAEMON_PID/stat" 2>/dev/null || echo 0)"
+    tund="$(in_ns "$NS_NAT" cat "/sys/class/net/$TUN/statistics/tx_dropped" 2>/dev/null || echo 0)"
+  fi
+  srv="$(for c in $(pgrep -P "$RR_PID"); do cat "/proc/$c/stat" 2>/dev/null; done | awk '{ s += $14 + $15 } END { print s + 0 }')"
+  udp="$(in_ns "$NS_INET" awk '/^Udp:/ { if (h) { print "{\"inDatagrams\":" $2 ",\"noPorts\":" $3 ",\"inErrors\":" $4 ",\"rcvbufErrors\":" $6 "}"; exit } h = 1 }' /proc/net/snmp)"
+  printf '{"t":%s,"cpu":[%s],"daemonTicks":%s,"serverTicks":%s,"tunDropped":%s,"udp":%s}' \
+    "$(date +%s.%N)" "$stat" "$d" "$srv" "$tund" "$udp"
+}
+
+RESULTS="$TMP/results.jsonl"
+: >"$RESULTS"
+# record MODE ROUND TEST BEFORE AFTER TOOL-JSON [EXTRA-JSON]
+record() {
+  local extra="${7:-}"
+  [[ -n "$extra" ]] || extra='{}'
+  printf '{"mode":"%s","round":%s,"test":"%s","before":%s,"after":%s,"tool":%s,"extra":%s}\n' \
+    "$1" "$2" "$3" "$4" "$5" "$6" "$extra" >>"$RESULTS"
+}
+
+daemon_rss_kb() {
+  if [[ -n "$DAEMON_PID" ]]; then awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status"; else echo 0; fi
+}
+
+# --- tests -----------------------------------------------------------------------------------
+# Each prints one line for people and appends one record.
+t_ping() {
+  local mode="$1" r="$2" n=$((SECS * 25)) times b a
+  b="$(sample)"
+  times="$(in_ns "$NS_P1" ping -n -c "$n" -i 0.02 -W 1 -w $((SECS + 5)) "$INET" |
+    sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | paste -sd, -)"
+  a="$(sample)"
+  record "$mode" "$r" ping "$b" "$a" "{\"sent\":$n,\"rttMs\":[${times}]}"
+  echo "    ping: $(echo "$times" | tr ',' '\n' | grep -c .)/$n replies"
+}
+
+t_rr() { # TEST-NAME
+  local mode="$1" r="$2" name="$3" b a out
+  b="$(sample)"
+  out="$(timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" rr-client "$INET" "$RR_PORT" "$SECS")"
+  a="$(sample)"
+  record "$mode" "$r" "$name" "$b" "$a" "$out" "{\"rssKb\":$(daemon_rss_kb)}"
+  echo "    $name: $out"
+}
+
+t_crr() {
+  local mode="$1" r="$2" b a i outs=() pids=() clients=2 inflight=16
+  b="$(sample)"
+  for i in $(seq "$clients"); do
+    timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" crr-client "$INET" "$RR_PORT" "$SECS" "$inflight" \
+      >"$TMP/crr-$i.json" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  a="$(sample)"
+  for i in $(seq "$clients"); do outs+=("$(cat "$TMP/crr-$i.json")"); done
+  record "$mode" "$r" crr "$b" "$a" "[$(IFS=,; echo "${outs[*]}")]"
+  echo "    crr: ${outs[*]}"
+}
+
+t_tcp() { # STREAMS TEST-NAME
+  local mode="$1" r="$2" streams="$3" name="$4" b a json="$TMP/iperf.json" sum
+  b="$(sample)"
   timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" \
     iperf3 -c "$INET" -t "$SECS" -P "$streams" -J >"$json" || {
-    echo "bench: iperf3 failed ($json):" >&2
+    echo "bench: iperf3 failed:" >&2
     head -c 2000 "$json" >&2
     return 1
   }
-  node -e '
+  a="$(sample)"
+  # The fields the report uses, from iperf3's JSON (bytes and CPU of both ends).
+  sum="$(node -e '
     const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     if (j.error) { console.error(j.error); process.exit(1); }
-    console.log(Math.round(j.end.sum_received.bits_per_second));
-  ' "$json"
+    const e = j.end;
+    console.log(JSON.stringify({ streams: Number(process.argv[2]), bytes: e.sum_received.bytes,
+      seconds: e.sum_received.seconds, bitsPerSecond: e.sum_received.bits_per_second,
+      retransmits: e.sum_sent.retransmits ?? 0,
+      senderCpuPercent: e.cpu_utilization_percent.host_total,
+      receiverCpuPercent: e.cpu_utilization_percent.remote_total }));
+  ' "$json" "$streams")"
+  record "$mode" "$r" "$name" "$b" "$a" "$sum" "{\"rssKb\":$(daemon_rss_kb)}"
+  echo "    $name: $(echo "$sum" | node -e 'const s = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log((s.bitsPerSecond / 1e9).toFixed(2) + " Gbit/s, sender CPU " + s.senderCpuPercent.toFixed(0) + "%")')"
+}
+
+t_udp() { # SIZE TEST-NAME
+  local mode="$1" r="$2" size="$3" name="$4" b a i sends=() pids=() sink
+  in_ns "$NS_INET" "$LOAD" udp-sink "$INET" "$UDP_PORT" $((SECS + 3)) "$(nproc)" >"$TMP/sink.json" &
+  sink=$!
+  sleep 0.3
+  b="$(sample)"
+  for i in $(seq "$UDP_SENDERS"); do
+    timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" udp-send "$INET" "$UDP_PORT" "$size" "$SECS" 100000000 \
+      >"$TMP/send-$i.json" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  sleep 0.5 # what is still in flight arrives
+  a="$(sample)"
+  wait "$sink"
+  for i in $(seq "$UDP_SENDERS"); do sends+=("$(cat "$TMP/send-$i.json")"); done
+  record "$mode" "$r" "$name" "$b" "$a" "{\"size\":$size,\"senders\":[$(IFS=,; echo "${sends[*]}")],\"sink\":$(cat "$TMP/sink.json")}"
+  echo "    $name: sent $(cat "$TMP"/send-*.json | node -e 'let n = 0; for (const l of require("fs").readFileSync(0, "utf8").trim().split("\n")) n += JSON.parse(l).packets; console.log(n)'), read $(cat "$TMP/sink.json")"
+}
+
+# Live flows in the table: the kernel's (nf_conntrack_count of the nat namespace) or tunnat's.
+live_flows() {
+  if [[ "$1" == tunnat ]]; then
+    in_ns "$NS_NAT" "$NODE" "$ROOT/bin/tunnat.js" stats --json --socket "$TMP/ctl.sock" |
+      node -e 'console.log(JSON.parse(require("fs").readFileSync(0, "utf8")).table?.flows ?? 0)'
+  else
+    in_ns "$NS_NAT" cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0
+  fi
+}
+
+# Fill the table with TARGET live UDP flows (NSPORTS source ports x the destination ports needed),
+# paced; passes again over the same flows (refreshing them, adding those lost) while any are
+# missing (less than 98% there), at half the pace after such a pass (not below 25,000/s), up to 6 passes of at most 60 s each.
+# The kernel's table is capped by nf_conntrack_max (a host-wide setting this bench does not
+# change): its target is what fits.
+fill() {
+  local mode="$1" target="$FLOWS" max ndp pass out live=0 base t0 pps="$FILL_PPS"
+  base="$(live_flows "$mode")"
+  if [[ "$mode" == kernel ]]; then
+    max="$(cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || echo 262144)"
+    [[ "$target" -le $((max - base - 16384)) ]] || target=$((max - base - 16384))
+  fi
+  [[ "$target" -ge "$NSPORTS" ]] || die "no room for a full table in the $mode mode ($base flows already)"
+  ndp=$(((target + NSPORTS - 1) / NSPORTS))
+  t0="$(date +%s%N)"
+  for pass in 1 2 3 4 5 6; do
+    out="$(timeout -k 5 120 ip netns exec "$NS_P1" "$LOAD" flow-fill "$P1" "$INET" "$SPORT0" "$NSPORTS" "$DPORT0" "$ndp" "$pps" 60)"
+    sleep 0.5
+    live="$(live_flows "$mode")"
+    echo "    fill pass $pass at $pps packets/s: $out; $live live flows ($base before)"
+    [[ $((live - base)) -lt $((target * 98 / 100)) ]] || break
+    [[ "$pps" -le 25000 ]] || pps=$((pps / 2))
+  done
+  FILL_JSON="{\"target\":$target,\"requested\":$FLOWS,\"before\":$base,\"live\":$live,\"passes\":$pass,\"seconds\":$((($(date +%s%N) - t0) / 1000000))e-3}"
 }
 
 ping_check() {
   in_ns "$NS_P1" ping -c 1 -W 2 "$INET" >/dev/null || die "p1 cannot reach $INET in $1 mode"
 }
 
-RESULTS="$TMP/results.tsv" # mode streams round bps daemon_cpu
-: >"$RESULTS"
-CLK_TCK="$(getconf CLK_TCK)"
+# A mode's block of tests in round R.
+block() {
+  local mode="$1" r="$2" b a
+  echo "  round $r, $mode:"
+  "${mode}_on"
+  ping_check "$mode"
+  : >"$TMP/server.log"
+  t_ping "$mode" "$r"
+  t_rr "$mode" "$r" rr
+  t_crr "$mode" "$r"
+  t_tcp "$mode" "$r" 1 tcp1
+  # The server must have seen the NAT address, not the private one (none in direct mode).
+  if [[ "$mode" != direct ]]; then
+    grep -q "$NAT_ADDR" "$TMP/server.log" || die "$mode mode: the server did not see $NAT_ADDR"
+  fi
+  t_tcp "$mode" "$r" 4 tcp4
+  t_tcp "$mode" "$r" 16 tcp16
+  t_udp "$mode" "$r" 64 udp64
+  t_udp "$mode" "$r" 1400 udp1400
+  if [[ "$FLOWS" -gt 0 && "$mode" != direct ]]; then
+    b="$(sample)"
+    fill "$mode"
+    a="$(sample)"
+    record "$mode" "$r" fill "$b" "$a" "$FILL_JSON" "{\"rssKb\":$(daemon_rss_kb)}"
+    t_tcp "$mode" "$r" 1 tcp1-full
+    t_rr "$mode" "$r" rr-full
+  fi
+  "${mode}_off"
+}
 
-echo "tunnat bench: $ROUNDS round(s), ${SECS} s per run, streams: $STREAMS"
+CLK_TCK="$(getconf CLK_TCK)"
+MODES=(kernel tunnat)
+[[ "$DIRECT" != 1 ]] || MODES+=(direct)
+echo "tunnat bench: $ROUNDS round(s), ${SECS} s per test, modes: ${MODES[*]}, full table: $FLOWS flows$([[ -z "$QUEUES" ]] || echo ", --queues $QUEUES")"
 echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "kernel: $(uname -r)   node: $(node --version)   iperf3: $(iperf3 --version | head -n1)"
 echo "topology: p1 $P1 -> $BR [nat] $OUTIF -> inet $INET, NAT address $NAT_ADDR (ns $NAME-*)"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average before: $LOAD_BEFORE"
 sleep 0.3
 
 for r in $(seq "$ROUNDS"); do
-  for n in $STREAMS; do
-    kernel_on
-    ping_check kernel
-    h0="$(host_cpu)"
-    bps="$(iperf "$n" "$TMP/kernel-$n-$r.json")"
-    host="$(busy_pct "$h0" "$(host_cpu)")"
-    # The server must have seen the NAT address, not the private one.
-    grep -q "$NAT_ADDR" "$TMP/server.log" || die "kernel mode: the server did not see $NAT_ADDR"
-    printf 'kernel\t%s\t%s\t%s\t-\t%s\n' "$n" "$r" "$bps" "$host" >>"$RESULTS"
-    printf '  round %s  kernel %s stream(s): %6.0f Mbit/s  (host CPU %s%% of %s cores)\n' \
-      "$r" "$n" "$(echo "$bps / 1000000" | bc -l)" "$host" "$(nproc)"
-    kernel_off
-    : >"$TMP/server.log"
-
-    tunnat_on
-    ping_check tunnat
-    c0="$(daemon_cpu_ticks)"
-    h0="$(host_cpu)"
-    perf_pid=""
-    if [[ "$PERF" == 1 ]] && command -v perf >/dev/null; then
-      perf stat -x, -o "$TMP/perf-$n-$r.txt" -p "$DAEMON_PID" \
-        -e syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,task-clock \
-        -- sleep "$SECS" 2>/dev/null &
-      perf_pid=$!
-    fi
-    bps="$(iperf "$n" "$TMP/tunnat-$n-$r.json")"
-    c1="$(daemon_cpu_ticks)"
-    host="$(busy_pct "$h0" "$(host_cpu)")"
-    read -r u0 s0 <<<"$c0"
-    read -r u1 s1 <<<"$c1"
-    cpu="$(echo "($u1 + $s1 - $u0 - $s0) / $CLK_TCK / $SECS * 100" | bc -l)"
-    ucpu="$(echo "($u1 - $u0) / $CLK_TCK / $SECS * 100" | bc -l)"
-    [[ -z "$perf_pid" ]] || wait "$perf_pid" || true
-    in_ns "$NS_NAT" ip -s link show "$TUN" >"$TMP/tun-$n-$r.txt" 2>&1 || true
-    grep -q "$NAT_ADDR" "$TMP/server.log" || die "tunnat mode: the server did not see $NAT_ADDR"
-    tunnat_off
-    : >"$TMP/server.log"
-    printf 'tunnat\t%s\t%s\t%s\t%.0f\t%s\n' "$n" "$r" "$bps" "$cpu" "$host" >>"$RESULTS"
-    printf '  round %s  tunnat %s stream(s): %6.0f Mbit/s  (host CPU %s%% of %s cores; daemon %.0f%% of one, %.0f%% user)\n' \
-      "$r" "$n" "$(echo "$bps / 1000000" | bc -l)" "$host" "$(nproc)" "$cpu" "$ucpu"
-    # Bytes per packet through the TUN: far above the MTU means GSO super-packets. TX = what the
-    # daemon read, RX = what it wrote back.
-    awk '/RX:|TX:/ { d = $1; getline; printf "    %s %s %d packets, %.0f bytes/packet, %d dropped\n", "'"$TUN"'", d, $2, ($2 ? $1 / $2 : 0), $4 }' \
-      "$TMP/tun-$n-$r.txt"
-    if [[ -n "$perf_pid" ]]; then
-      echo "    perf stat of the daemon during the run (reads include one EAGAIN per batch):"
-      grep -v '^#' "$TMP/perf-$n-$r.txt" | grep . | awk -F, '{ printf "      %-34s %s\n", $3, $1 }'
-    fi
-  done
+  if ((r % 2)); then order=("${MODES[@]}"); else order=(tunnat kernel); [[ "$DIRECT" != 1 ]] || order+=(direct); fi
+  for m in "${order[@]}"; do block "$m" "$r"; done
 done
 
-# --- summary ---------------------------------------------------------------------------------
-node - "$RESULTS" "$OUT" "$ROUNDS" "$SECS" <<'EOF'
-const fs = require("fs");
-const os = require("os");
-const [file, out, rounds, secs] = process.argv.slice(2);
-const rows = fs.readFileSync(file, "utf8").trim().split("\n").map((l) => l.split("\t"));
-const median = (a) => {
-  const s = [...a].sort((x, y) => x - y);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const groups = new Map();
-for (const [mode, streams, , bps, cpu, host] of rows) {
-  const k = `${mode}\t${streams}`;
-  if (!groups.has(k)) groups.set(k, { mode, streams: Number(streams), bps: [], cpu: [], host: [] });
-  groups.get(k).bps.push(Number(bps));
-  groups.get(k).host.push(Number(host));
-  if (cpu !== "-") groups.get(k).cpu.push(Number(cpu));
-}
-const gbit = (b) => (b / 1e9).toFixed(2);
-const R = Number(rounds);
-const head = ["mode  ", "streams", ...Array.from({ length: R }, (_, i) => `r${i + 1} Gbit/s`), "median"];
-console.log(`\n${head.join("  ")}`);
-const result = { rounds: R, seconds: Number(secs), cpu: { count: os.cpus().length,
-  model: os.cpus()[0]?.model ?? "?" }, kernel: os.release(), node: process.version, runs: [], ratios: {} };
-for (const g of groups.values()) {
-  g.median = median(g.bps);
-  const cells = [g.mode.padEnd(6), String(g.streams).padStart(7),
-    ...g.bps.map((b) => gbit(b).padStart(11)), gbit(g.median).padStart(6)];
-  console.log(cells.join("  ") + `   host CPU ${median(g.host)}%` +
-    (g.cpu.length ? `, daemon ${median(g.cpu)}% of one core` : ""));
-  result.runs.push({ mode: g.mode, streams: g.streams, bitsPerSecond: g.bps, median: g.median,
-    hostCpuPercent: g.host, daemonCpuPercent: g.cpu.length ? g.cpu : undefined });
-}
-console.log("");
-const streamsSet = [...new Set([...groups.values()].map((g) => g.streams))];
-for (const s of streamsSet) {
-  const k = groups.get(`kernel\t${s}`), t = groups.get(`tunnat\t${s}`);
-  if (!k || !t) continue;
-  const ratio = t.median / k.median;
-  // Each round runs the two modes back to back, so a round's own ratio sees the same background
-  // load on a shared machine; the median of those is steadier than the ratio of the medians.
-  const paired = median(t.bps.map((b, i) => b / k.bps[i]));
-  result.ratios[String(s)] = ratio;
-  result.pairedRatios = { ...(result.pairedRatios ?? {}), [String(s)]: paired };
-  const target = s === 1 ? 0.6 : 0.35;
-  console.log(`ratio tunnat/kernel, ${s} stream(s): ${ratio.toFixed(2)}x of the medians, ` +
-    `${paired.toFixed(2)}x median of per-round ratios  (target >= ${target}x)`);
-}
-if (out) {
-  fs.writeFileSync(out, JSON.stringify(result, null, 2) + "\n");
-  console.log(`\nwrote ${out}`);
-}
-EOF
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+node "$ROOT/dist/test/bench/report.js" "$RESULTS" "$OUT" "$(printf '{"rounds":%s,"seconds":%s,"quick":%s,"flows":%s,"queues":%s,"clkTck":%s,"cpus":%s,"loadBefore":"%s","loadAfter":"%s","maxFlows":%s}' \
+  "$ROUNDS" "$SECS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$FLOWS" "${QUEUES:-null}" "$CLK_TCK" "$(nproc)" "$LOAD_BEFORE" "$LOAD_AFTER" "$MAX_FLOWS")"

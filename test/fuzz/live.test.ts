@@ -7,7 +7,7 @@
  */
 import t from "tap";
 import { liveFuzz, parseArgs } from "../helpers/live-fuzz.js";
-import { missing } from "../lab/helpers/lab.js";
+import { missing } from "../netns/helpers/lab.js";
 
 const reason = missing(["tcpreplay", "tcpdump", "tshark", "socat", "python3"]);
 if (reason) t.plan(0, reason);

@@ -30,9 +30,9 @@ export class Rng {
   }
 }
 
-export const INSIDE_HOSTS = ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.200"];
-export const REMOTES = ["203.0.113.10", "203.0.113.11", "198.51.100.7"];
-export const NAT_ADDR = "203.0.113.1";
+const INSIDE_HOSTS = ["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.200"];
+const REMOTES = ["203.0.113.10", "203.0.113.11", "198.51.100.7"];
+const NAT_ADDR = "203.0.113.1";
 const TCP_FLAGS = [SYN, SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK];
 
 /** A well-formed outbound packet (TCP, UDP or echo request) from a random inside host. */

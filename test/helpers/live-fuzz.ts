@@ -2,7 +2,7 @@
  * The live fuzz of issue 8 ("Beyond the fixes"): the real daemon in the namespace lab, fed random
  * and mutated IPv4 packets in both directions (from p1 towards the internet, and from the internet
  * host to the NAT address) by tcpreplay at a fixed rate, from pcap files written by
- * test/lab/helpers/fuzzgen.py, alongside repeated TCP downloads (sha256 checked at p1) and pings.
+ * test/netns/helpers/fuzzgen.py, alongside repeated TCP downloads (sha256 checked at p1) and pings.
  * At the end it checks: the daemon is alive, /healthz and /readyz answer 200, RSS stayed bounded,
  * every download is byte-exact, every packet the NAT emitted towards the "valid" destination (the
  * packets that entered with correct checksums) has correct checksums (tshark on a sample), nothing
@@ -11,13 +11,13 @@
  * and what the daemon read = its drops by reason + what it wrote.
  *
  * Used by test/fuzz/live.test.ts (`npm run fuzz:live`, default 10,000,000 packets) and by
- * test/lab/fuzz-live.test.ts (a short bounded run in the lab suite). Namespaces `<prefix>-<pid>-*`
+ * test/netns/fuzz-live.test.ts (a short bounded run in the netns suite). Namespaces `<prefix>-<pid>-*`
  * are removed in teardown; every packet goes to an address of those namespaces; the replay is
  * bounded by packet count and by a time limit.
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import type { Test } from "tap";
-import { HELPERS, Lab, scapyPython, sleep } from "../lab/helpers/lab.js";
+import { HELPERS, Lab, scapyPython, sleep } from "../netns/helpers/lab.js";
 
 export interface LiveFuzzOptions {
   /** Packets to send in all (half per direction). */

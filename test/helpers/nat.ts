@@ -10,7 +10,6 @@ import { NatStats } from "../../src/nat/stats.js";
 import { Translator, Verdict } from "../../src/nat/translate.js";
 import { build, ip, type Parsed, type PktSpec, parse } from "./packet.js";
 
-export const INSIDE = "10.0.1.0/24";
 export const P1 = "10.0.1.2";
 export const P2 = "10.0.1.3";
 export const NAT = "203.0.113.1";

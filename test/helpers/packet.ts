@@ -135,7 +135,7 @@ function bytesOf(p: Uint8Array | string | undefined): Uint8Array {
 }
 
 /** ICMP types whose body is an offending datagram (RFC 792). */
-export function icmpIsError(t: number): boolean {
+function icmpIsError(t: number): boolean {
   return t === 3 || t === 4 || t === 5 || t === 11 || t === 12;
 }
 
@@ -435,17 +435,6 @@ function truncatedOrThrow(
 /** The offending datagram an ICMP error carries: the first `keep` bytes of `pkt` (default 28). */
 export function truncate(pkt: Uint8Array, keep = 28): Uint8Array {
   return pkt.slice(0, Math.min(keep, pkt.length));
-}
-
-/** Hex dump, 16 bytes a line, for failure messages. */
-export function hex(buf: Uint8Array): string {
-  const lines: string[] = [];
-  for (let i = 0; i < buf.length; i += 16) {
-    lines.push(
-      Array.from(buf.subarray(i, i + 16), (b) => b.toString(16).padStart(2, "0")).join(" "),
-    );
-  }
-  return lines.join("\n");
 }
 
 /** mulberry32: a seeded PRNG returning uint32s, so randomized tests replay exactly. */

@@ -9,11 +9,11 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const LINKTYPE_EN10MB = 1;
-export const LINKTYPE_RAW = 101;
+const LINKTYPE_RAW = 101;
 export const LINKTYPE_LINUX_SLL = 113;
-export const LINKTYPE_LINUX_SLL2 = 276;
+const LINKTYPE_LINUX_SLL2 = 276;
 
-export interface PcapRecord {
+interface PcapRecord {
   /** Index of the record in the file (skipped frames keep their numbers). */
   index: number;
   /** Seconds since the epoch, with microsecond or nanosecond fraction. */
@@ -37,7 +37,7 @@ export function readPcap(path: string): Pcap {
   return parsePcap(new Uint8Array(readFileSync(path)));
 }
 
-export function parsePcap(file: Uint8Array): Pcap {
+function parsePcap(file: Uint8Array): Pcap {
   if (file.length < 24) throw new Error(`pcap: ${file.length} bytes, no file header`);
   const v = new DataView(file.buffer, file.byteOffset, file.byteLength);
   const magic = v.getUint32(0, true);

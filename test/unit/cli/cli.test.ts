@@ -118,3 +118,31 @@ t.test(
       );
   },
 );
+
+t.test("a bad boolean value is refused naming the flag, not read as false", async (t) => {
+  // `check` validates the config without starting anything, so this is safe outside a namespace;
+  // test/netns/cli.test.ts checks that `run` exits 2 on the same values.
+  const cases: [string, string][] = [
+    ["manage-routes", "maybe"],
+    ["set-ip-forward", "yes please"],
+    ["offloads", "sometimes"],
+  ];
+  for (const [flag, value] of cases) {
+    const r = tunnat(["check", "--json", ...OK, `--${flag}=${value}`]);
+    t.equal(r.code, 2, `${flag}: a config error exits 2`);
+    const doc = JSON.parse(r.out) as { checks: { name: string; ok: boolean; detail: string }[] };
+    const cfg = doc.checks.find((c) => c.name === "config");
+    t.equal(cfg?.ok, false, `--${flag}=${value} makes the config invalid`);
+    t.match(cfg?.detail, `invalid --${flag} ${JSON.stringify(value)}: expected true or false`);
+  }
+});
+
+t.test("a bare boolean flag means true and --no-<flag> means false", async (t) => {
+  const r = tunnat(["check", "--json", ...OK, "--no-manage-routes", "--set-ip-forward"]);
+  const doc = JSON.parse(r.out) as { checks: { name: string; ok: boolean; detail: string }[] };
+  const cfg = doc.checks.find((c) => c.name === "config");
+  t.equal(cfg?.ok, true, cfg?.detail ?? "no config check");
+  const settings = (doc as { settings?: Record<string, unknown> }).settings;
+  t.equal(settings?.manageRoutes, false, "check --json shows the effective settings");
+  t.equal(settings?.setIpForward, true);
+});

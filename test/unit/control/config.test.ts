@@ -1,11 +1,14 @@
 import t from "tap";
-import { ErrorCode, TunnatError } from "../../../src/base/errors.js";
+import yargs from "yargs";
+import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 import {
+  describeConfig,
   FIELDS,
   type LoadInput,
   loadConfig,
   RELOADABLE_SETTINGS,
   reloadChanges,
+  settingFlags,
 } from "../../../src/control/config.js";
 import { parseIpv4 } from "../../../src/wire/addr.js";
 
@@ -146,6 +149,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
+    ["tun-queue-length", "0", /1\.\.1000000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
   for (const f of Object.values(FIELDS)) t.ok(covered.has(f.flag), `--${f.flag} has an error case`);
@@ -156,6 +160,29 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.match(e.message, why, flag);
   }
 });
+
+t.test(
+  "--tun-queue-length: unset leaves the kernel's, a value is kept, too large exits 2",
+  async (t) => {
+    t.equal(load({}).control.tunQueueLength, undefined, "default: the kernel's queue length");
+    t.equal(load({ "tun-queue-length": "16" }).control.tunQueueLength, 16);
+    t.equal(
+      loadConfig({ flags: BASE, env: { TUNNAT_TUN_QUEUE_LENGTH: "4096" } }).control.tunQueueLength,
+      4096,
+      "from the environment",
+    );
+    const e = errorOf(() => load({ "tun-queue-length": "1000001" }));
+    t.equal(e.code, ErrorCode.Config);
+    t.equal(exitCodeFor(e.code), 2, "exits 2");
+    t.match(e.message, /--tun-queue-length "1000001"/);
+    const r = reloadChanges(load({}), load({ "tun-queue-length": "64" }));
+    t.same(
+      r.needRestart.map((c) => c.field),
+      ["tunQueueLength"],
+      "a changed queue length needs a restart",
+    );
+  },
+);
 
 t.test(
   "the plumbing state file: $STATE_DIRECTORY under systemd, else next to the socket",
@@ -346,4 +373,59 @@ t.test("every setting a user can give is covered by the reload report", async (t
   const notSettings = new Set(["config"]);
   for (const f of Object.values(FIELDS))
     if (!notSettings.has(f.key)) t.ok(covered.has(f.key), `${f.key} is reported on reload`);
+});
+
+/** Flags parsed the way the CLI parses them: yargs with the options the schema declares. */
+function argv(args: string[]): Record<string, unknown> {
+  let y = yargs(args).strict();
+  for (const f of settingFlags())
+    y = y.option(f.flag, { type: "string", requiresArg: f.requiresArg });
+  return y.parseSync() as Record<string, unknown>;
+}
+
+t.test("a bad boolean flag is refused naming the field and value, not read as false", async (t) => {
+  const base = ["--inside", "10.0.0.0/16", "--nat-address", "198.51.100.7"];
+  const ifaces = ["--inside-interface", "eth1", "--outside-interface", "eth0"];
+  for (const [arg, flag, value] of [
+    ["--manage-routes=maybe", "manage-routes", "maybe"],
+    ["--set-ip-forward=yes please", "set-ip-forward", "yes please"],
+    ["--restore-ttl=2", "restore-ttl", "2"],
+  ] as const) {
+    const e = errorOf(() => loadConfig({ flags: argv([...base, ...ifaces, arg]), env: {} }));
+    t.equal(e.code, ErrorCode.Config, arg);
+    t.equal(e.message, `invalid --${flag} ${JSON.stringify(value)}: expected true or false`);
+  }
+  const bare = loadConfig({ flags: argv([...base, ...ifaces, "--set-ip-forward"]), env: {} });
+  t.equal(bare.control.setIpForward, true, "a bare boolean flag means true");
+  const no = loadConfig({ flags: argv([...base, "--no-manage-routes"]), env: {} });
+  t.equal(no.control.manageRoutes, false, "--no-manage-routes means false");
+  const spelled = loadConfig({ flags: argv([...base, ...ifaces, "--vnet-hdr=off"]), env: {} });
+  t.equal(spelled.nat.vnetHdr, false, "a boolean flag takes the values the environment takes");
+});
+
+t.test("describeConfig shows every field of the schema under its config-file key", async (t) => {
+  const d = describeConfig(load({}));
+  for (const f of Object.values(FIELDS)) {
+    const [head, tail] = f.key.split(".");
+    const group = d[head ?? ""];
+    const has =
+      tail === undefined
+        ? head !== undefined && head in d
+        : typeof group === "object" && group !== null && tail in group;
+    t.ok(has, `${f.key} is described`);
+  }
+  t.equal(d.restoreTtl, true);
+  t.equal(d.icmpProhibited, true);
+  t.same(d.timeouts, { tcpEstablished: 7440, tcpTransitory: 240, udp: 300, icmp: 60 });
+  t.same(d.inside, ["10.0.0.0/16"]);
+  t.same(d.natAddress, ["198.51.100.7"]);
+  t.equal(d.ports, "1-65535");
+  t.equal(d.metrics, "127.0.0.1:9469");
+  t.equal(d.stateFile, "/run/tunnat/tunnat.sock.plumbing.json", "derived defaults are shown");
+  t.equal(d.offloads, true);
+  t.equal(d.insideInterface, "eth1");
+  t.equal(d.controlSocketGroup, null, "an unset field is null");
+  const aws = describeConfig(load({ preset: "aws" }));
+  t.equal(aws.ports, "1024-65535", "what the preset implies is shown");
+  t.equal(aws.rstOnExpired, true);
 });

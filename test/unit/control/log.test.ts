@@ -1,7 +1,7 @@
 /**
  * Log priorities for journald: under systemd every line starts with its syslog priority, so
  * `journalctl -p warning` shows warnings and not info (the nspawn boot test,
- * test/deploy/systemd-boot.sh, checks that end to end); elsewhere lines stay plain JSON.
+ * test/artefacts/systemd-boot.sh, checks that end to end); elsewhere lines stay plain JSON.
  */
 import { closeSync, fstatSync, mkdtempSync, openSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

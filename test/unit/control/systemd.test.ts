@@ -1,7 +1,7 @@
 /**
  * The notify protocol as the daemon speaks it (src/control/systemd.ts), with the datagrams
  * captured: the addon's own send is tested against a real socket in test/unit/io/notify.test.ts,
- * and a real systemd reads them in test/deploy/systemd-boot.sh.
+ * and a real systemd reads them in test/artefacts/systemd-boot.sh.
  */
 import { PassThrough } from "node:stream";
 import t from "tap";

@@ -1,5 +1,5 @@
 /**
- * Child process of test/lab/tun.test.ts, run as `ip netns exec NS node tun-child.js MODE NAME`
+ * Child process of test/netns/tun.test.ts, run as `ip netns exec NS node tun-child.js MODE NAME`
  * inside a namespace the test made. It opens a TUN through the addon, gives it an address, routes
  * a test /24 into it, exercises the device and prints ONE JSON line with what it saw on stdout.
  *

@@ -1,4 +1,4 @@
-"""Probes of the security lab test (test/lab/security.test.ts), one per subcommand. Each prints
+"""Probes of the security netns test (test/netns/security.test.ts), one per subcommand. Each prints
 one JSON line and exits 0; every address comes from the command line (the test's lab), and each
 run is bounded in time.
 

@@ -2,7 +2,7 @@
  * The shipped deployment files agree with the daemon: the example config and the sysctl file
  * are what `tunnat run` accepts and needs, the unit starts it the way the docs say, and the
  * inside-prefix arithmetic of the EC2 script is right. The unit's sandbox score is checked by
- * test/deploy/systemd-security.sh, and its privileges in the lab by test/lab/deploy.test.ts.
+ * test/artefacts/systemd-security.sh, and its privileges in the lab by test/netns/ec2-instance.test.ts.
  */
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";

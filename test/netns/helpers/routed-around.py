@@ -2,7 +2,7 @@
 """An outsider that reaches a private host by a route around the NAT and tries to complete a TCP
 handshake with it through the NAT address (issue 8, item 1).
 
-Run in the internet host's namespace by test/lab/faults.test.ts, which has routed the inside
+Run in the internet host's namespace by test/netns/faults.test.ts, which has routed the inside
 prefix via the NAT host's outside address and made the kernel drop its own RSTs (an attacker
 suppresses them so that the unexpected SYN-ACK does not reset the attempt). Steps:
 

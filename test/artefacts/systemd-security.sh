@@ -5,7 +5,7 @@
 #    stand-ins for the files the unit names: /usr/bin/tunnat and the sysctl file),
 #  - the unit grants a capability other than CAP_NET_ADMIN, or runs as root,
 #  - the unit sets an option the real run showed to break the daemon (ProcSubset=pid hides
-#    /proc/sys; test/deploy/systemd-boot.sh boots a real systemd with the unit), or drops
+#    /proc/sys; test/artefacts/systemd-boot.sh boots a real systemd with the unit), or drops
 #    Type=notify and its watchdog,
 #  - node does NOT abort under the kernel's W^X policy (PR_SET_MDWE, what MemoryDenyWriteExecute=
 #    enforces): that would make the unit's claim that it cannot be used stale. Skipped on kernels

@@ -3,7 +3,7 @@
 # apt-get install shellcheck; skipped with a note when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-scripts=(deploy/*.sh test/deploy/*.sh scripts/*.sh)
+scripts=(deploy/*.sh test/artefacts/*.sh scripts/*.sh)
 for s in "${scripts[@]}"; do bash -n "$s"; done
 if command -v shellcheck >/dev/null; then
   shellcheck -x -S warning "${scripts[@]}"

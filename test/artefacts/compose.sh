@@ -1,8 +1,8 @@
 #!/bin/bash
 # CI check: docker-compose.yml is valid (`docker-compose config`, no Docker engine needed), also
 # with its monitoring profile, and defines the services, networks and privileges the lab needs.
-# The addresses are compared with the namespace lab by test/unit/deploy/compose-lab.test.ts;
-# test/deploy/compose-run.sh runs the lab for real.
+# The addresses are compared with the namespace lab by test/unit/artefacts/compose-lab.test.ts;
+# test/artefacts/compose-run.sh runs the lab for real.
 # Needs docker-compose (Debian 12: apt-get install docker-compose) or `docker compose`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

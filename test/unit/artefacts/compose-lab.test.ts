@@ -3,7 +3,7 @@
  * same NAT address (lab/lab.json is the lab's single source). Also checks what the nat container
  * needs to run tunnat at all, that the private network is no Docker bridge (whose isolation rule
  * drops the NAT traffic, issue 9), and the monitoring profile. `docker-compose config` runs in
- * test/deploy/compose.sh; test/deploy/compose-run.sh runs the lab on a real Docker Engine.
+ * test/artefacts/compose.sh; test/artefacts/compose-run.sh runs the lab on a real Docker Engine.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";

@@ -177,6 +177,20 @@ else {
     t.same(leftovers(), []);
   });
 
+  t.test("a bad boolean value exits 2 naming it, before touching anything", async (t) => {
+    for (const arg of ["--manage-routes=maybe", "--set-ip-forward=yes please"]) {
+      const d = startDaemon([arg]);
+      // Were the value read as false, the daemon would start and run: bound the wait, then stop it.
+      const timer = setTimeout(() => d.child.kill("SIGTERM"), 15_000);
+      const code = await d.exited;
+      clearTimeout(timer);
+      const [flag, value] = arg.split("=");
+      t.equal(code, 2, arg);
+      t.match(d.log(), `invalid ${flag} ${JSON.stringify(value)}: expected true or false`);
+      t.same(leftovers(), [], arg);
+    }
+  });
+
   t.test("tunnat check in the nat namespace passes with the lab's flags", async (t) => {
     const r = inNat(process.execPath, BIN, "check", ...daemonArgs(lab, ctl));
     t.match(r, /all checks passed/);

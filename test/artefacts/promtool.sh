@@ -3,7 +3,8 @@
 # ships promtool, and a build: npm run build):
 #   - `promtool check metrics` on a real exposition rendered by src/control/metrics.ts over a
 #     translator that has carried TCP, UDP and ICMP traffic and counted drops (all series present);
-#   - `promtool check rules` on monitoring/alerts.yml;
+#   - `promtool check rules` on monitoring/alerts.yml, and `promtool test rules` on its unit tests
+#     (monitoring/alerts.test.yml);
 #   - `promtool check config` on monitoring/prometheus.yml.
 # Sends no packet anywhere: the translator runs in memory.
 set -euo pipefail
@@ -67,5 +68,6 @@ echo "rendered $lines tunnat_ samples"
 promtool check metrics <"$tmp/metrics.txt"
 echo "promtool check metrics: ok"
 promtool check rules monitoring/alerts.yml
+promtool test rules monitoring/alerts.test.yml
 (cd monitoring && promtool check config prometheus.yml)
 echo "promtool checks passed"

@@ -16,10 +16,10 @@ import { packageRoot } from "../../../src/io/package-root.js";
 
 export type Role = "p1" | "p2" | "nat" | "inet";
 
-export const ROOT = packageRoot() ?? process.cwd();
+const ROOT = packageRoot() ?? process.cwd();
 export const BIN = join(ROOT, "bin", "tunnat.js");
 /** Scapy scripts live next to this file's source (tsc does not copy .py files into dist/). */
-export const HELPERS = join(ROOT, "test", "lab", "helpers");
+export const HELPERS = join(ROOT, "test", "netns", "helpers");
 
 const SIGNALS: Partial<Record<NodeJS.Signals, number>> = {
   SIGHUP: 1,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Send a burst of malformed and odd IPv4 packets from a private host towards the internet host.
 
-Run inside the private host's namespace (p1) by test/lab/integration.test.ts. The frames are
+Run inside the private host's namespace (p1) by test/netns/integration.test.ts. The frames are
 built at layer 2 (sendp) so that the sending kernel does not repair the IP header (a raw IP
 socket with IP_HDRINCL rewrites tot_len and the header checksum: net/ipv4/raw.c
 raw_send_hdrinc). Every kind has its own destination port (or ICMP id) so a capture on the
