@@ -32,6 +32,8 @@ export interface Command {
   builder?: (y: Argv) => Argv;
   /** Its exit code (0, 1, 2); a thrown error exits as fail() says. Absent for a verb group. */
   run?: (argv: Record<string, unknown>) => Promise<number>;
+  /** `--help` examples: [command line, what it does]. */
+  examples?: [string, string][];
   /** Verbs under this one (`tunnat lab up`); one of them must be given. */
   subcommands?: Command[];
 }

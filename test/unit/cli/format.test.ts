@@ -63,8 +63,8 @@ t.test("help: numbers typed, durations with units, preset defaults, examples", a
   const run = tunnat(["run", "--help"]).stdout;
   t.match(run, /--max-flows[^\n]*\n?[^\n]*\[number\]/, "--max-flows is a [number]");
   t.match(run, /--udp-timeout[\s\S]*?seconds, or with a unit: 90s, 5m, 2h, 1d/);
-  t.match(run, /--udp-timeout[\s\S]*?with --preset aws: 350/);
-  t.match(run, /--ports[\s\S]*?1024-65535 with --preset aws/);
+  t.match(run, /--udp-timeout[\s\S]*?350\s+with --preset aws/);
+  t.match(run, /--ports[\s\S]*?1024-65535\s+with --preset aws/);
   const flows = tunnat(["flows", "--help"]).stdout;
   t.match(flows, /Examples:[\s\S]*tunnat flows --nat 203\.0\.113\.1:41234/);
   t.match(flows, /--limit[^\n]*\[number\]/);
