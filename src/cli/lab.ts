@@ -327,7 +327,14 @@ export async function labDown(opts: {
       removed.push(n);
     }
     rmSync(file, { force: true });
-    for (const ext of [".sock", ".sock.plumbing.json", ".sock.guard.json", ".daemon.log"])
+    for (const ext of [
+      ".sock",
+      ".sock.plumbing.json",
+      ".sock.guard.json",
+      ".sock.table.state",
+      ".sock.table.state.refused",
+      ".daemon.log",
+    ])
       rmSync(join(dirname(file), `${state.name}${ext}`), { force: true });
     if (opts.print !== false) process.stdout.write(`lab ${state.name} is down\n`);
   }

@@ -132,6 +132,25 @@ export class HostTable {
     this.deleteSlot(s);
   }
 
+  /**
+   * Add traffic of ended flows straight to a host (a restored table: conntrack/snapshot.ts).
+   * Traffic of an unknown host goes to `departed*`.
+   */
+  addBytes(addr: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number): void {
+    const s = this.find(addr);
+    if (s < 0) {
+      this.departedPktsOut += pktsOut;
+      this.departedPktsIn += pktsIn;
+      this.departedBytesOut += bytesOut;
+      this.departedBytesIn += bytesIn;
+      return;
+    }
+    this.pktsOut[s] += pktsOut;
+    this.pktsIn[s] += pktsIn;
+    this.bytesOut[s] += bytesOut;
+    this.bytesIn[s] += bytesIn;
+  }
+
   /** Backward-shift deletion (Knuth 6.4 Algorithm R): no tombstones, chains stay short. */
   private deleteSlot(slot: number): void {
     const mask = this.mask;

@@ -328,6 +328,38 @@ export class PortAllocator {
     this.promote(g, pi, now, PROMOTE_BUDGET);
   }
 
+  /**
+   * Restore a port that was resting when the table was saved (conntrack/snapshot.ts): freed at
+   * second `freedAt`. Only a free port can be put to rest; false otherwise (in use, or no rest
+   * delay configured). Call in release order (oldest first): the ring keeps that order.
+   */
+  restoreResting(addrIndex: number, pi: number, port: number, freedAt: number): boolean {
+    const g = addrIndex * PROTO_SLOTS + pi;
+    const i = (g << 16) | port;
+    if (this.reuseDelay <= 0 || this.slots[i] !== 0 || this.restLen[g] === 65536) return false;
+    if (this.inRange(pi, port)) this.unmark(this.free, this.freeSum, this.freeCount, g, pi, port);
+    this.slots[i] = -(Math.max(0, freedAt) + 1);
+    this.rest[(g << 16) | ((this.restHead[g] + this.restLen[g]) & 0xffff)] = port;
+    this.restLen[g]++;
+    return true;
+  }
+
+  /**
+   * Call fn(port, freedAt) for each resting port of (addrIndex, pi), oldest release first, from
+   * the ring (its length, not the port range, bounds the work). A port released twice since it
+   * left the ring may come twice; the caller keeps the first.
+   */
+  forEachResting(addrIndex: number, pi: number, fn: (port: number, freedAt: number) => void): void {
+    const g = addrIndex * PROTO_SLOTS + pi;
+    const base = g << 16;
+    const head = this.restHead[g];
+    for (let k = 0; k < this.restLen[g]; k++) {
+      const p = this.rest[base | ((head + k) & 0xffff)];
+      const v = this.slots[base | p];
+      if (v < 0) fn(p, -v - 1);
+    }
+  }
+
   private inRange(pi: number, p: number): boolean {
     return this.idSpace[pi] === 1 || (p >= this.lo && p <= this.hi);
   }

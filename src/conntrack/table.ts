@@ -61,6 +61,11 @@ export type { FlowHooks } from "./hooks.js";
 export { FlowFlag } from "./record.js";
 export { Refusal } from "./refusal.js";
 
+/** FlowTable.adopt() results other than a flow id. */
+export const ADOPT_FULL = -1;
+export const ADOPT_CONFLICT = -2;
+const ADOPT_NOT_OURS = -3;
+
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
 
@@ -456,6 +461,96 @@ export class FlowTable implements TupleProbe {
     this.hosts.addFlow(ia, pi, false);
     this.admission.flowAdded(m, ra);
     return f;
+  }
+
+  /**
+   * Put back a flow that existed before (a restored state file, a standby's copy of its peer;
+   * conntrack/snapshot.ts): with its own outside address and port, TCP state, flags and expiry
+   * second, and no hook called (the mapping log saw its creation when it happened). Its mapping
+   * is found or made on the given port, which must be free or that mapping's; the per-host
+   * quota is not applied (the flow was admitted once). Control plane, never per packet.
+   * Returns the flow id, or ADOPT_FULL / ADOPT_CONFLICT (the inside or outside tuple, or the
+   * port, is taken by another) / ADOPT_NOT_OURS (not one of the NAT addresses). Counts
+   * flowsCreated (and mappingsCreated for a new mapping) like a new flow.
+   */
+  adopt(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    state: number,
+    flags: number,
+    expires: number,
+    now: number,
+  ): number {
+    const ia = iaddr >>> 0;
+    const oa = oaddr >>> 0;
+    const ra = raddr >>> 0;
+    const a = this.pool.indexOf(oa);
+    if (a < 0) return ADOPT_NOT_OURS;
+    if (this.freeHead < 0) return ADOPT_FULL;
+    if (
+      this.inIdx.find(proto, ia, iport, ra, rport) >= 0 ||
+      this.outIdx.find(proto, oa, oport, ra, rport) >= 0
+    )
+      return ADOPT_CONFLICT;
+    const pi = protoSlot(proto);
+    let m = -1;
+    let newMapping = false;
+    if (this.eim) {
+      m = this.maps.find(proto, ia, iport);
+      if (m >= 0) {
+        if (this.maps.addr[m] !== a || this.maps.oport[m] !== oport) return ADOPT_CONFLICT;
+      } else {
+        if (this.ports.get(a, pi, oport) > 0) return ADOPT_CONFLICT;
+        m = this.maps.add(proto, ia, iport, a, oport, now);
+        this.ports.take(a, pi, oport, m + 1);
+        newMapping = true;
+      }
+      this.maps.refs[m]++;
+    } else {
+      this.ports.take(a, pi, oport, 1);
+      newMapping = true;
+    }
+    const f = this.freeHead;
+    this.freeHead = this.expires(f) - 1;
+    this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, flags & ~FlowFlag.REPLIED);
+    this.setState(f, state);
+    if (proto === Proto.TCP && state === TcpState.ESTABLISHED) this.stats.tcpEstablishedNow++;
+    if ((flags & FlowFlag.REPLIED) !== 0) this.setReplied(f);
+    this.setExpires(f, expires);
+    this.hosts.addFlow(ia, pi, newMapping);
+    this.admission.flowAdded(m, ra);
+    if (newMapping) {
+      this.stats.mappingsCreated++;
+      if (!this.eim && this.logRemovals) this.fCreated[f] = now;
+    }
+    return f;
+  }
+
+  /** The endpoint-independent mapping id flow `f` uses, or -1 (per-destination mode). */
+  mappingOf(f: number): number {
+    if (!this.eim) return -1;
+    const a = this.pool.indexOf(this.oaddr(f));
+    return a < 0 ? -1 : this.ports.get(a, protoSlot(this.proto(f)), this.oport(f)) - 1;
+  }
+
+  /** The endpoint-independent mapping of (proto, inside addr:port), or -1. */
+  findMapping(proto: number, iaddr: number, iport: number): number {
+    return this.eim ? this.maps.find(proto, iaddr >>> 0, iport) : -1;
+  }
+
+  /** Mapping mode: endpoint-independent (true) or per-destination. */
+  get endpointIndependent(): boolean {
+    return this.eim;
+  }
+
+  /** The mapping log's removal bookkeeping (mCreated, fCreated, mBytes*) is kept. */
+  get keepsRemovalLog(): boolean {
+    return this.logRemovals;
   }
 
   // ---------------------------------------------------------------- per-packet updates

@@ -5,10 +5,17 @@
 import { performance } from "node:perf_hooks";
 import type { Clock } from "../base/clock.js";
 
-/** Milliseconds from performance.now(): monotonic, sub-millisecond. */
+/**
+ * Where the daemon's monotonic time starts: 10^9 ms (about 11.6 days). A restored table holds
+ * stamps from before this process began (a mapping made an hour ago, a port freed a minute ago);
+ * starting high keeps them positive in the table's unsigned seconds.
+ */
+const MONOTONIC_BASE_MS = 1e9;
+
+/** Milliseconds from performance.now() + MONOTONIC_BASE_MS: monotonic, sub-millisecond. */
 class MonotonicClock implements Clock {
   now(): number {
-    return performance.now();
+    return performance.now() + MONOTONIC_BASE_MS;
   }
 }
 

@@ -217,6 +217,25 @@ const ABS_PATH: Kind<string> = {
   format: (v) => v,
 };
 
+/** An absolute path, or "none" (null): the table state file. */
+const PATH_OR_NONE: Kind<string | null> = {
+  expect: 'an absolute path or "none"',
+  parse: (text) =>
+    text === "none"
+      ? null
+      : text.startsWith("/") && !text.includes("\0")
+        ? text
+        : new Bad('expected an absolute path or "none"'),
+  format: (v) => v ?? "none",
+};
+
+/** A duration as DURATION, or 0 (off). */
+const DURATION_OR_OFF: Kind<number> = {
+  expect: "a duration or 0",
+  parse: (text) => (/^0+[smhd]?$/.test(text) ? 0 : DURATION.parse(text)),
+  format: String,
+};
+
 /** A group name or number; loadConfig resolves it to a gid. */
 const GROUP: Kind<string> = {
   expect: "a group name or number",
@@ -555,6 +574,24 @@ export const FIELDS = {
     describe:
       "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
   },
+  tableStateFile: {
+    key: "tableStateFile",
+    flag: "table-state-file",
+    env: "TUNNAT_TABLE_STATE_FILE",
+    kind: PATH_OR_NONE,
+    describe:
+      'where the flow table is saved at SIGTERM and by the checkpoint, and restored from at start; "none" = never; default $STATE_DIRECTORY/table.state under systemd, else CONTROL_SOCKET.table.state',
+  },
+  checkpointInterval: {
+    key: "checkpointInterval",
+    flag: "checkpoint-interval",
+    env: "TUNNAT_CHECKPOINT_INTERVAL",
+    def: "30s",
+    kind: DURATION_OR_OFF,
+    to: "control",
+    describe:
+      "how often the table is also saved while running, bounding what a crash or SIGKILL loses (0 = only at SIGTERM)",
+  },
   mappingLog: {
     key: "mappingLog",
     flag: "mapping-log",
@@ -611,6 +648,8 @@ export type ControlSettings = Pick<Settings, FieldsTo<"control">> & {
   controlSocketGroup: number | undefined;
   /** The plumbing's undo journal: survives a crash so the next start removes the leftovers. */
   stateFile: string;
+  /** The flow table's state file (control/table-state.ts); null = not saved, not restored. */
+  tableStateFile: string | null;
   offloads: boolean;
 };
 
@@ -940,6 +979,13 @@ export function loadConfig(input: LoadInput): TunnatConfig {
       ? `${stateDirectory}/plumbing.json`
       : `${v.controlSocket}.plumbing.json`);
   v.stateFile = stateFile;
+  const tableStateFile =
+    v.tableStateFile !== undefined
+      ? v.tableStateFile
+      : stateDirectory.startsWith("/")
+        ? `${stateDirectory}/table.state`
+        : `${v.controlSocket}.table.state`;
+  v.tableStateFile = tableStateFile;
 
   const nat = defaultNatConfig({
     ...settingsTo(v, "nat"),
@@ -955,6 +1001,7 @@ export function loadConfig(input: LoadInput): TunnatConfig {
     configFile,
     controlSocketGroup,
     stateFile,
+    tableStateFile,
     offloads,
   };
   return { nat, control, settings: v };

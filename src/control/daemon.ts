@@ -44,6 +44,7 @@ import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
 import { statsSnapshot } from "./stats-snapshot.js";
 import { gatewayInfo, topTalkers } from "./status-snapshot.js";
+import { TableKeeper } from "./table-keeper.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
@@ -109,7 +110,7 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
 export type { ReloadResult } from "./observed.js";
 
 export class Daemon {
-  readonly stats = new NatStats();
+  stats = new NatStats();
   readonly clock = new BatchClock();
   translator: Translator | undefined;
   loop: DataLoop | undefined;
@@ -124,6 +125,8 @@ export class Daemon {
   readiness: (() => string | null) | undefined;
   /** The kernel state forwarding needs, polled off the data path (readiness.ts). */
   kernel: KernelMonitor | undefined;
+  /** The table state file: restored at start, checkpointed, saved at stop (table-keeper.ts). */
+  tableKeeper: TableKeeper | undefined;
   /** The metric registry /metrics serves (metrics.ts). */
   metrics: TunnatMetrics | undefined;
   /** The control socket of `tunnat flows` and `tunnat stats`. */
@@ -185,6 +188,28 @@ export class Daemon {
     });
     events.attach(table);
     this.translator = new Translator(cfg.nat, table, this.clock, this.stats);
+    if (c.tableStateFile !== null) {
+      this.tableKeeper = new TableKeeper({
+        file: c.tableStateFile,
+        interval: c.checkpointInterval,
+        nat: cfg.nat,
+        log: this.log,
+        now: () => Math.floor(this.clock.refresh() / 1000),
+      });
+      const r = this.tableKeeper.restore(table, this.stats);
+      // A restore cut short by a bug (never by a bad file) must not leave half a table.
+      if (r.kind === "refused" && table.active !== 0) {
+        this.stats = new NatStats();
+        const fresh = new FlowTable(cfg.nat, this.stats, {
+          ...this.mappingLog?.hooks,
+          ...events.hooks,
+        });
+        events.attach(fresh);
+        this.translator = new Translator(cfg.nat, fresh, this.clock, this.stats);
+      }
+      // Restored flows were not created here: their age counts from this start.
+      events.adopt(this.translator.table, Math.floor(this.clock.refresh() / 1000));
+    }
     this.device = await this.deps.openTun({
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
@@ -209,6 +234,7 @@ export class Daemon {
       if (this.onFatal) this.onFatal(err);
       else throw err;
     });
+    this.tableKeeper?.start(this.translator.table, this.stats);
     const loop = this.loop;
     this.kernel = new KernelMonitor(
       { tun: c.tun, plumbing: this.plumbing?.spec ?? null },
@@ -296,6 +322,13 @@ export class Daemon {
     this.metrics?.stop();
     this.kernel?.stop();
     this.loop?.stop();
+    // Saved first, while nothing else has been undone: the restart's gap starts here. Only a
+    // daemon that was running saves (a failed start must not replace a good state file).
+    let saved = false;
+    if (this.tableKeeper && this.translator) {
+      await this.tableKeeper.stop();
+      if (this.started) saved = this.tableKeeper.save(this.translator.table, this.stats);
+    }
     if (this.plumbing) {
       // A running daemon leaves the guard in place; a start that failed restores the one before.
       const warnings = this.started ? await this.plumbing.remove() : await this.plumbing.abort();
@@ -306,9 +339,10 @@ export class Daemon {
     } catch (e) {
       this.log.warn({ err: errorMessage(e) }, "closing the TUN failed");
     }
-    // With the TUN closed no packet can make a mapping: log the removal of the live ones.
+    // With the TUN closed no packet can make a mapping: log the removal of the live ones, unless
+    // they were saved for the next start (they go on; their removal is logged when it happens).
     await this.mappingLog
-      ?.close(this.translator?.table, Math.floor(this.clock.refresh() / 1000))
+      ?.close(saved ? undefined : this.translator?.table, Math.floor(this.clock.refresh() / 1000))
       .catch((e: unknown) =>
         this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
       );
@@ -340,6 +374,7 @@ export class Daemon {
         return d.mappingLog;
       },
       lastReload: () => d.lastReload,
+      tableState: this.tableKeeper?.stats,
     };
   }
 

@@ -71,6 +71,11 @@ export class FlowEvents {
     if (this.created.length !== table.capacity) this.created = new Uint32Array(table.capacity);
   }
 
+  /** Flows already in the table (restored from a checkpoint): their creation is `now`. */
+  adopt(table: FlowTable, now: number): void {
+    for (let f = 0; f < table.capacity; f++) if (table.proto(f) !== 0) this.created[f] = now;
+  }
+
   private record(kind: number, f: number, now: number): void {
     const t = this.table;
     if (t === undefined) return;

@@ -434,6 +434,62 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       },
     });
   }
+  if (o.tableState) {
+    const ts = o.tableState;
+    const g = (name: string, help: string, read: () => number) => gauge(reg, name, help, read);
+    g(
+      "tunnat_state_restore_seconds",
+      "Time the table restore at start took.",
+      () => ts.restoreSeconds,
+    );
+    g(
+      "tunnat_state_restored_flows",
+      "Flows restored from the table state file at start.",
+      () => ts.restoredFlows,
+    );
+    g(
+      "tunnat_state_restore_expired_flows",
+      "Saved flows not restored because their lifetime ran out while no daemon ran.",
+      () => ts.restoreExpiredFlows,
+    );
+    g(
+      "tunnat_state_restore_refused",
+      "1 when the table state file was refused at start (corrupt, other version or configuration; the log says why).",
+      () => ts.restoreRefused,
+    );
+    counter(
+      reg,
+      "tunnat_state_checkpoints_total",
+      "Table checkpoints written.",
+      () => ts.checkpoints,
+    );
+    counter(
+      reg,
+      "tunnat_state_checkpoint_failures_total",
+      "Table checkpoints that failed (the log says why).",
+      () => ts.checkpointFailures,
+    );
+    g(
+      "tunnat_state_checkpoint_seconds",
+      "Duration of the last table checkpoint.",
+      () => ts.lastCheckpointSeconds,
+    );
+    g(
+      "tunnat_state_checkpoint_max_slice_seconds",
+      "Longest the last checkpoint held the event loop (one slice of the table).",
+      () => ts.lastCheckpointMaxSliceSeconds,
+    );
+    g(
+      "tunnat_state_checkpoint_flows",
+      "Flows in the last table checkpoint.",
+      () => ts.lastCheckpointFlows,
+    );
+    g(
+      "tunnat_state_last_save_timestamp_seconds",
+      "Wall-clock time of the last table checkpoint or save (0 = none yet).",
+      () => ts.lastSaveTime,
+    );
+  }
   counter(
     reg,
     "tunnat_mapping_log_lines_total",

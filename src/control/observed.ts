@@ -12,6 +12,7 @@ import type { LoopStats } from "../datapath/loop.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
+import type { TableStateStats } from "./table-keeper.js";
 import type { TunCounters } from "./tun-stats.js";
 
 /** [number, name] per protocol, derived from base/protocols.ts. */
@@ -44,6 +45,8 @@ export interface Observed {
   tunCounters?: () => TunCounters | null;
   /** What the last SIGHUP did, if there was one. */
   lastReload?: () => ReloadResult | undefined;
+  /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
+  tableState?: TableStateStats;
 }
 
 export interface PortUsage {

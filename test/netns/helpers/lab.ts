@@ -262,6 +262,8 @@ export class Lab {
   async startDaemon(flags: string[] = []): Promise<Daemon> {
     if (this.daemon) await this.stopDaemon();
     const argv = [process.execPath, BIN, "run", ...daemonArgs(this.lab, this.controlSocket)];
+    // Each start begins with an empty table unless a test asks for the state file (restart.test).
+    if (!flags.includes("--table-state-file")) argv.push("--table-state-file", "none");
     const b = this.spawn("nat", [...argv, ...flags]);
     const d: Daemon = Object.assign(b, { flags });
     this.daemon = d;

@@ -146,6 +146,8 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["control-socket", "relative.sock", /absolute path/],
     ["control-socket-group", "no such:group", /group name or number/],
     ["state-file", "plumbing.json", /absolute path/],
+    ["table-state-file", "table.state", /absolute path or "none"|absolute path/],
+    ["checkpoint-interval", "soon", /duration/],
     ["mapping-log", "", /off|stdout/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
@@ -197,6 +199,16 @@ t.test(
     t.equal(given.control.stateFile, "/srv/p.json", "an explicit --state-file wins");
   },
 );
+
+t.test("the table state file sits beside the plumbing journal; none turns it off", async (t) => {
+  t.equal(load({}).control.tableStateFile, "/run/tunnat/tunnat.sock.table.state");
+  t.equal(load({}).control.checkpointInterval, 30, "a checkpoint every 30 s by default");
+  const sd = loadConfig({ flags: BASE, env: { STATE_DIRECTORY: "/var/lib/tunnat" } });
+  t.equal(sd.control.tableStateFile, "/var/lib/tunnat/table.state");
+  t.equal(load({ "table-state-file": "none" }).control.tableStateFile, null);
+  t.equal(load({ "checkpoint-interval": "0" }).control.checkpointInterval, 0, "0 = at stop only");
+  t.equal(load({ "checkpoint-interval": "2m" }).control.checkpointInterval, 120);
+});
 
 t.test("the control socket group is resolved to a gid, or the start is refused", async (t) => {
   const group = "root:x:0:\ntunnat:x:997:\n";

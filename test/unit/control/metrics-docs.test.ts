@@ -3,11 +3,13 @@
  * error codes: every metric the daemon registers is documented by name, and every tunnat_ name
  * the page mentions exists (histogram and summary series by their family name).
  */
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
+import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
@@ -36,6 +38,7 @@ async function registered(): Promise<string[]> {
       lastGuardDrops: () => null,
       tunName: "tun-test",
       tunCounters: () => null,
+      tableState: new TableStateStats(),
     },
     { defaultMetrics: false },
   );
