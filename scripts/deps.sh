@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want="$*"
-[ -n "$want" ] || want="iproute2 nftables iputils-ping iperf3 curl python3 make g++"
+[ -n "$want" ] || want="iproute2 nftables iputils-ping iputils-arping keepalived iperf3 curl python3 make g++"
 missing=""
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

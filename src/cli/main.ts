@@ -14,13 +14,14 @@ import { type Command, fail } from "./command.js";
 import { down } from "./down.js";
 import { flows } from "./flows.js";
 import { setRawArgs } from "./format.js";
+import { ha } from "./ha.js";
 import { lab } from "./lab.js";
 import { run } from "./run.js";
 import { stats } from "./stats.js";
 import { status } from "./status.js";
 
 /** Every verb, in the order --help lists them. */
-export const COMMANDS: readonly Command[] = [run, down, check, status, flows, stats, lab];
+export const COMMANDS: readonly Command[] = [run, down, check, status, flows, stats, ha, lab];
 
 export function version(): string {
   try {

@@ -28,7 +28,7 @@ import type { ConntrackConfig } from "./config.js";
 import { flowDeltas } from "./deltas.js";
 import { EvictionList } from "./eviction.js";
 import { hashTuple, indexSlots, Prng, randomSeed } from "./hash.js";
-import type { FlowHooks } from "./hooks.js";
+import { FlowEvent, type FlowHooks } from "./hooks.js";
 import { HostTable } from "./hosts.js";
 import { TupleIndex } from "./index.js";
 import { MappingTable } from "./mappings.js";
@@ -57,10 +57,14 @@ import { TcpState, tcpNext } from "./tcp-state.js";
 import { TimeoutTable } from "./timeouts.js";
 
 export { Proto } from "../base/protocols.js";
-export type { FlowHooks } from "./hooks.js";
+export { FlowEvent, type FlowHooks } from "./hooks.js";
 export { FlowFlag } from "./record.js";
 export { Refusal } from "./refusal.js";
 
+/** FlowTable.install() results besides a flow id. */
+const INSTALL_BAD_ADDRESS = -1;
+export const INSTALL_CONFLICT = -2;
+const INSTALL_FULL = -3;
 /** FlowTable.adopt() results other than a flow id. */
 export const ADOPT_FULL = -1;
 export const ADOPT_CONFLICT = -2;
@@ -263,6 +267,7 @@ export class FlowTable implements TupleProbe {
     if ((this.rec[i] & FlowFlag.REPLIED) !== 0) return;
     this.evictable.unlink(f);
     this.rec[i] |= FlowFlag.REPLIED;
+    this.hooks.flowEvent?.(FlowEvent.CHANGED, f);
   }
 
   // ---------------------------------------------------------------- lookups (per packet)
@@ -597,6 +602,7 @@ export class FlowTable implements TupleProbe {
         stats.connectionAttempts++;
       }
       this.setExpires(flow, now + this.timeouts.tcp[next]);
+      this.hooks.flowEvent?.(FlowEvent.CHANGED, flow);
     } else if (next !== TcpState.FIN_BOTH && next !== TcpState.RST) {
       this.setExpires(flow, now + this.timeouts.tcp[next]);
     }
@@ -625,6 +631,108 @@ export class FlowTable implements TupleProbe {
     }
     this.sweepCursor = c;
     return removed;
+  }
+
+  // ---------------------------------------------------------------- installing a known flow
+
+  /**
+   * Install a flow whose outside address and port were chosen elsewhere (the active of an HA
+   * pair; a saved table), with its TCP state (or 1 = replied for UDP/ICMP), FlowFlag bits and
+   * last live second. An existing flow with the same inside tuple and outside endpoint is
+   * updated in place; one with another outside endpoint is replaced. Control plane only (one
+   * call per synced flow, never per packet); no quota applies (the source enforced it).
+   * Returns the flow id, or: INSTALL_BAD_ADDRESS (oaddr is not one of our NAT addresses: another
+   * configuration), INSTALL_CONFLICT (the inside endpoint is mapped to another port, or the
+   * outside port is held by another mapping: the caller removes the stale flows and retries),
+   * INSTALL_FULL (no free slot and nothing evictable).
+   */
+  install(
+    proto: number,
+    iaddr: number,
+    iport: number,
+    oaddr: number,
+    oport: number,
+    raddr: number,
+    rport: number,
+    state: number,
+    flags: number,
+    expires: number,
+    now: number,
+  ): number {
+    const ia = iaddr >>> 0;
+    const oa = oaddr >>> 0;
+    const ra = raddr >>> 0;
+    let f = this.inIdx.find(proto, ia, iport, ra, rport);
+    if (f >= 0 && (this.oaddr(f) !== oa || this.oport(f) !== oport)) {
+      this.removeFlow(f, now);
+      f = -1;
+    }
+    if (f >= 0) {
+      this.applyInstalled(f, state, flags, expires);
+      return f;
+    }
+    const a = this.pool.indexOf(oa);
+    if (a < 0) return INSTALL_BAD_ADDRESS;
+    const pi = protoSlot(proto);
+    const maps = this.maps;
+    let m = -1;
+    if (this.eim) {
+      m = maps.find(proto, ia, iport);
+      const taken = this.ports.get(a, pi, oport) > 0;
+      if (m >= 0 ? maps.addr[m] !== a || maps.oport[m] !== oport : taken) return INSTALL_CONFLICT;
+    } else if (this.outIdx.find(proto, oa, oport, ra, rport) >= 0) {
+      return INSTALL_CONFLICT;
+    }
+    f = this.takeSlot(now);
+    if (f < 0) return INSTALL_FULL;
+    // The eviction may have ended the mapping found above.
+    if (m >= 0 && maps.proto[m] === 0) m = -1;
+    let newMapping = false;
+    if (this.eim) {
+      if (m < 0) {
+        if (this.ports.get(a, pi, oport) > 0) {
+          this.setExpires(f, this.freeHead + 1);
+          this.freeHead = f;
+          return INSTALL_CONFLICT;
+        }
+        m = maps.add(proto, ia, iport, a, oport, now);
+        this.ports.take(a, pi, oport, m + 1);
+        newMapping = true;
+      }
+      maps.refs[m]++;
+    } else {
+      this.ports.take(a, pi, oport, 1);
+      newMapping = true;
+      if (this.logRemovals) this.fCreated[f] = now;
+    }
+    this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, flags & FlowFlag.INBOUND);
+    this.hosts.addFlow(ia, pi, newMapping);
+    this.admission.flowAdded(m, ra);
+    if (newMapping) {
+      this.stats.mappingsCreated++;
+      this.hooks.mappingCreated?.(proto, ia, iport, oa, oport, ra, rport, now);
+    }
+    this.applyInstalled(f, state, flags, expires);
+    return f;
+  }
+
+  /** Set the state, reply flag and expiry of an installed flow, keeping the counters true. */
+  private applyInstalled(f: number, state: number, flags: number, expires: number): void {
+    const stats = this.stats;
+    const prev = this.state(f);
+    if (this.proto(f) === Proto.TCP && prev !== state) {
+      if (prev === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
+      if (state === TcpState.ESTABLISHED) stats.tcpEstablishedNow++;
+    }
+    this.setState(f, state & 0xff);
+    if ((flags & FlowFlag.REPLIED) !== 0) {
+      const i = f * REC + R_FLAGS;
+      if ((this.rec[i] & FlowFlag.REPLIED) === 0) {
+        this.evictable.unlink(f);
+        this.rec[i] |= FlowFlag.REPLIED;
+      }
+    }
+    this.setExpires(f, expires >>> 0);
   }
 
   // ---------------------------------------------------------------- control plane (may allocate)
@@ -739,13 +847,13 @@ export class FlowTable implements TupleProbe {
     this.active++;
     this.stats.flowsCreated++;
     this.stats.flowsByState[protoSlot(proto) * STATE_SLOTS]++;
-    this.hooks.flowCreated?.(f, now);
+    this.hooks.flowEvent?.(FlowEvent.CREATED, f);
   }
 
   private removeFlow(f: number, now: number): void {
     const p = this.proto(f);
     if (p === 0) return;
-    this.hooks.flowRemoved?.(f, now);
+    this.hooks.flowEvent?.(FlowEvent.REMOVED, f);
     if ((this.rec[f * REC + R_FLAGS] & FlowFlag.REPLIED) === 0) this.evictable.unlink(f);
     this.inIdx.delete(f);
     this.outIdx.delete(f);

@@ -574,6 +574,15 @@ export const FIELDS = {
     describe:
       "undo journal of the kernel plumbing, read at start to remove a crashed run's leftovers; default $STATE_DIRECTORY/plumbing.json under systemd (StateDirectory=), else CONTROL_SOCKET.plumbing.json",
   },
+  ha: {
+    key: "ha",
+    flag: "ha",
+    env: "TUNNAT_HA",
+    kind: ABS_PATH,
+    to: "control",
+    describe:
+      "run as one gateway of an active/standby pair with state sync: the HA settings file (docs/ha.md)",
+  },
   tableStateFile: {
     key: "tableStateFile",
     flag: "table-state-file",

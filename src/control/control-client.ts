@@ -69,7 +69,7 @@ export function request(
           return;
         }
         onLine(obj);
-        if (obj.type === "end" || obj.type === "stats") finish();
+        if (obj.type === "end" || obj.type === "stats" || obj.type === "ha") finish();
       }
     });
     sock.on("close", () =>

@@ -7,7 +7,9 @@
  *   {"cmd":"delete","host":"10.0.0.5"}          (or "all":true; answered by "end" with "deleted")
  *   {"cmd":"follow","nat":"203.0.113.1:41234"}  (open-ended: "following", then "event" lines)
  *
- * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats",
+ *   {"cmd":"ha","action":"role","state":"MASTER"}     (an HA pair's gateway, src/ha)
+ *
+ * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats", "ha",
  * "following" then "event" (create/destroy, as `conntrack -E`) and "lost" (events a slow reader
  * missed, with their count), or "error" (with a TunnatError code).
  */
@@ -52,4 +54,5 @@ export interface FlowRecord {
 
 export type ControlRequest =
   | ({ cmd: "flows" | "delete" | "follow" } & FlowFilter)
-  | { cmd: "stats" };
+  | { cmd: "stats" }
+  | { cmd: "ha"; action: "role" | "status"; state?: string };

@@ -60,6 +60,8 @@ export interface ControlSource {
   events?: FlowEvents;
   /** Wall clock in ms, for the time of an event (tests pass a fixed one). */
   wallMs?: () => number;
+  /** `tunnat ha` (src/ha), when this daemon is one of an HA pair. */
+  ha?(req: { action?: unknown; state?: unknown }): Promise<object>;
 }
 
 function stateNameOf(p: number, st: number): string {
@@ -509,6 +511,13 @@ const HANDLERS: Record<
   follow: (_src, req, sock, followers) => followers.add(sock, req as FlowFilter),
   stats: async (src, _req, sock) => {
     await send(sock, { type: "stats", stats: src.stats() });
+  },
+  ha: async (src, req, sock) => {
+    if (!src.ha) throw badRequest("this daemon is not one of an HA pair (no --ha)");
+    await send(sock, {
+      type: "ha",
+      ha: await src.ha(req as { action?: unknown; state?: unknown }),
+    });
   },
 };
 

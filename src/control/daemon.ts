@@ -5,8 +5,9 @@
  *   config -> preflight checks -> refusals (control socket answered, plumbing.check()) -> HTTP
  *   listener (/healthz 503) -> mapping log -> translator (flow table, batch clock, stats) -> TUN
  *   device -> kernel plumbing and guard -> data loop (batch clock, duration timer) -> kernel
- *   monitor and readiness (readiness.ts) -> metrics (over an Observed view, served by the HTTP
- *   listener) -> control socket -> /healthz 200, "forwarding"
+ *   monitor and readiness (readiness.ts) -> HA pair (src/ha, with --ha: sync, role, takeovers)
+ *   -> metrics (over an Observed view, served by the HTTP listener) -> control socket ->
+ *   /healthz 200, "forwarding"
  *
  * Construction happens here, in start order, because the order is the contract: every refusal is
  * checked before anything is changed, so a refused start touches nothing of another daemon, and a
@@ -23,6 +24,8 @@ import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
+import { loadHaSettings } from "../ha/config.js";
+import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import type { NatConfig } from "../nat/config.js";
@@ -131,6 +134,8 @@ export class Daemon {
   metrics: TunnatMetrics | undefined;
   /** The control socket of `tunnat flows` and `tunnat stats`. */
   control: ControlServer | undefined;
+  /** The HA pair's runtime (src/ha) when started with --ha. */
+  ha: HaRuntime | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
   private started = false;
   /** What the last SIGHUP did, if there was one. */
@@ -164,6 +169,8 @@ export class Daemon {
     const cfg = this.config;
     const c = cfg.control;
     if (this.deps.preflight) preflight();
+    // A bad HA file or key is a refused start: read it before anything is touched.
+    const haSettings = c.ha !== undefined ? loadHaSettings(c.ha) : undefined;
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
     if (await socketAnswers(c.controlSocket))
       throw new TunnatError(
@@ -180,12 +187,21 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    // Flow events (`tunnat flows --follow`) come from the same hooks into a fixed ring.
-    const events = new FlowEvents(cfg.nat.maxFlows);
-    const table = new FlowTable(cfg.nat, this.stats, {
+    // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync; flow
+    // events for `tunnat flows --follow` to another fixed ring (flow-events.ts). Same hook.
+    const ring = haSettings ? createRing(haSettings) : undefined;
+    const clk = this.clock;
+    const events = new FlowEvents(cfg.nat.maxFlows, undefined, () => Math.floor(clk.now() / 1000));
+    const hooks = {
       ...this.mappingLog?.hooks,
-      ...events.hooks,
-    });
+      flowEvent: ring
+        ? (k: number, f: number) => {
+            ring.flowEvent(k, f);
+            events.flowEvent(k, f);
+          }
+        : events.hooks.flowEvent,
+    };
+    const table = new FlowTable(cfg.nat, this.stats, hooks);
     events.attach(table);
     this.translator = new Translator(cfg.nat, table, this.clock, this.stats);
     if (c.tableStateFile !== null) {
@@ -230,6 +246,8 @@ export class Daemon {
     this.loop = new DataLoop(this.device, this.translator, this.clock, {
       timer: this.deps.timer ?? (() => performance.now()),
     });
+    // A gateway of a pair starts as the standby: it forwards once it is made active.
+    this.loop.forwarding = haSettings === undefined;
     this.loop.start((err) => {
       if (this.onFatal) this.onFatal(err);
       else throw err;
@@ -244,6 +262,22 @@ export class Daemon {
     );
     await this.kernel.poll();
     this.kernel.start();
+    if (haSettings && ring) {
+      const clock = this.clock;
+      this.ha = await startHa(haSettings, {
+        table: this.translator.table,
+        ring,
+        nowSec: () => Math.floor(clock.refresh() / 1000),
+        nowMs: () => clock.refresh(),
+        setForwarding: (on) => {
+          loop.forwarding = on;
+        },
+        runner: this.deps.runner,
+        outsideInterface: c.outsideInterface,
+        natAddresses: cfg.nat.natAddresses,
+        log: this.log,
+      });
+    }
     this.readiness = readinessCheck(this, this.kernel);
     this.http.setReadinessCheck(this.readiness);
     const view = this.observed();
@@ -266,6 +300,7 @@ export class Daemon {
           topTalkers: topTalkers(view.table, 5),
         }),
         events,
+        ...(this.ha ? { ha: (this.ha as HaRuntime).command.bind(this.ha) } : {}),
       },
       this.log,
       { group: c.controlSocketGroup },
@@ -320,6 +355,11 @@ export class Daemon {
     }
     this.http?.setMetrics(undefined);
     this.metrics?.stop();
+    try {
+      await this.ha?.stop();
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, "stopping the HA sync failed");
+    }
     this.kernel?.stop();
     this.loop?.stop();
     // Saved first, while nothing else has been undone: the restart's gap starts here. Only a
@@ -374,6 +414,7 @@ export class Daemon {
         return d.mappingLog;
       },
       lastReload: () => d.lastReload,
+      ha: d.ha ? () => (d.ha as HaRuntime).snapshot() : undefined,
       tableState: this.tableKeeper?.stats,
     };
   }

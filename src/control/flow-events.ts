@@ -10,7 +10,7 @@
  * is backed up) skips what was overwritten and is told how many events it missed; the ring
  * never grows.
  */
-import type { FlowHooks } from "../conntrack/hooks.js";
+import { FlowEvent, type FlowHooks } from "../conntrack/hooks.js";
 import type { FlowTable } from "../conntrack/table.js";
 
 /** Events kept for followers; older ones are overwritten. */
@@ -46,23 +46,28 @@ export class FlowEvents {
   seq = 0;
   /** Creation second of each live flow, by flow id (0 before attach). */
   created: Uint32Array;
-  readonly hooks: Required<Pick<FlowHooks, "flowCreated" | "flowRemoved">>;
+  readonly hooks: Required<Pick<FlowHooks, "flowEvent">>;
+  /** The hook itself (the daemon may share the table's one hook with the HA ring). */
+  readonly flowEvent: (kind: number, f: number) => void;
   private table: FlowTable | undefined;
   private readonly ring: Float64Array;
 
   constructor(
     tableCapacity: number,
     readonly capacity = EVENT_CAPACITY,
+    /** The table's clock in whole seconds (a read, no allocation). */
+    private readonly nowSec: () => number = () => 0,
   ) {
     this.created = new Uint32Array(tableCapacity);
     this.ring = new Float64Array(capacity * W);
-    this.hooks = {
-      flowCreated: (f, now) => {
+    this.flowEvent = (kind, f) => {
+      if (kind === FlowEvent.CREATED) {
+        const now = this.nowSec();
         this.created[f] = now;
         this.record(EventKind.Create, f, now);
-      },
-      flowRemoved: (f, now) => this.record(EventKind.Destroy, f, now),
+      } else if (kind === FlowEvent.REMOVED) this.record(EventKind.Destroy, f, this.nowSec());
     };
+    this.hooks = { flowEvent: this.flowEvent };
   }
 
   /** The table whose hooks these are (the hooks read the flow's fields from it). */

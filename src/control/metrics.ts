@@ -18,6 +18,7 @@ import { type IntervalHistogram, monitorEventLoopDelay, performance } from "node
 import { Counter, collectDefaultMetrics, Registry } from "prom-client";
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
+import { registerHaMetrics } from "../ha/metrics.js";
 import { DROP_REASON_NAMES } from "../nat/stats.js";
 import { GUARD_REASONS } from "./guard.js";
 import {
@@ -508,6 +509,9 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     // counters may end in _total); their per-type siblings (nodejs_active_handles etc.) remain.
     for (const n of MISNAMED_DEFAULTS) reg.removeSingleMetric(n);
   }
+
+  // --- an HA pair's gateway (src/ha)
+  if (o.ha) registerHaMetrics(reg, o.ha);
 
   const sample = () =>
     peak.sample(

@@ -9,6 +9,7 @@
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
+import type { HaSnapshot } from "../ha/snapshot.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
@@ -45,6 +46,8 @@ export interface Observed {
   tunCounters?: () => TunCounters | null;
   /** What the last SIGHUP did, if there was one. */
   lastReload?: () => ReloadResult | undefined;
+  /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */
+  ha?: (() => HaSnapshot) | undefined;
   /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
   tableState?: TableStateStats;
 }

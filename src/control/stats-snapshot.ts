@@ -55,6 +55,7 @@ export function statsSnapshot(o: Observed): Record<string, unknown> {
       errorsFromDaemon: tun.fromDaemon.errors,
       fifoErrorsFromDaemon: tun.fromDaemon.fifoErrors,
     };
+  if (o.ha) out.ha = o.ha();
   const reload = o.lastReload?.();
   if (reload) out.lastReload = reload;
   out.ready = o.readiness ? o.readiness() === null : true;

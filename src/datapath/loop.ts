@@ -32,6 +32,8 @@ export class LoopStats {
   /** Counts per batch-size bucket, one slot more than BATCH_SIZE_BUCKETS for the open bucket. */
   readonly batchSizeCounts = new Float64Array(BATCH_SIZE_BUCKETS.length + 1);
   sweeps = 0;
+  /** Packets dropped unread because this gateway is the standby of an HA pair (src/ha). */
+  standbyDrops = 0;
 }
 
 export interface LoopOptions {
@@ -54,6 +56,11 @@ export class DataLoop {
   private readonly sweepBudget: number;
   private readonly tickMs: number;
   private readonly timer: () => number;
+  /**
+   * false on the standby of an HA pair: every packet read is dropped untranslated, so the
+   * standby's table changes only through the sync (src/ha) and never diverges from the active's.
+   */
+  forwarding = true;
 
   constructor(
     private readonly device: Device,
@@ -91,6 +98,10 @@ export class DataLoop {
 
   /** Translate and send one batch: slots 0..count-1 of the device arena. */
   onBatch(count: number): void {
+    if (!this.forwarding) {
+      this.loopStats.standbyDrops += count;
+      return;
+    }
     this.clock.refresh?.();
     const t0 = this.timer();
     const dev = this.device;

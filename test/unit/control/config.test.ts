@@ -149,6 +149,7 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["table-state-file", "table.state", /absolute path or "none"|absolute path/],
     ["checkpoint-interval", "soon", /duration/],
     ["mapping-log", "", /off|stdout/],
+    ["ha", "ha.json", /absolute path/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
     ["tun-queue-length", "0", /1\.\.1000000/],

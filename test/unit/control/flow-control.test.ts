@@ -29,7 +29,7 @@ function rig(ringSize?: number) {
     maxFlows: 4096,
     hashSeed: 3,
   });
-  const events = new FlowEvents(cfg.maxFlows, ringSize);
+  const events = new FlowEvents(cfg.maxFlows, ringSize, () => Math.floor(clock.now() / 1000));
   const tr = newTranslator(cfg, clock, stats, events.hooks);
   events.attach(tr.table);
   const slot = new Uint8Array(65600);

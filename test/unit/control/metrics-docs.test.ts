@@ -11,6 +11,7 @@ import { ManualClock } from "../../../src/base/clock.js";
 import { createMetrics } from "../../../src/control/metrics.js";
 import { TableStateStats } from "../../../src/control/table-keeper.js";
 import { LoopStats } from "../../../src/datapath/loop.js";
+import { emptyHaSnapshot } from "../../../src/ha/snapshot.js";
 import { defaultNatConfig } from "../../../src/nat/config.js";
 import { NatStats } from "../../../src/nat/stats.js";
 import { newTranslator } from "../../helpers/nat.js";
@@ -38,6 +39,7 @@ async function registered(): Promise<string[]> {
       lastGuardDrops: () => null,
       tunName: "tun-test",
       tunCounters: () => null,
+      ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },
     { defaultMetrics: false },
