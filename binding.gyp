@@ -8,12 +8,13 @@
   "targets": [
     {
       "target_name": "tunnat_tun",
-      "sources": ["native/tun.cc", "native/notify.cc"],
+      "sources": ["native/tun.cc", "native/notify.cc", "native/mq.cc"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
-      "cflags": ["-Wall", "-Wextra"],
+      "cflags": ["-Wall", "-Wextra", "-pthread"],
+      "ldflags": ["-pthread"],
       "defines": ["NAPI_VERSION=8"],
       "conditions": [
-        ["OS!='linux'", {"type": "none", "sources!": ["native/tun.cc", "native/notify.cc"]}],
+        ["OS!='linux'", {"type": "none", "sources!": ["native/tun.cc", "native/notify.cc", "native/mq.cc"]}],
         ["tunnat_werror=='true'", {"cflags": ["-Werror"], "cflags_cc": ["-Werror"]}]
       ]
     }

@@ -38,6 +38,7 @@
 
 namespace tunnat {
 Napi::Value Notify(const Napi::CallbackInfo& info);  // native/notify.cc
+void InitQueues(Napi::Env env, Napi::Object exports);  // native/mq.cc
 }  // namespace tunnat
 
 namespace {
@@ -47,7 +48,8 @@ constexpr int kStatusWritten = 0;  // packets accepted by the kernel in this cal
 constexpr int kStatusDropped = 1;  // packets dropped on EAGAIN/ENOBUFS (queue full)
 constexpr int kStatusErrno = 2;    // errno that stopped the call, 0 if none
 constexpr int kStatusIndex = 3;    // slot index that failed with kStatusErrno
-constexpr size_t kStatusLen = 4;
+constexpr int kStatusOversize = 4; // lengths above slotSize: refused, never cut and written
+constexpr size_t kStatusLen = 5;
 
 // A full arena is drained again right after the callback, so a burst is not left
 // to the next loop turn; the bound keeps timers and the control plane running
@@ -62,8 +64,12 @@ const char* ErrnoName(int err) {
   switch (err) {
     case EBADFD:
       return "EBADFD";
-    default:
-      return uv_err_name(-err);
+    default: {
+      // uv_err_name() mallocs (and never frees) a string for an errno libuv does not know;
+      // uv_err_name_r() writes into our buffer ("Unknown system error N").
+      thread_local char buf[64];
+      return uv_err_name_r(-err, buf, sizeof(buf));
+    }
   }
 }
 
@@ -159,17 +165,19 @@ class Tun : public Napi::ObjectWrap<Tun> {
   }
 
   // start(arena: Uint8Array, lengths: Int32Array, slots: number, slotSize: number,
-  //       status: Int32Array, onBatch: (count: number, errno: number) => void)
+  //       status: Int32Array, onBatch: ((count: number, errno: number) => void) | null)
+  // With onBatch null the arrays are only bound for write(): nothing watches the fd (a queue
+  // whose reads an I/O thread does, native/mq.cc).
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (fd_ < 0) return ThrowClosed(env);
-    if (poll_ != nullptr) {
+    if (poll_ != nullptr || status_ != nullptr) {
       ErrnoError(env, EBUSY, "uv_poll_start", "already started").ThrowAsJavaScriptException();
       return env.Undefined();
     }
     if (info.Length() < 6 || !info[0].IsTypedArray() || !info[1].IsTypedArray() ||
         !info[2].IsNumber() || !info[3].IsNumber() || !info[4].IsTypedArray() ||
-        !info[5].IsFunction()) {
+        !(info[5].IsFunction() || info[5].IsNull())) {
       Napi::TypeError::New(env,
                            "start(arena: Uint8Array, lengths: Int32Array, slots, slotSize, "
                            "status: Int32Array, onBatch)")
@@ -203,6 +211,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
     arena_ref_ = Napi::Persistent(static_cast<Napi::Object>(arena));
     lengths_ref_ = Napi::Persistent(static_cast<Napi::Object>(lengths));
     status_ref_ = Napi::Persistent(static_cast<Napi::Object>(status));
+    if (info[5].IsNull()) return env.Undefined();  // bound for write() only
     callback_ = Napi::Persistent(info[5].As<Napi::Function>());
     async_context_ = new Napi::AsyncContext(env, "tunnat.tun");
 
@@ -251,6 +260,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
     if (from < 0) from = 0;
     int written = 0;
     int dropped = 0;
+    int oversize = 0;
     status_[kStatusErrno] = 0;
     status_[kStatusIndex] = -1;
     if (fd_ < 0) {
@@ -261,7 +271,12 @@ class Tun : public Napi::ObjectWrap<Tun> {
     for (int i = from; i < count; i++) {
       int32_t len = lengths_[i];
       if (len <= 0) continue;
-      if (static_cast<size_t>(len) > slot_size_) len = static_cast<int32_t>(slot_size_);
+      if (static_cast<size_t>(len) > slot_size_) {
+        // A length the slot cannot hold is a bug above us: writing the first slotSize bytes
+        // would send a packet whose headers promise more than it carries.
+        oversize++;
+        continue;
+      }
       ssize_t n = ::write(fd_, arena_ + static_cast<size_t>(i) * slot_size_, len);
       if (n >= 0) {
         written++;
@@ -278,6 +293,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
     }
     status_[kStatusWritten] = written;
     status_[kStatusDropped] = dropped;
+    status_[kStatusOversize] = oversize;
     return Napi::Number::New(env, written);
   }
 
@@ -428,8 +444,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("STATUS_DROPPED", Napi::Number::New(env, kStatusDropped));
   c.Set("STATUS_ERRNO", Napi::Number::New(env, kStatusErrno));
   c.Set("STATUS_INDEX", Napi::Number::New(env, kStatusIndex));
+  c.Set("STATUS_OVERSIZE", Napi::Number::New(env, kStatusOversize));
   c.Set("STATUS_LEN", Napi::Number::New(env, static_cast<double>(kStatusLen)));
   exports.Set("constants", c);
+  tunnat::InitQueues(env, exports);
   return exports;
 }
 

@@ -13,6 +13,7 @@
  * The result is the core's NatConfig (src/nat/config.ts) plus ControlSettings for the daemon.
  */
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { ErrorCode, TunnatError } from "../base/errors.js";
 import { TIMEOUT_SPECS } from "../base/protocols.js";
 import {
@@ -286,6 +287,25 @@ function resolveGroup(name: string, readFile: (p: string) => string): number | u
   return undefined;
 }
 
+/**
+ * Default --poll-us: see native-notes/README.md "Latency" for the figures behind it (idle ping,
+ * the CPU the spin costs, and what it cost the forwarding under load).
+ */
+const DEFAULT_POLL_US = 0;
+
+const QUEUES_WHY = "expected auto or an integer 1..256";
+/** --queues: "auto" (the CPUs in this process's affinity mask) or a count 1..256. */
+const QUEUES: Kind<number> = {
+  expect: "auto or an integer 1..256",
+  parse: (text) => {
+    if (text === "auto") return Math.min(256, availableParallelism());
+    if (!/^[0-9]+$/.test(text)) return new Bad(QUEUES_WHY);
+    const n = Number(text);
+    return n < 1 || n > 256 ? new Bad(QUEUES_WHY) : n;
+  },
+  format: String,
+};
+
 /** One setting of the schema. */
 interface Field {
   /** camelCase config-file key ("timeouts.udp" = nested object); also names it in reloads. */
@@ -520,6 +540,26 @@ export const FIELDS = {
     env: "TUNNAT_OFFLOADS",
     kind: BOOL,
     describe: "enable TUN offloads (checksum, TSO/GSO); default: on with --vnet-hdr",
+  },
+  queues: {
+    key: "queues",
+    flag: "queues",
+    env: "TUNNAT_QUEUES",
+    def: "auto",
+    kind: QUEUES,
+    to: "control",
+    describe:
+      "TUN queues (IFF_MULTI_QUEUE), one native I/O thread each; auto: the CPUs this process may run on; 1: the single-threaded loop",
+  },
+  pollUs: {
+    key: "pollUs",
+    flag: "poll-us",
+    env: "TUNNAT_POLL_US",
+    def: String(DEFAULT_POLL_US),
+    kind: intRange(0, 10_000),
+    to: "control",
+    describe:
+      "with --queues 2 or more: microseconds an idle I/O thread spins for the next packet before sleeping (0: never; 50-200 trade CPU for idle latency)",
   },
   tunQueueLength: {
     key: "tunQueueLength",

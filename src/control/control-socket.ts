@@ -20,6 +20,7 @@
  * partial request never finished, or an answer the client never reads) is destroyed, which frees
  * its slot and ends a listing that waits for it to drain.
  */
+
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";

@@ -28,6 +28,7 @@ import { loadHaSettings } from "../ha/config.js";
 import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
+import { queueStats } from "../io/queues.js";
 import type { NatConfig } from "../nat/config.js";
 import { NatStats } from "../nat/stats.js";
 import { Translator } from "../nat/translate.js";
@@ -57,6 +58,9 @@ interface OpenTunOptions {
   offloads: boolean;
   multiQueue?: boolean;
   slots?: number;
+  /** 2 or more: one native I/O thread per queue (src/io/queues.ts). */
+  queues?: number;
+  pollUs?: number;
 }
 
 export interface DaemonDeps {
@@ -72,6 +76,10 @@ export interface DaemonDeps {
 }
 
 async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
+  if ((opts.queues ?? 1) > 1) {
+    const q = await import("../io/queues.js");
+    return q.openQueuedTun({ ...opts, queues: opts.queues!, pollUs: opts.pollUs ?? 0 });
+  }
   const tun = await import("../io/tun.js");
   return tun.openTun(opts);
 }
@@ -230,6 +238,8 @@ export class Daemon {
       name: c.tun,
       vnetHdr: cfg.nat.vnetHdr,
       offloads: c.offloads,
+      queues: c.queues,
+      pollUs: c.pollUs,
     });
     if (c.tunQueueLength !== undefined)
       await this.setTunQueueLength(this.device.name, c.tunQueueLength);
@@ -315,6 +325,8 @@ export class Daemon {
         metrics: `${this.http.address.host}:${this.http.address.port}`,
         manageRoutes: c.manageRoutes,
         vnetHdr: cfg.nat.vnetHdr,
+        queues: c.queues,
+        pollUs: c.queues > 1 ? c.pollUs : undefined,
         maxFlows: cfg.nat.maxFlows,
         mapping: cfg.nat.mapping,
         filtering: cfg.nat.filtering,
@@ -410,6 +422,7 @@ export class Daemon {
       lastGuardDrops: () => kernel?.guardCounters ?? null,
       tunName,
       tunCounters: () => (tunName === undefined ? null : readTunCounters(tunName)),
+      tunQueues: () => queueStats(d.device),
       get mappingLog() {
         return d.mappingLog;
       },

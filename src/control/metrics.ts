@@ -19,6 +19,7 @@ import { Counter, collectDefaultMetrics, Registry } from "prom-client";
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import { BATCH_SIZE_BUCKETS } from "../datapath/loop.js";
 import { registerHaMetrics } from "../ha/metrics.js";
+import type { QueueStats } from "../io/queues.js";
 import { DROP_REASON_NAMES } from "../nat/stats.js";
 import { GUARD_REASONS } from "./guard.js";
 import {
@@ -417,6 +418,9 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     );
   }
 
+  // --- the queues of a multi-queue TUN (io/queues.ts): how the kernel spread the flows
+  if (o.tunQueues) registerQueueMetrics(reg, o.tunQueues);
+
   // --- the daemon itself
   gauge(reg, "tunnat_ready", "1 while the data path is forwarding (as /readyz).", () =>
     o.readiness ? (o.readiness() === null ? 1 : 0) : 1,
@@ -530,6 +534,65 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
       lag.disable();
     },
   };
+}
+
+function registerQueueMetrics(reg: Registry, read: () => QueueStats[] | null): void {
+  // One read of the native counters serves every queue metric of a scrape.
+  let at = -1;
+  let rows: QueueStats[] | null = null;
+  const now = (): QueueStats[] => {
+    const t = performance.now();
+    if (t - at > 100) {
+      rows = read();
+      at = t;
+    }
+    return rows ?? [];
+  };
+  const per = (f: (r: QueueStats) => [Labels, number][]) => (): [Labels, number][] =>
+    now().flatMap(f);
+  const q = (r: QueueStats) => String(r.queue);
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_packets_total",
+    "Packets per TUN queue: read (the kernel chose this queue for them) and written (by this queue's I/O thread).",
+    ["queue", "direction"],
+    per((r) => [
+      [{ queue: q(r), direction: "read" }, r.read],
+      [{ queue: q(r), direction: "written" }, r.written],
+    ]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_write_drops_total",
+    "Translated packets a queue's I/O thread could not write: queue_full (EAGAIN/ENOBUFS), rejected (EINVAL/EIO for that packet), oversize (a length beyond the slot).",
+    ["queue", "reason"],
+    per((r) => [
+      [{ queue: q(r), reason: "queue_full" }, r.writeDropped],
+      [{ queue: q(r), reason: "rejected" }, r.writeRejected],
+      [{ queue: q(r), reason: "oversize" }, r.writeOversize],
+    ]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_ring_full_total",
+    "Times a queue's ring to the translator was full, so its I/O thread stopped reading until the translator caught up (the kernel queue then fills: see tunnat_tun_packets_dropped_total).",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.ringFull]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_wakeups_total",
+    "Times a queue's I/O thread slept in poll() and was woken.",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.wakeups]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_spin_hits_total",
+    "Times a queue's I/O thread found work while spinning (--poll-us), a wakeup saved.",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.spinHits]]),
+  );
 }
 
 function camel(dir: string): string {

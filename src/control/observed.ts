@@ -10,6 +10,7 @@ import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
 import type { LoopStats } from "../datapath/loop.js";
 import type { HaSnapshot } from "../ha/snapshot.js";
+import type { QueueStats } from "../io/queues.js";
 import type { NatStats } from "../nat/stats.js";
 import { formatIpv4 } from "../wire/addr.js";
 import type { SettingChange } from "./config.js";
@@ -44,6 +45,8 @@ export interface Observed {
   /** The TUN's name and its own kernel counters (tun-stats.ts), null when unreadable. */
   tunName?: string;
   tunCounters?: () => TunCounters | null;
+  /** Per-queue counters of a multi-queue TUN (io/queues.ts), null with one queue. */
+  tunQueues?: () => QueueStats[] | null;
   /** What the last SIGHUP did, if there was one. */
   lastReload?: () => ReloadResult | undefined;
   /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */

@@ -40,6 +40,9 @@ export function statsSnapshot(o: Observed): Record<string, unknown> {
   const guard = o.lastGuardDrops?.();
   if (guard)
     out.guardDrops = Object.fromEntries(Object.entries(guard).map(([k, v]) => [k, v.packets]));
+  // A multi-queue TUN: one row per queue (io/queues.ts).
+  const queues = o.tunQueues?.() ?? null;
+  if (queues) out.tunQueues = queues;
   const tun = o.tunCounters?.() ?? null;
   if (tun)
     // The TUN's own kernel counters: to_daemon drops are packets lost before tunnat could read them.

@@ -46,7 +46,7 @@ export interface TunOptions {
 }
 
 /** Which TUNSETOFFLOAD flags the kernel accepted. */
-interface TunOffloads {
+export interface TunOffloads {
   /** The flags word passed to TUNSETOFFLOAD (0 when offloads are off). */
   readonly flags: number;
   /** TUN_F_CSUM: packets may carry VIRTIO_NET_HDR_F_NEEDS_CSUM (partial transport checksum). */
@@ -66,10 +66,12 @@ interface TunStats {
   writeDropped: number;
   /** Writes the kernel refused for that packet alone (EINVAL: bad header; EIO: link down). */
   writeRejected: number;
+  /** Lengths above the slot size, refused before the syscall (a bug above the device). */
+  writeOversize: number;
 }
 
 /** An error that ended the device, handed to onError. */
-interface TunIoError extends ErrnoError {
+export interface TunIoError extends ErrnoError {
   /** "gone": the interface was deleted or the fd closed; "fatal": anything else. */
   severity: "gone" | "fatal";
 }
@@ -86,14 +88,51 @@ interface NativeTun {
     slots: number,
     slotSize: number,
     status: Int32Array,
-    onBatch: (count: number, errno: number) => void,
+    onBatch: ((count: number, errno: number) => void) | null,
   ): void;
   write(from: number, count: number): number;
   close(): void;
 }
 
-interface NativeAddon {
+/** native/mq.cc: one I/O thread per TUN queue, rings in SharedArrayBuffers (src/io/queues.ts). */
+export interface NativeIoQueues {
+  start(): void;
+  kick(queue: number): void;
+  stop(): void;
+  counters(out: Float64Array): void;
+  injectFault(queue: number): void;
+}
+
+export interface NativeAddon {
   Tun: new (name: string, vnetHdr: boolean, multiQueue: boolean) => NativeTun;
+  IoQueues: new (
+    fds: number[],
+    arenas: Uint8Array[],
+    lengths: Int32Array[],
+    ctl: Int32Array[],
+    slots: number,
+    slotSize: number,
+    pollUs: number,
+    onReady: () => void,
+  ) => NativeIoQueues;
+  /** Test of the ring from a second thread (test/unit/io/ring.test.ts). */
+  ringProduce(
+    arena: Uint8Array,
+    lengths: Int32Array,
+    ctl: Int32Array,
+    slots: number,
+    slotSize: number,
+    count: number,
+  ): void;
+  ringJoin(): void;
+  queueConstants: {
+    CTL_FILL: number;
+    CTL_DONE: number;
+    CTL_SLEEPING: number;
+    CTL_EXIT: number;
+    CTL_LEN: number;
+    COUNTERS: number;
+  };
   errnoName(errno: number): string;
   /** sd_notify: one datagram to NOTIFY_SOCKET (native/notify.cc); 0 or the errno. */
   notify(socketPath: string, message: string): number;
@@ -107,6 +146,7 @@ interface NativeAddon {
     STATUS_DROPPED: number;
     STATUS_ERRNO: number;
     STATUS_INDEX: number;
+    STATUS_OVERSIZE: number;
     STATUS_LEN: number;
   };
 }
@@ -227,7 +267,7 @@ function setOffloads(a: NativeAddon, nt: NativeTun, uso: boolean): TunOffloads {
 /** Retries of one slot that failed with EINTR before it is counted as dropped. */
 const EINTR_RETRIES = 3;
 
-class TunDevice implements Device {
+export class TunDevice implements Device {
   readonly name: string;
   readonly fd: number;
   readonly vnetHdr: boolean;
@@ -243,6 +283,7 @@ class TunDevice implements Device {
     packetsWritten: 0,
     writeDropped: 0,
     writeRejected: 0,
+    writeOversize: 0,
   };
   /** Bytes in front of the IP header of every slot (the virtio_net_hdr, or 0). */
   readonly headroom: number;
@@ -300,12 +341,30 @@ class TunDevice implements Device {
     this.#native.start(this.buffer, this.lengths, this.slots, SLOT_SIZE, this.#status, onNative);
   }
 
+  /**
+   * Bind the arena for write() without reading: the queue's reads are done elsewhere (an I/O
+   * thread, src/io/queues.ts). `onError` hears of a write error that ends the device.
+   */
+  startWriteOnly(onError?: (err: Error) => void): void {
+    if (this.#closed) throw this.#error(9, "start", "gone");
+    if (this.#started) throw new Error(`TUN ${this.name}: start() called twice`);
+    this.#started = true;
+    this.#onError = onError;
+    this.#native.start(this.buffer, this.lengths, this.slots, SLOT_SIZE, this.#status, null);
+  }
+
+  /** An error for an errno that ended this queue, classified as gone or fatal. */
+  errorFor(errno: number, syscall: string): TunIoError {
+    return this.#error(errno, syscall, classifyErrno(errno) === "gone" ? "gone" : "fatal");
+  }
+
   write(count: number): number {
     if (this.#closed || !this.#started) return 0;
     const st = this.#status;
     const c = this.#addon.constants;
     let written = this.#native.write(0, count);
     this.stats.writeDropped += st[c.STATUS_DROPPED];
+    this.stats.writeOversize += st[c.STATUS_OVERSIZE];
     let errno = st[c.STATUS_ERRNO];
     let eintr = 0;
     // Rare path: one slot failed; classify it and go on after it.
@@ -326,6 +385,7 @@ class TunDevice implements Device {
       }
       written += this.#native.write(from, count);
       this.stats.writeDropped += st[c.STATUS_DROPPED];
+      this.stats.writeOversize += st[c.STATUS_OVERSIZE];
       errno = st[c.STATUS_ERRNO];
     }
     this.stats.packetsWritten += written;

@@ -121,6 +121,26 @@ t.test("the TUN addon reads, writes and hands over GSO super-packets", { skip },
     });
 
     t.test(
+      "two queues: the kernel spreads flows by hash, then steers each to the queue that last wrote it",
+      (t) => {
+        const r = child("steer", `tns${process.pid}`);
+        t.comment(`first packets per queue: ${JSON.stringify(r.firstOnQueue)}`);
+        t.equal(r.firstSeen, 32, "every flow's first datagram arrived");
+        const [q0, q1] = r.firstOnQueue as [number, number];
+        t.ok(q0 > 0 && q1 > 0, `the flow hash used both queues (${q0} / ${q1})`);
+        t.equal(r.secondSeen, 32);
+        t.equal(
+          r.followedTheWriter,
+          32,
+          "after an answer written on the other queue, every flow arrived there",
+        );
+        t.equal(r.oversizeWritten, 0, "a length beyond the slot is not written (not cut short)");
+        t.match(r.oversizeStats, { writeOversize: 1 });
+        t.end();
+      },
+    );
+
+    t.test(
       "with vnetHdr and offloads a large TCP send arrives as TCPV4 GSO packets longer than the MTU",
       (t) => {
         const r = child("gso", `tng${process.pid}`);

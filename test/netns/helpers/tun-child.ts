@@ -18,6 +18,9 @@
  *  throw  a batch handler that closes the device and throws: the error reaches
  *       'uncaughtException' and no further batch is delivered.
  *  mq   two IFF_MULTI_QUEUE opens of one name give two fds of one interface.
+ *  steer  two queues of one multi-queue TUN: where 32 UDP flows arrive (the kernel's flow hash),
+ *       then each flow's answer is written on the OTHER queue and the flow sends again: does it
+ *       follow the queue that last wrote it? Also: a length beyond the slot is refused, not cut.
  *  gso  vnetHdr + offloads: a tiny TCP responder (SYN-ACK, ACKs) lets a local client send 1 MB
  *       into the TUN; reports the GSO super-packets (gso_type TCPV4, longer than the MTU) seen.
  *
@@ -462,6 +465,74 @@ async function modeGso(name: string): Promise<void> {
   emit(result);
 }
 
+// --- steer -------------------------------------------------------------------------------------
+
+async function modeSteer(name: string): Promise<void> {
+  const qs = [openTun({ name, multiQueue: true }), openTun({ name, multiQueue: true })];
+  const flows = 32;
+  const first = new Map<number, number>();
+  const second = new Map<number, number>();
+  let phase = 1;
+  const result: Record<string, unknown> = { flows };
+  try {
+    plumb(name);
+    qs.forEach((dev, q) => {
+      dev.start((count) => {
+        const b = dev.buffer;
+        for (let i = 0; i < count; i++) {
+          const off = i * dev.slotSize;
+          const ihl = (b[off] & 0x0f) * 4;
+          if (b[off + 9] !== 17 || u16(b, off + ihl + 2) !== UDP_PORT) continue;
+          const sport = u16(b, off + ihl);
+          if (phase === 1 && !first.has(sport)) {
+            first.set(sport, q);
+            // Answer on the other queue: swap addresses and ports (both sums stay valid).
+            const other = qs[1 - q]!;
+            const len = dev.lengths[i]!;
+            other.buffer.set(b.subarray(off, off + len), 0);
+            swapAddrs(other.buffer, 0);
+            put16(other.buffer, ihl, UDP_PORT);
+            put16(other.buffer, ihl + 2, sport);
+            other.lengths[0] = len;
+            other.write(1);
+          } else if (phase === 2 && !second.has(sport)) second.set(sport, q);
+        }
+      });
+    });
+    const socks = Array.from({ length: flows }, () => createSocket("udp4"));
+    const sendAll = () =>
+      Promise.all(
+        socks.map(
+          (s) => new Promise<void>((r) => s.send(Buffer.from("q"), UDP_PORT, PEER, () => r())),
+        ),
+      );
+    await sendAll();
+    for (let i = 0; i < 40 && first.size < flows; i++) await new Promise((r) => setTimeout(r, 25));
+    phase = 2;
+    await sendAll();
+    for (let i = 0; i < 40 && second.size < flows; i++) await new Promise((r) => setTimeout(r, 25));
+    for (const s of socks) s.close();
+    let moved = 0;
+    for (const [sport, q] of first) if (second.get(sport) === 1 - q) moved++;
+    const onQueue = [0, 0];
+    for (const q of first.values()) onQueue[q]!++;
+    // A length the slot cannot hold: refused and counted, nothing written.
+    qs[0]!.lengths[0] = qs[0]!.slotSize + 1;
+    const oversizeWritten = qs[0]!.write(1);
+    Object.assign(result, {
+      firstSeen: first.size,
+      secondSeen: second.size,
+      firstOnQueue: onQueue,
+      followedTheWriter: moved,
+      oversizeWritten,
+      oversizeStats: { ...qs[0]!.stats },
+    });
+  } finally {
+    for (const q of qs) q.close();
+  }
+  emit(result);
+}
+
 // --- main --------------------------------------------------------------------------------------
 
 const [mode, name] = process.argv.slice(2);
@@ -471,6 +542,7 @@ if (mode !== undefined && name !== undefined) {
     gso: modeGso,
     burst: modeBurst,
     throw: modeThrow,
+    steer: modeSteer,
   };
   const main = modes[mode]?.(name);
   if (mode === "mq") modeMq(name);

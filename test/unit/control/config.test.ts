@@ -152,6 +152,8 @@ t.test("every field's error names the field and the bad value", async (t) => {
     ["ha", "ha.json", /absolute path/],
     ["log-destinations", "x", /true or false/],
     ["top-hosts", "5000", /0\.\.1000/],
+    ["queues", "0", /integer 1\.\.256/],
+    ["poll-us", "fast", /0\.\.10000/],
     ["tun-queue-length", "0", /1\.\.1000000/],
   ];
   const covered = new Set(bad.map((b) => b[0]));
@@ -162,6 +164,16 @@ t.test("every field's error names the field and the bad value", async (t) => {
     t.ok(e.message.startsWith(`invalid --${flag} ${JSON.stringify(value)}: `), e.message);
     t.match(e.message, why, flag);
   }
+});
+
+t.test("--queues: auto is the CPUs this process may use; a number is taken as given", async (t) => {
+  const { availableParallelism } = await import("node:os");
+  t.equal(load({}).control.queues, availableParallelism(), "default auto");
+  t.equal(load({ queues: "1" }).control.queues, 1);
+  t.equal(load({ queues: "4" }).control.queues, 4);
+  t.equal(errorOf(() => load({ queues: "257" })).code, ErrorCode.Config);
+  t.equal(load({}).control.pollUs, 0, "--poll-us defaults to 0 (no spinning)");
+  t.equal(load({ "poll-us": "50" }).control.pollUs, 50);
 });
 
 t.test(

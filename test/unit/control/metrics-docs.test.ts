@@ -39,6 +39,7 @@ async function registered(): Promise<string[]> {
       lastGuardDrops: () => null,
       tunName: "tun-test",
       tunCounters: () => null,
+      tunQueues: () => null,
       ha: () => ({ ...emptyHaSnapshot(), takeoverFailures: { ec2: 0 }, rejected: { mac: 0 } }),
       tableState: new TableStateStats(),
     },

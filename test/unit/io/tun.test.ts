@@ -12,7 +12,7 @@ import {
   errnoError,
   isErrnoError,
 } from "../../../src/io/errno.js";
-import { openTun, SLOT_SIZE } from "../../../src/io/tun.js";
+import { addonPath, loadAddon, openTun, SLOT_SIZE } from "../../../src/io/tun.js";
 
 t.test("errno is classified once: retry, device gone, or fatal", (t) => {
   t.equal(classifyErrno(EAGAIN), "retry");
@@ -58,3 +58,25 @@ t.test("a slot count out of range is refused", (t) => {
   }
   t.end();
 });
+
+t.test(
+  "naming an errno libuv does not know allocates nothing that stays (uv_err_name leaked)",
+  { skip: addonPath() === undefined ? "the native addon is not built" : false },
+  (t) => {
+    const a = loadAddon();
+    t.match(a.errnoName(4000), /4000/);
+    const round = () => {
+      for (let i = 0; i < 400_000; i++) a.errnoName(4000 + (i % 1000));
+    };
+    round();
+    global.gc?.();
+    const before = process.memoryUsage().rss;
+    round();
+    round();
+    global.gc?.();
+    const grown = process.memoryUsage().rss - before;
+    // uv_err_name() mallocs ~48 bytes per call for an unknown errno: 800,000 calls kept ~38 MB.
+    t.ok(grown < 16 * 1024 * 1024, `RSS grew ${(grown / 1048576).toFixed(1)} MB`);
+    t.end();
+  },
+);
