@@ -7,6 +7,22 @@
 import type { Argv } from "yargs";
 import { errorMessage, exitCodeFor, isTunnatError } from "../base/errors.js";
 import { type LoadInput, settingFlags } from "../control/config.js";
+import { AWS_PORTS, AWS_TIMEOUTS } from "../nat/config.js";
+import { rawValue } from "./format.js";
+
+/** What --preset aws changes, by field key: shown next to the field's own default. */
+const AWS_DEFAULTS: Record<string, string> = {
+  "timeouts.tcpEstablished": `${AWS_TIMEOUTS.tcpEstablished}`,
+  "timeouts.tcpTransitory": `${AWS_TIMEOUTS.tcpTransitory}`,
+  "timeouts.udp": `${AWS_TIMEOUTS.udp}`,
+  "timeouts.icmp": `${AWS_TIMEOUTS.icmp}`,
+  ports: `${AWS_PORTS[0]}-${AWS_PORTS[1]}`,
+};
+
+/** Settings that take a whole number (shown as [number]; config.ts still validates the text). */
+function numeric(f: { expect: string }): boolean {
+  return /^an integer|^a table id/.test(f.expect);
+}
 
 export interface Command {
   /** The yargs command string ("flows", "lab"). */
@@ -16,6 +32,8 @@ export interface Command {
   builder?: (y: Argv) => Argv;
   /** Its exit code (0, 1, 2); a thrown error exits as fail() says. Absent for a verb group. */
   run?: (argv: Record<string, unknown>) => Promise<number>;
+  /** `--help` examples: [command line, what it does]. */
+  examples?: [string, string][];
   /** Verbs under this one (`tunnat lab up`); one of them must be given. */
   subcommands?: Command[];
 }
@@ -27,22 +45,38 @@ export function fail(e: unknown): number {
   return isTunnatError(e) ? exitCodeFor(e.code) : 1;
 }
 
-/** Add every setting of the schema as a flag (strings, so config.ts validates and names them). */
+/**
+ * Add every setting of the schema as a flag. Whole numbers are typed as numbers (shown as
+ * [number]); durations say their units; a default that --preset aws changes says so. config.ts
+ * parses every value: a middleware hands it the text as typed (not yargs' number), so a bad one
+ * is named exactly.
+ */
 export function settingsOptions(y: Argv): Argv {
   y.option("config", {
     type: "string",
     describe: "JSON config file (settings by their camelCase names)",
     group: "Settings:",
   });
-  // Strings, booleans too: config.ts parses every value and names a bad one.
-  for (const f of settingFlags())
+  const numbers: string[] = [];
+  for (const f of settingFlags()) {
+    const isNumber = numeric(f);
+    if (isNumber) numbers.push(f.flag);
+    const units = f.expect === "seconds" ? " (seconds, or with a unit: 90s, 5m, 2h, 1d)" : "";
+    const aws = AWS_DEFAULTS[f.key];
     y.option(f.flag, {
-      type: "string",
-      describe: f.describe,
+      // Strings otherwise, booleans too: config.ts parses every value and names a bad one.
+      type: isNumber ? "number" : "string",
+      describe: `${f.describe}${units}${aws ? ` (${aws} with --preset aws)` : ""}`,
       group: "Settings:",
       requiresArg: f.requiresArg,
     });
-  return y;
+  }
+  return y.middleware((argv) => {
+    for (const flag of numbers) {
+      const text = rawValue(flag);
+      if (argv[flag] !== undefined && text !== undefined) argv[flag] = text;
+    }
+  }, true);
 }
 
 /** The settings sources of a verb that takes them: its flags and the environment. */

@@ -16,7 +16,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { Argv } from "yargs";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { execCommand } from "../control/runner.js";
@@ -51,8 +51,53 @@ export interface LabFile {
 export interface LabState {
   name: string;
   pid: number;
+  /** Who made it: the invoking user's uid (SUDO_UID under sudo); `lab down` without --name
+   * removes only the labs of this uid. */
+  uid?: number;
+  user?: string;
   labFile: string;
   ns: { p1: string; p2: string; nat: string; inet: string };
+}
+
+/** The user behind this run: under sudo the one who ran sudo, else the process's own. */
+export function creatorUid(env: NodeJS.ProcessEnv = process.env): number {
+  const sudo = Number(env.SUDO_UID);
+  return Number.isInteger(sudo) && env.SUDO_UID !== undefined ? sudo : (process.getuid?.() ?? -1);
+}
+
+function creatorName(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SUDO_USER ?? env.USER ?? env.LOGNAME ?? String(creatorUid(env));
+}
+
+/**
+ * How to run tunnat from here: `node bin/tunnat.js` inside a clone (tunnat is not on PATH there),
+ * else the absolute path of the script that runs now.
+ */
+export function tunnatCommand(cwd = process.cwd()): string {
+  const bin = join(root(), "bin", "tunnat.js");
+  const rel = relative(cwd, bin);
+  return `node ${rel.startsWith("..") || isAbsolute(rel) ? bin : rel}`;
+}
+
+/** The commands to try a lab, in the order they are run. */
+export function labCommands(lab: LabFile, name: string, ns: LabState["ns"], cwd?: string): string {
+  const t = tunnatCommand(cwd);
+  const sock = join(lab.stateDir, `${name}.sock`);
+  const inet = lab.outside.inet[0] ?? "";
+  return [
+    "next, in this order:",
+    "  1. start the daemon (keeps running; stop it with Ctrl-C), in a second terminal:",
+    `     ip netns exec ${ns.nat} ${t} run ${daemonArgs(lab, sock).join(" ")}`,
+    "  2. send traffic through it:",
+    `     ip netns exec ${ns.p1} ping -c 3 ${inet}`,
+    "  3. look at it:",
+    `     ip netns exec ${ns.nat} ${t} status --socket ${sock}`,
+    `     ip netns exec ${ns.nat} ${t} flows --socket ${sock}`,
+    `     ip netns exec ${ns.nat} ${t} stats --socket ${sock}`,
+    "  4. stop the daemon (Ctrl-C), then remove the lab:",
+    `     ${t} lab down --name ${name}`,
+    "",
+  ].join("\n");
 }
 
 /** The package root (bin/, lab/, package.json); the working directory outside the package. */
@@ -112,7 +157,14 @@ export async function labUp(opts: { labFile?: string; prefix?: string; print?: b
   if (!/^[a-zA-Z0-9_-]{1,20}$/.test(prefix)) throw labError(`bad lab prefix "${prefix}"`);
   const name = `${prefix}-${process.pid}`;
   const ns = { p1: `${name}-p1`, p2: `${name}-p2`, nat: `${name}-nat`, inet: `${name}-inet` };
-  const state: LabState = { name, pid: process.pid, labFile, ns };
+  const state: LabState = {
+    name,
+    pid: process.pid,
+    uid: creatorUid(),
+    user: creatorName(),
+    labFile,
+    ns,
+  };
   mkdirSync(lab.stateDir, { recursive: true, mode: 0o700 });
   const stateFile = join(lab.stateDir, `${name}.json`);
   // State first: a crash half-way still leaves `down` something to find.
@@ -192,9 +244,7 @@ export async function labUp(opts: { labFile?: string; prefix?: string; print?: b
         Object.entries(ns)
           .map(([role, n]) => `  ${role.padEnd(4)} ${n}\n`)
           .join("") +
-        `try:   ip netns exec ${ns.p1} ping -c1 ${lab.outside.inet[0]}   (after starting tunnat:)\n` +
-        `       ip netns exec ${ns.nat} tunnat run ${daemonArgs(lab, join(lab.stateDir, `${name}.sock`)).join(" ")}\n` +
-        `down:  tunnat lab down --name ${name}\n`,
+        labCommands(lab, name, ns),
     );
   }
   return { lab, state, stateFile };
@@ -240,6 +290,8 @@ export async function labDown(opts: {
   name?: string;
   labFile?: string;
   print?: boolean;
+  /** Whose labs to remove without --name (default: this user's, see creatorUid). */
+  uid?: number;
 }): Promise<string[]> {
   const removed: string[] = [];
   const targets: { state: LabState; file: string }[] = [];
@@ -247,17 +299,31 @@ export async function labDown(opts: {
   else {
     const lab = readLabFile(resolve(opts.labFile ?? defaultLabFile()));
     const files = existsSync(lab.stateDir) ? readdirSync(lab.stateDir) : [];
+    const me = opts.uid ?? creatorUid();
+    let others = 0;
     for (const f of files) {
       if (!f.endsWith(".json") || /\.(plumbing|guard)\.json$/.test(f)) continue;
       if (opts.name && f !== `${opts.name}.json`) continue;
       try {
         const st = JSON.parse(readFileSync(join(lab.stateDir, f), "utf8")) as LabState;
-        if (st.ns) targets.push({ state: st, file: join(lab.stateDir, f) });
+        if (!st.ns) continue;
+        // Without --name, only this user's labs: others may be in use by someone else.
+        if (!opts.name && st.uid !== me) {
+          others++;
+          continue;
+        }
+        targets.push({ state: st, file: join(lab.stateDir, f) });
       } catch {
         // not a lab state file
       }
     }
     if (opts.name && targets.length === 0) throw labError(`no lab named ${opts.name}`);
+    if (others > 0 && opts.print !== false)
+      process.stdout.write(
+        `left ${others} lab(s) made by other users (or before labs recorded their maker) alone; remove one with --name\n`,
+      );
+    if (targets.length === 0 && others === 0 && opts.print !== false)
+      process.stdout.write("no lab of yours to remove\n");
   }
   for (const { state, file } of targets) {
     const existing = (await ip(["netns", "list"]).catch(() => ""))
@@ -532,7 +598,7 @@ export const lab: Command = {
     },
     {
       command: "down",
-      describe: "remove a lab (--name) or every lab recorded",
+      describe: "remove a lab (--name), or every lab this user made",
       builder: (z) =>
         z
           .option("name", { type: "string", describe: "lab name printed by up" })

@@ -13,13 +13,15 @@ import { check } from "./check.js";
 import { type Command, fail } from "./command.js";
 import { down } from "./down.js";
 import { flows } from "./flows.js";
+import { setRawArgs } from "./format.js";
 import { ha } from "./ha.js";
 import { lab } from "./lab.js";
 import { run } from "./run.js";
 import { stats } from "./stats.js";
+import { status } from "./status.js";
 
 /** Every verb, in the order --help lists them. */
-const COMMANDS: readonly Command[] = [run, down, check, flows, stats, ha, lab];
+export const COMMANDS: readonly Command[] = [run, down, check, status, flows, stats, ha, lab];
 
 export function version(): string {
   try {
@@ -42,6 +44,7 @@ function register(y: Argv, c: Command, set: (p: Promise<number>) => void): Argv 
     c.describe,
     (z) => {
       let b = c.builder ? c.builder(z) : z;
+      for (const [cmd, what] of c.examples ?? []) b = b.example(cmd, what);
       if (subcommands) {
         for (const s of subcommands) b = register(b, s, set);
         b = b.demandCommand(
@@ -66,30 +69,52 @@ export async function main(args: string[] = hideBin(process.argv)): Promise<numb
         exitCode = fail(e);
       },
     );
+  setRawArgs(args);
+  let parser = buildParser(args, set);
+  parser = parser.fail((msg, err) => {
+    // Handler errors are caught by set(); what reaches here is yargs validation (YError).
+    if (err && err.name !== "YError") throw err;
+    process.stderr.write(`tunnat: ${msg ?? err?.message}\nrun "tunnat --help" for usage\n`);
+    exitCode = 2;
+    throw new UsageError();
+  });
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    if (typeof e === "string") {
+      // A verb's .check() message (numberOption): yargs throws it as it is, past .fail().
+      process.stderr.write(`tunnat: ${e}\nrun "tunnat --help" for usage\n`);
+      exitCode = 2;
+    } else if (!(e instanceof UsageError)) exitCode = fail(e);
+  }
+  return exitCode;
+}
+
+/**
+ * The whole command line: every verb with its flags, help, examples and completion. The man page
+ * (scripts/man.js, `npm run man`) is generated from this same parser.
+ */
+export function buildParser(
+  args: string[],
+  set: (p: Promise<number>) => void = () => undefined,
+  width = Math.min(110, process.stdout.columns || 100),
+): Argv {
   let parser = yargs(args)
     .scriptName("tunnat")
     .usage("$0 <command> [options]\n\nUserspace NAT44 gateway for Linux.");
   for (const c of COMMANDS) parser = register(parser, c, set);
-  parser = parser
+  return parser
+    .completion("completion", "print a bash/zsh completion script (source it, or save it)")
+    .example("$0 check --config /etc/tunnat/tunnat.json", "validate a config and the host")
+    .example("$0 status", "one-screen summary of the running gateway")
+    .example("$0 flows --nat 203.0.113.1:41234", "which inside host holds an outside port")
+    .example("$0 completion >> ~/.bashrc", "shell completion")
     .demandCommand(1, "choose a command")
     .strict()
     .version(version())
     .help()
     .alias("h", "help")
-    .wrap(Math.min(110, process.stdout.columns || 100))
-    .fail((msg, err) => {
-      // Handler errors are caught by set(); what reaches here is yargs validation (YError).
-      if (err && err.name !== "YError") throw err;
-      process.stderr.write(`tunnat: ${msg ?? err?.message}\nrun "tunnat --help" for usage\n`);
-      exitCode = 2;
-      throw new UsageError();
-    });
-  try {
-    await parser.parseAsync();
-  } catch (e) {
-    if (!(e instanceof UsageError)) exitCode = fail(e);
-  }
-  return exitCode;
+    .wrap(width);
 }
 
 class UsageError extends Error {}

@@ -1,6 +1,6 @@
 /**
- * Callbacks of the connection table, for the mapping log (control/mapping-log.ts) and the HA
- * sync (src/ha/events.ts).
+ * Callbacks of the connection table, for the mapping log (control/mapping-log.ts), the HA
+ * sync (src/ha/events.ts) and `tunnat flows --follow` (control/flow-events.ts).
  */
 export interface FlowHooks {
   /** Called per mapping create/remove (never per packet) for the RFC 6888 §4 log. */

@@ -7,6 +7,7 @@ import { errorMessage } from "../base/errors.js";
 import { cidrContains, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { type LoadInput, loadConfig, resolveSettings, type TunnatConfig } from "./config.js";
 import { guardTableName } from "./guard.js";
+import { socketAnswers } from "./owner.js";
 import { execCommand, hostRunner, type Runner } from "./runner.js";
 
 /** CAP_NET_ADMIN is bit 12 of the effective capability set (include/uapi/linux/capability.h). */
@@ -31,6 +32,8 @@ export interface CheckOptions {
   procStatus?: string;
   /** Path of the TUN clone device (tests). */
   tunPath?: string;
+  /** Whether a daemon of this config runs (tests); default: its control socket answers. */
+  running?: boolean;
 }
 
 async function linkExists(r: Runner, name: string): Promise<string | null> {
@@ -139,14 +142,20 @@ export async function runChecks(opts: CheckOptions): Promise<CheckResult[]> {
     const info = await linkExists(r, name);
     add(label, info !== null, info ? `${name}: ${info}` : `${name} does not exist (see "ip link")`);
   }
+  // On a running gateway the TUN is the daemon's own: check never opens or creates one, and a
+  // daemon of this config (its control socket answers) owns the name.
+  const socket = raw?.values.controlSocket ?? "/run/tunnat/tunnat.sock";
+  const running = opts.running ?? (await socketAnswers(socket));
   if (raw?.values.tun) {
     const info = await linkExists(r, raw.values.tun);
     add(
       "tun name",
-      info === null,
+      info === null || running,
       info === null
         ? `${raw.values.tun} is free`
-        : `${raw.values.tun} already exists (${info}): another tunnat running? choose --tun`,
+        : running
+          ? `${raw.values.tun} is in use by the tunnat daemon answering on ${socket} (${info})`
+          : `${raw.values.tun} already exists (${info}): another tunnat running? choose --tun`,
     );
   }
 

@@ -795,10 +795,18 @@ const CONFIG_FLAG = { flag: "config", env: "TUNNAT_CONFIG" } as const;
  * too, so that the schema parses the value and a bad one is named (yargs' own booleans would read
  * --manage-routes=maybe as false); a bare boolean flag needs no value.
  */
-export function settingFlags(): { flag: string; describe: string; requiresArg: boolean }[] {
+export function settingFlags(): {
+  flag: string;
+  describe: string;
+  requiresArg: boolean;
+  key: string;
+  expect: string;
+}[] {
   return FIELD_NAMES.map((name) => {
     const f = field(name);
     return {
+      key: f.key,
+      expect: f.kind.expect,
       flag: f.flag,
       describe: `${f.describe} [env ${f.env}]${f.def !== undefined ? ` (default ${f.def})` : ""}`,
       requiresArg: f.kind !== BOOL,

@@ -77,3 +77,64 @@ export function request(
     );
   });
 }
+
+/**
+ * Send an open-ended request (`follow`) and call `onLine` for every answer line until the daemon
+ * closes the connection or `signal` aborts (then it resolves). No timeout: events may be hours
+ * apart. Errors as request().
+ */
+export function stream(
+  path: string,
+  req: ControlRequest,
+  onLine: (obj: Record<string, unknown>) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(path);
+    let buf = "";
+    let done = false;
+    const finish = (e?: Error) => {
+      if (done) return;
+      done = true;
+      sock.destroy();
+      if (e) reject(e);
+      else resolve();
+    };
+    signal?.addEventListener("abort", () => finish(), { once: true });
+    sock.setEncoding("utf8");
+    sock.on("connect", () => sock.write(`${JSON.stringify(req)}\n`));
+    sock.on("error", (e: NodeJS.ErrnoException) =>
+      finish(
+        new TunnatError(
+          e.code === "ENOENT" || e.code === "ECONNREFUSED"
+            ? ErrorCode.NotRunning
+            : ErrorCode.Control,
+          `control socket ${path}: ${e.code ?? e.message}`,
+        ),
+      ),
+    );
+    sock.on("data", (d: string) => {
+      buf += d;
+      let nl = buf.indexOf("\n");
+      while (nl >= 0 && !done) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        nl = buf.indexOf("\n");
+        if (line.trim() === "") continue;
+        let obj: Record<string, unknown>;
+        try {
+          obj = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          finish(new TunnatError(ErrorCode.Control, `bad answer line: ${line.slice(0, 80)}`));
+          return;
+        }
+        if (obj.type === "error") {
+          finish(new TunnatError(ErrorCode.Control, String(obj.error)));
+          return;
+        }
+        onLine(obj);
+      }
+    });
+    sock.on("close", () => finish());
+  });
+}

@@ -31,6 +31,7 @@ import { FlowFlag, type FlowTable } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp-state.js";
 import { formatIpv4, parseIpv4 } from "../wire/addr.js";
 import type { ControlRequest, FlowFilter, FlowRecord } from "./control-protocol.js";
+import type { FlowEventRecord, FlowEvents } from "./flow-events.js";
 import { protoName } from "./mapping-log.js";
 import { PROTOCOLS } from "./observed.js";
 import { socketAnswers } from "./owner.js";
@@ -56,20 +57,31 @@ export interface ControlSource {
   nowSec(): number;
   /** The counters `tunnat stats` prints. */
   stats(): Record<string, unknown>;
+  /** Flow create/destroy events (`flows --follow`) and creation times (`--sort age`). */
+  events?: FlowEvents;
+  /** Wall clock in ms, for the time of an event (tests pass a fixed one). */
+  wallMs?: () => number;
   /** `tunnat ha` (src/ha), when this daemon is one of an HA pair. */
   ha?(req: { action?: unknown; state?: unknown }): Promise<object>;
 }
 
-function stateName(table: FlowTable, f: number): string {
-  const p = table.proto(f);
-  const st = table.state(f);
+function stateNameOf(p: number, st: number): string {
   if (p === 6) return TCP_STATE_NAMES[st] ?? String(st);
   return st !== 0 ? "REPLIED" : "UNREPLIED";
 }
 
-function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
+function stateName(table: FlowTable, f: number): string {
+  return stateNameOf(table.proto(f), table.state(f));
+}
+
+function flowRecord(
+  table: FlowTable,
+  f: number,
+  now: number,
+  events: FlowEvents | undefined,
+): FlowRecord {
   const fl = table.flags(f);
-  return {
+  const r: FlowRecord = {
     type: "flow",
     proto: protoName(table.proto(f)),
     state: stateName(table, f),
@@ -87,19 +99,46 @@ function flowRecord(table: FlowTable, f: number, now: number): FlowRecord {
     replied: (fl & FlowFlag.REPLIED) !== 0,
     inbound: (fl & FlowFlag.INBOUND) !== 0,
   };
+  if (events) r.age = Math.max(0, now - (events.created[f] ?? now));
+  return r;
 }
 
 function badRequest(msg: string): TunnatError {
   return new TunnatError(ErrorCode.Control, msg);
 }
 
+/** A filter over a flow's fields (from the table or from an event record). */
+type Match = (
+  proto: number,
+  state: number,
+  iaddr: number,
+  oaddr: number,
+  oport: number,
+  raddr: number,
+  rport: number,
+) => boolean;
+
+/** "ADDR" or "ADDR:PORT" as [addr, port or -1]; throws naming the field. */
+function addrPort(field: string, v: unknown): [number, number] {
+  const text = String(v);
+  const m = /^([0-9.]+)(?::([0-9]{1,5}))?$/.exec(text);
+  const a = m ? parseIpv4(m[1] ?? "") : -1;
+  const port = m?.[2] === undefined ? -1 : Number(m[2]);
+  if (a < 0 || port > 65535)
+    throw badRequest(`bad ${field} "${text}": expected an IPv4 address, optionally with :PORT`);
+  return [a >>> 0, port];
+}
+
 /** Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. */
-function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
+function compileFilter(r: FlowFilter): Match {
   let host = -1;
   if (r.host !== undefined) {
     host = parseIpv4(String(r.host));
     if (host < 0) throw badRequest(`bad host "${r.host}": expected an IPv4 address`);
+    host >>>= 0;
   }
+  const [dst, dport] = r.dst === undefined ? [-1, -1] : addrPort("dst", r.dst);
+  const [nat, nport] = r.nat === undefined ? [-1, -1] : addrPort("nat", r.nat);
   let proto = 0;
   if (r.proto !== undefined) {
     const p = PROTOCOLS.find(([, n]) => n === r.proto);
@@ -116,10 +155,18 @@ function compileFilter(r: FlowFilter): (t: FlowTable, f: number) => boolean {
     throw badRequest(
       `bad state "${r.state}": expected one of ${[...TCP_STATE_NAMES, "REPLIED", "UNREPLIED"].join(", ")}`,
     );
-  return (t, f) =>
-    (host < 0 || t.iaddr(f) === host >>> 0) &&
-    (proto === 0 || t.proto(f) === proto) &&
-    (state === undefined || stateName(t, f) === state);
+  return (p, st, ia, oa, op, ra, rp) =>
+    (host < 0 || ia === host) &&
+    (dst < 0 || ra === dst) &&
+    (dport < 0 || rp === dport) &&
+    (nat < 0 || oa === nat) &&
+    (nport < 0 || op === nport) &&
+    (proto === 0 || p === proto) &&
+    (state === undefined || stateNameOf(p, st) === state);
+}
+
+function matchFlow(m: Match, t: FlowTable, f: number): boolean {
+  return m(t.proto(f), t.state(f), t.iaddr(f), t.oaddr(f), t.oport(f), t.raddr(f), t.rport(f));
 }
 
 /** Resolves when the socket can take more (or has closed). */
@@ -151,6 +198,7 @@ async function streamFlows(
   chunk = SCAN_CHUNK,
 ): Promise<void> {
   const match = compileFilter(req);
+  const events = src.events;
   const limit =
     req.limit === undefined ? Number.POSITIVE_INFINITY : Math.max(0, Math.floor(Number(req.limit)));
   const t = src.table;
@@ -160,8 +208,8 @@ async function streamFlows(
     const now = src.nowSec();
     const lines: string[] = [];
     for (let f = start; f < end && matched < limit; f++) {
-      if (t.proto(f) === 0 || !match(t, f)) continue;
-      lines.push(JSON.stringify(flowRecord(t, f, now)));
+      if (t.proto(f) === 0 || !matchFlow(match, t, f)) continue;
+      lines.push(JSON.stringify(flowRecord(t, f, now, events)));
       matched++;
     }
     if (sock.destroyed) return;
@@ -169,6 +217,127 @@ async function streamFlows(
     await turn();
   }
   await send(sock, { type: "end", matched });
+}
+
+/**
+ * Remove the flows that match `req` (`tunnat flows --delete`), as expiry removes them: a port
+ * whose last flow goes enters its rest period, and the mapping log writes its remove line. At
+ * least one of host, dst, nat must be given, or all: true.
+ */
+async function deleteFlows(src: ControlSource, req: FlowFilter, sock: Socket): Promise<void> {
+  if (req.host === undefined && req.dst === undefined && req.nat === undefined && !req.all)
+    throw badRequest("delete needs host, dst or nat, or all: true");
+  const match = compileFilter(req);
+  const t = src.table;
+  let deleted = 0;
+  for (let start = 0; start < t.capacity; start += SCAN_CHUNK) {
+    const end = Math.min(t.capacity, start + SCAN_CHUNK);
+    const now = src.nowSec();
+    for (let f = start; f < end; f++) {
+      if (t.proto(f) === 0 || !matchFlow(match, t, f)) continue;
+      t.remove(f, now);
+      deleted++;
+    }
+    await turn();
+  }
+  await send(sock, { type: "end", matched: deleted, deleted });
+}
+
+/** How often followers are sent the new events. */
+const DRAIN_MS = 100;
+/** Events sent to one follower per drain; the rest wait for the next. */
+const DRAIN_MAX = 2048;
+/** A follower whose socket holds this much unsent is skipped (its events may then be lost). */
+const FOLLOW_BACKLOG = 256 * 1024;
+
+interface Follower {
+  sock: Socket;
+  match: Match;
+  cursor: number;
+}
+
+/** The followers of one control socket and the timer that drains the event ring to them. */
+class Followers {
+  private readonly set = new Set<Follower>();
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(private readonly src: ControlSource) {}
+
+  add(sock: Socket, req: FlowFilter): Promise<void> {
+    const events = this.src.events;
+    if (!events) throw badRequest("this daemon keeps no flow events");
+    const f: Follower = { sock, match: compileFilter(req), cursor: events.seq };
+    this.set.add(f);
+    // A follower may be quiet for hours: the idle timeout is for requests, not for this.
+    sock.setTimeout(0);
+    if (!this.timer) {
+      this.timer = setInterval(() => this.drain(), DRAIN_MS);
+      this.timer.unref();
+    }
+    return new Promise<void>((resolve) => {
+      sock.once("close", () => {
+        this.set.delete(f);
+        if (this.set.size === 0) this.stop();
+        resolve();
+      });
+      void send(sock, { type: "following" });
+    });
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Send each follower what it has not seen (control plane; allocates freely). */
+  drain(): void {
+    const events = this.src.events;
+    if (!events) return;
+    const nowSec = this.src.nowSec();
+    const wall = (this.src.wallMs ?? Date.now)();
+    for (const f of this.set) {
+      if (f.sock.destroyed || f.sock.writableLength > FOLLOW_BACKLOG) continue;
+      const lines: string[] = [];
+      const r = events.read(f.cursor, DRAIN_MAX, (e) => {
+        if (
+          f.match(
+            e.proto,
+            e.state,
+            e.insideAddr,
+            e.outsideAddr,
+            e.outsidePort,
+            e.remoteAddr,
+            e.remotePort,
+          )
+        )
+          lines.push(JSON.stringify(eventLine(e, wall - (nowSec - e.at) * 1000)));
+      });
+      if (r.missed > 0) lines.unshift(JSON.stringify({ type: "lost", count: r.missed }));
+      f.cursor = r.cursor;
+      if (lines.length > 0) f.sock.write(`${lines.join("\n")}\n`);
+    }
+  }
+}
+
+function eventLine(e: FlowEventRecord, wallMs: number): Record<string, unknown> {
+  return {
+    type: "event",
+    event: e.event,
+    time: new Date(wallMs).toISOString(),
+    proto: protoName(e.proto),
+    state: stateNameOf(e.proto, e.state),
+    insideAddr: formatIpv4(e.insideAddr),
+    insidePort: e.insidePort,
+    outsideAddr: formatIpv4(e.outsideAddr),
+    outsidePort: e.outsidePort,
+    remoteAddr: formatIpv4(e.remoteAddr),
+    remotePort: e.remotePort,
+    pktsOut: e.pktsOut,
+    bytesOut: e.bytesOut,
+    pktsIn: e.pktsIn,
+    bytesIn: e.bytesIn,
+    ...(e.event === "destroy" ? { lifetime: e.lifetime } : {}),
+  };
 }
 
 export interface ControlServer {
@@ -211,6 +380,7 @@ export async function startControlSocket(
   }
   const clients = new Set<Socket>();
   const refused = new Set<Socket>();
+  const followers = new Followers(src);
   const server = createServer((sock) => {
     // First of all: a client that resets (ECONNRESET, EPIPE) must not become an uncaught error.
     sock.on("error", () => sock.destroy());
@@ -229,7 +399,7 @@ export async function startControlSocket(
     clients.add(sock);
     sock.on("close", () => clients.delete(sock));
     sock.setTimeout(idleTimeoutMs, () => sock.destroy());
-    serve(sock, src, log);
+    serve(sock, src, followers, log);
   });
   // A failed accept (EMFILE) is reported on the server; it must not end the process either.
   server.on("error", (e) => log?.warn({ err: errorMessage(e) }, "control socket error"));
@@ -268,6 +438,7 @@ export async function startControlSocket(
     server,
     close() {
       return new Promise<void>((resolve) => {
+        followers.stop();
         for (const c of clients) c.destroy();
         for (const c of refused) c.destroy();
         server.close(() => {
@@ -283,7 +454,7 @@ export async function startControlSocket(
   };
 }
 
-function serve(sock: Socket, src: ControlSource, log?: Logger): void {
+function serve(sock: Socket, src: ControlSource, followers: Followers, log?: Logger): void {
   let buf = "";
   let answering = false;
   let closed = false;
@@ -312,7 +483,7 @@ function serve(sock: Socket, src: ControlSource, log?: Logger): void {
       if (line === "") continue;
       answering = true;
       sock.pause();
-      answer(sock, src, line)
+      answer(sock, src, followers, line)
         .catch((e: unknown) => {
           log?.warn({ err: errorMessage(e) }, "control request failed");
         })
@@ -334,9 +505,11 @@ function serve(sock: Socket, src: ControlSource, log?: Logger): void {
 /** What each request answers, by its cmd. */
 const HANDLERS: Record<
   ControlRequest["cmd"],
-  (src: ControlSource, req: ControlRequest, sock: Socket) => Promise<void>
+  (src: ControlSource, req: ControlRequest, sock: Socket, followers: Followers) => Promise<void>
 > = {
   flows: (src, req, sock) => streamFlows(src, req as FlowFilter, sock),
+  delete: (src, req, sock) => deleteFlows(src, req as FlowFilter, sock),
+  follow: (_src, req, sock, followers) => followers.add(sock, req as FlowFilter),
   stats: async (src, _req, sock) => {
     await send(sock, { type: "stats", stats: src.stats() });
   },
@@ -349,7 +522,12 @@ const HANDLERS: Record<
   },
 };
 
-async function answer(sock: Socket, src: ControlSource, line: string): Promise<void> {
+async function answer(
+  sock: Socket,
+  src: ControlSource,
+  followers: Followers,
+  line: string,
+): Promise<void> {
   let req: ControlRequest;
   try {
     req = JSON.parse(line) as ControlRequest;
@@ -365,7 +543,7 @@ async function answer(sock: Socket, src: ControlSource, line: string): Promise<v
   try {
     const handler = Object.hasOwn(HANDLERS, req.cmd) ? HANDLERS[req.cmd] : undefined;
     if (!handler) throw badRequest(`unknown cmd ${JSON.stringify((req as { cmd?: unknown }).cmd)}`);
-    await handler(src, req, sock);
+    await handler(src, req, sock, followers);
   } catch (e) {
     const code = e instanceof TunnatError ? e.code : ErrorCode.Control;
     await send(sock, { type: "error", code, error: errorMessage(e) });

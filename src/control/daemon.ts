@@ -39,6 +39,7 @@ import { BatchClock } from "./clock.js";
 import { reloadChanges, type TunnatConfig } from "./config.js";
 import { type ControlServer, startControlSocket } from "./control-socket.js";
 import { startEgressLog } from "./egress-log.js";
+import { FlowEvents } from "./flow-events.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
 import { createMetrics, type TunnatMetrics } from "./metrics.js";
@@ -48,6 +49,7 @@ import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
 import { statsSnapshot } from "./stats-snapshot.js";
+import { gatewayInfo, topTalkers } from "./status-snapshot.js";
 import { TableKeeper } from "./table-keeper.js";
 import { readTunCounters } from "./tun-stats.js";
 
@@ -231,12 +233,22 @@ export class Daemon {
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log);
-    // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync.
+    // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync; flow
+    // events for `tunnat flows --follow` to another fixed ring (flow-events.ts). Same hook.
     const ring = haSettings ? createRing(haSettings) : undefined;
-    const hooks = ring
-      ? { ...this.mappingLog?.hooks, flowEvent: (k: number, f: number) => ring.flowEvent(k, f) }
-      : this.mappingLog?.hooks;
+    const clk = this.clock;
+    const events = new FlowEvents(core.maxFlows, undefined, () => Math.floor(clk.now() / 1000));
+    const hooks = {
+      ...this.mappingLog?.hooks,
+      flowEvent: ring
+        ? (k: number, f: number) => {
+            ring.flowEvent(k, f);
+            events.flowEvent(k, f);
+          }
+        : events.hooks.flowEvent,
+    };
     const table = new FlowTable(core, this.stats, hooks);
+    events.attach(table);
     this.translator = new Translator(core, table, this.clock, this.stats);
     if (c.tableStateFile !== null) {
       this.tableKeeper = new TableKeeper({
@@ -250,9 +262,15 @@ export class Daemon {
       // A restore cut short by a bug (never by a bad file) must not leave half a table.
       if (r.kind === "refused" && table.active !== 0) {
         this.stats = new NatStats();
-        const fresh = new FlowTable(core, this.stats, this.mappingLog?.hooks);
+        const fresh = new FlowTable(core, this.stats, {
+          ...this.mappingLog?.hooks,
+          ...events.hooks,
+        });
+        events.attach(fresh);
         this.translator = new Translator(core, fresh, this.clock, this.stats);
       }
+      // Restored flows were not created here: their age counts from this start.
+      events.adopt(this.translator.table, Math.floor(this.clock.refresh() / 1000));
     }
     this.device = await this.deps.openTun({
       name: c.tun,
@@ -319,12 +337,22 @@ export class Daemon {
     const egress = view.egress;
     if (egress) this.stopEgressLog = startEgressLog(egress, this.log);
     const clock = this.clock;
+    const startedMs = clock.now();
     this.control = await startControlSocket(
       c.controlSocket,
       {
         table: view.table,
         nowSec: () => Math.floor(clock.now() / 1000),
-        stats: () => statsSnapshot(view),
+        stats: () => ({
+          gateway: gatewayInfo(
+            this.config,
+            Math.floor((clock.now() - startedMs) / 1000),
+            this.device?.name,
+          ),
+          ...statsSnapshot(view),
+          topTalkers: topTalkers(view.table, 5),
+        }),
+        events,
         ...(this.ha ? { ha: (this.ha as HaRuntime).command.bind(this.ha) } : {}),
       },
       this.log,

@@ -10,8 +10,9 @@ export function statsSnapshot(o: Observed): Record<string, unknown> {
   const nat: Record<string, number> = {};
   for (const [k, v] of Object.entries(s)) if (typeof v === "number") nat[k] = v;
   const drops: Record<string, number> = {};
+  // camelCase like every other key here (the metric label value is the snake_case name).
   DROP_REASON_NAMES.forEach((r, i) => {
-    drops[r] = s.drops[i] ?? 0;
+    drops[r.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase())] = s.drops[i] ?? 0;
   });
   const t = o.table;
   const out: Record<string, unknown> = {

@@ -92,29 +92,32 @@ t.test("stats and flows say the daemon is not reachable when the socket is absen
   }
 });
 
-t.test("check --json reports a failing config and exits 1 without changing anything", async (t) => {
-  const r = tunnat(["check", "--json", "--inside", "10.0.0.0/16"]);
-  t.equal(r.code, 1);
-  const doc = JSON.parse(r.out) as {
-    ok: boolean;
-    checks: { name: string; ok: boolean; detail: string }[];
-  };
-  t.equal(doc.ok, false);
-  const cfg = doc.checks.find((c) => c.name === "config");
-  t.equal(cfg?.ok, false);
-  t.match(cfg?.detail, /missing --nat-address/);
-  for (const name of [
-    "tun device",
-    "CAP_NET_ADMIN",
-    "ip_forward",
-    "inside interface",
-    "address overlap",
-  ])
-    t.ok(
-      doc.checks.some((c) => c.name === name),
-      name,
-    );
-});
+t.test(
+  "check --json reports a failing config and exits 2 (as run does) without changing anything",
+  async (t) => {
+    const r = tunnat(["check", "--json", "--inside", "10.0.0.0/16"]);
+    t.equal(r.code, 2);
+    const doc = JSON.parse(r.out) as {
+      ok: boolean;
+      checks: { name: string; ok: boolean; detail: string }[];
+    };
+    t.equal(doc.ok, false);
+    const cfg = doc.checks.find((c) => c.name === "config");
+    t.equal(cfg?.ok, false);
+    t.match(cfg?.detail, /missing --nat-address/);
+    for (const name of [
+      "tun device",
+      "CAP_NET_ADMIN",
+      "ip_forward",
+      "inside interface",
+      "address overlap",
+    ])
+      t.ok(
+        doc.checks.some((c) => c.name === name),
+        name,
+      );
+  },
+);
 
 t.test("a bad boolean value is refused naming the flag, not read as false", async (t) => {
   // `check` validates the config without starting anything, so this is safe outside a namespace;
@@ -126,7 +129,7 @@ t.test("a bad boolean value is refused naming the flag, not read as false", asyn
   ];
   for (const [flag, value] of cases) {
     const r = tunnat(["check", "--json", ...OK, `--${flag}=${value}`]);
-    t.equal(r.code, 1, flag);
+    t.equal(r.code, 2, `${flag}: a config error exits 2`);
     const doc = JSON.parse(r.out) as { checks: { name: string; ok: boolean; detail: string }[] };
     const cfg = doc.checks.find((c) => c.name === "config");
     t.equal(cfg?.ok, false, `--${flag}=${value} makes the config invalid`);

@@ -125,7 +125,7 @@ t.test("the listing prints like conntrack -L", async (t) => {
   });
   t.equal(
     line,
-    "tcp      6 7439 ESTABLISHED src=10.0.1.2 dst=203.0.113.10 sport=5000 dport=80 packets=3 bytes=180 src=203.0.113.10 dst=203.0.113.1 sport=80 dport=5000 packets=2 bytes=120 [ASSURED]",
+    "tcp      6   7439 ESTABLISHED src=10.0.1.2 dst=203.0.113.10 sport=5000 dport=80 packets=3 bytes=180 src=203.0.113.10 dst=203.0.113.1 sport=80 dport=5000 packets=2 bytes=120 [ASSURED]",
   );
   t.match(
     formatStats({ nat: { bytesOutToDestination: 42 }, ready: true }),
