@@ -75,6 +75,11 @@ export interface DaemonDeps {
    * batch clock, which stands still for a whole batch. Default performance.now().
    */
   timer?: () => number;
+  /**
+   * Wall-clock milliseconds since the epoch, for times shown to people and Prometheus (a
+   * reload's time). Not the monotonic clock, whose zero is arbitrary. Default Date.now().
+   */
+  wallClock?: () => number;
 }
 
 async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
@@ -161,7 +166,7 @@ export class Daemon {
     succeeded: 0,
     failed: 0,
     lastFailed: false,
-    lastSuccessAt: Date.now() / 1000,
+    lastSuccessAt: 0,
   };
   private stopped: Promise<void> | null = null;
 
@@ -169,7 +174,14 @@ export class Daemon {
     public config: TunnatConfig,
     readonly log: Logger,
     private readonly deps: DaemonDeps,
-  ) {}
+  ) {
+    this.wall = deps.wallClock ?? Date.now;
+    // The configuration was loaded at start (tunnat_config_last_reload_timestamp_seconds).
+    this.reloads.lastSuccessAt = this.wall() / 1000;
+  }
+
+  /** Wall-clock milliseconds (DaemonDeps.wallClock). */
+  private readonly wall: () => number;
 
   get nat(): NatConfig {
     return this.config.nat;
@@ -510,7 +522,7 @@ export class Daemon {
       egressEnded = this.translator?.setEgress(new EgressPolicy(next.nat.egress)) ?? 0;
     }
     const result: ReloadResult = {
-      at: new Date(this.clock.refresh()).toISOString(),
+      at: new Date(this.wall()).toISOString(),
       applied,
       needRestart,
     };

@@ -127,3 +127,13 @@ t.test("a stopped daemon serves no metrics and closes its control socket", async
     { code: "TUNNAT_ERR_NOT_RUNNING" },
   );
 });
+
+t.test("a reload's time is wall-clock time, not the monotonic clock's", async (t) => {
+  const WALL = Date.UTC(2026, 11, 2, 3, 4, 5);
+  const { d } = await startDaemon(t, { wallClock: () => WALL });
+  t.equal(d.reloads.lastSuccessAt, WALL / 1000, "the start counts as the first load");
+  const r = d.reload(d.config);
+  // It was built from the monotonic batch clock, whose zero is arbitrary: 1970-01-12 and so on.
+  t.equal(r.at, "2026-12-02T03:04:05.000Z", "the reload result shows when it happened");
+  t.equal(d.reloads.lastSuccessAt, WALL / 1000, "and the reload timestamp metric reads the same");
+});
