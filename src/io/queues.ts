@@ -12,6 +12,8 @@
  * Because one translator sees every packet of every queue, mapping, filtering, port allocation,
  * hairpinning and ICMP errors behave exactly as with one queue whichever queue a packet uses.
  */
+import { existsSync } from "node:fs";
+import { ErrorCode, TunnatError } from "../base/errors.js";
 import { CTL_EXIT, SlotRing } from "./ring.js";
 import {
   loadAddon,
@@ -51,6 +53,15 @@ export interface QueuedTunOptions extends TunOptions {
 }
 
 export function openQueuedTun(opts: QueuedTunOptions): QueuedTunDevice {
+  // A multi-queue TUN that exists already takes more queues instead of failing with EBUSY as a
+  // single-queue one does: opening it would attach to another daemon's device and take a share
+  // of its packets. Refuse, as one queue would.
+  if (existsSync(`/sys/class/net/${opts.name}`)) {
+    throw new TunnatError(
+      ErrorCode.NoTun,
+      `cannot open TUN ${opts.name}: an interface named ${opts.name} already exists (busy: another daemon's TUN?); pick another --tun name or remove it`,
+    );
+  }
   const queues: TunDevice[] = [];
   try {
     for (let i = 0; i < opts.queues; i++)

@@ -151,7 +151,7 @@ for i in range(${count}):
     t.match(
       flowsText.stdout,
       new RegExp(
-        `udp\\s+17 \\d+ src=${lab.p1.replace(/\./g, "\\.")} dst=${dst.replace(/\./g, "\\.")} sport=${BULK_PORT} dport=${SINK_PORT}`,
+        `udp\\s+17\\s+\\d+\\s+src=${lab.p1.replace(/\./g, "\\.")} dst=${dst.replace(/\./g, "\\.")} sport=${BULK_PORT} dport=${SINK_PORT}`,
       ),
       "the bulk flow is listed like conntrack -L",
     );

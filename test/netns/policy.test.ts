@@ -69,7 +69,7 @@ else {
     const m = await lab.metricsText();
     t.match(m, /tunnat_egress_rule_flows_total\{rule="1",action="deny"[^}]*\} 1\b/);
     t.match(m, /tunnat_egress_rule_flows_total\{rule="2",action="deny"[^}]*\} 1\b/);
-    t.match(m, /tunnat_packets_dropped_total\{reason="egress_denied"\} [1-9]/);
+    t.match(m, /tunnat_dropped_packets_total\{reason="egress_denied"\} [1-9]/);
   });
 
   t.test("a SIGHUP change ends denied flows and keeps allowed ones", async (t) => {

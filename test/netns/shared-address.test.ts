@@ -155,7 +155,7 @@ else {
       t.notMatch(l.out(), /accepting connection/, "no private listener was reached");
     const metrics = await lab.metricsText();
     const unsolicited = Number(
-      /tunnat_packets_dropped_total\{reason="unsolicited"\} (\d+)/.exec(metrics)?.[1] ?? 0,
+      /tunnat_inbound_refused_packets_total\{reason="unsolicited"\} (\d+)/.exec(metrics)?.[1] ?? 0,
     );
     t.ok(
       unsolicited > 1000,

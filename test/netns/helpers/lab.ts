@@ -367,7 +367,12 @@ export class Lab {
     const found: Record<string, number> = {};
     let any = false;
     for (const line of text.split("\n")) {
-      const m = /^tunnat_[a-z_]*drop[a-z_]*\{[^}]*reason="([^"]+)"[^}]*\}\s+([0-9.e+]+)/.exec(line);
+      // Drops by reason, and inbound packets refused (unsolicited, filtered), kept apart from the
+      // drops in the metrics (a CloudWatch-style "drops > 0" alarm must not fire on noise).
+      const m =
+        /^tunnat_(?:[a-z_]*drop[a-z_]*|inbound_refused_packets_total)\{[^}]*reason="([^"]+)"[^}]*\}\s+([0-9.e+]+)/.exec(
+          line,
+        );
       if (!m) continue;
       any = true;
       found[m[1] ?? ""] = (found[m[1] ?? ""] ?? 0) + Number(m[2]);
