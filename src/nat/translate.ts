@@ -898,6 +898,11 @@ export class Translator {
       const t = icmp.type(buf, p + ipv4.headerLength(buf, p));
       if (icmp.isError(t)) return Verdict.Drop;
     }
+    return this.adminProhibited(buf, p, tl);
+  }
+
+  /** Answer the packet at p with ICMP 3/13 from the NAT address its source leaves by. */
+  private adminProhibited(buf: Uint8Array, p: number, tl: number): Verdict {
     const from = this.table.natAddressFor(ipv4.src(buf, p));
     const n = writeIcmpError(
       buf,
@@ -929,20 +934,7 @@ export class Translator {
       this.clearVnet(buf, p);
       return Verdict.Reply;
     }
-    const from = this.table.natAddressFor(ipv4.src(buf, p));
-    const n = writeIcmpError(
-      buf,
-      p,
-      tl,
-      icmp.DEST_UNREACH,
-      icmp.CODE_ADMIN_PROHIBITED,
-      0,
-      from,
-      this.nextIdent(),
-    );
-    this.clearVnet(buf, p);
-    this.outLen = this.hdrLen() + n;
-    return Verdict.Reply;
+    return this.adminProhibited(buf, p, tl);
   }
 
   /**
