@@ -81,6 +81,28 @@ const PUSH_MIN = 64;
 /** Jump-table entries per trie node at most (the table has 2^K entries, K <= 16). */
 const JUMP_PER_NODE = 16;
 
+/** Bits a stride table resolves, the nodes below a node it needs, and entries per node in all. */
+const STRIDE = 8;
+const TABLE_MIN_BELOW = 4;
+const TABLE_PER_NODE = 32;
+
+/** A node record: prefix address and length, children, stride table and its bits, segments. */
+const NODE_WORDS = 8;
+const N_ADDR = 0;
+const N_PLEN = 1;
+const N_CHILD = 2;
+const N_TABLE = 4;
+const N_STRIDE = 5;
+const N_FSEG = 6;
+const N_SSEG = 7;
+
+/** A segment record: its intervals (start, count), the next segment up, the chain's lowest rule. */
+const SEG_WORDS = 4;
+const S_START = 0;
+const S_COUNT = 1;
+const S_UP = 2;
+const S_MIN = 3;
+
 /**
  * One protocol's destination trie (see the file comment), path-compressed: only the root, nodes
  * with rules and nodes with two children are kept.
@@ -98,31 +120,29 @@ const JUMP_PER_NODE = 16;
  * starts the walk at the deepest node of at most K bits that covers it.
  */
 class Trie {
-  /** Children (-1 = none). */
-  private readonly child: Int32Array;
-  /** Each node's prefix: address, mask (as int32), length. */
-  private readonly addr: Int32Array;
-  private readonly mask: Int32Array;
-  private readonly plen: Uint8Array;
-  /** Top-K-bits jump table into the trie, and 32 - K. */
+  /**
+   * The nodes, one record of NODE_WORDS int32 each (what a step of the walk reads lies in one
+   * cache line); a node is named by its record's offset. See the N_ constants.
+   */
+  private readonly nd: Int32Array;
+  /** Top-K-bits jump table into the trie (record offsets), and 32 - K. */
   private readonly jump: Int32Array;
   private readonly shift: number;
-  /** Each node's fast (no source prefix) and slow (source prefix) segment, -1 = none. */
-  private readonly fSeg: Int32Array;
-  private readonly sSeg: Int32Array;
-  /** Fast segments: intervals in bounds/bmin (start, count), next segment up, chain's lowest rule. */
-  private readonly fStart: Int32Array;
-  private readonly fCount: Int32Array;
-  private readonly fUp: Int32Array;
-  private readonly fMin: Int32Array;
+  /** The stride tables of the nodes that have one (record offsets; see N_TABLE). */
+  private readonly tables: Int32Array;
+  /**
+   * Fast segments, one record of SEG_WORDS each (named by its offset): intervals in bounds/bmin
+   * (start, count), the next segment up (-1 = none), the chain's lowest rule.
+   */
+  private readonly fSegs: Int32Array;
   private readonly bounds: Int32Array;
   private readonly bmin: Int32Array;
-  /** Slow segments: intervals in sBounds (start, count), next segment up, chain's lowest rule;
-   * per interval the rules covering it, in rule order (sLStart, sLCount into slow). */
-  private readonly sStart: Int32Array;
-  private readonly sCount: Int32Array;
-  private readonly sUp: Int32Array;
-  private readonly sMin: Int32Array;
+  /**
+   * Slow segments, records as fSegs: intervals in sBounds (start, count), next segment up,
+   * chain's lowest rule; per interval the rules covering it, in rule order (sLStart, sLCount
+   * into slow).
+   */
+  private readonly sSegs: Int32Array;
   private readonly sBounds: Int32Array;
   private readonly sLStart: Int32Array;
   private readonly sLCount: Int32Array;
@@ -206,14 +226,10 @@ class Trie {
     };
     visit(0, -1);
     const nodes = fast.length;
-    this.addr = Int32Array.from(addr);
-    this.mask = Int32Array.from(plen, maskOf);
-    this.plen = Uint8Array.from(plen);
-    this.child = Int32Array.from(child);
 
     // The segments, parents first.
-    this.fSeg = new Int32Array(nodes).fill(-1);
-    this.sSeg = new Int32Array(nodes).fill(-1);
+    const fSeg = new Int32Array(nodes).fill(-1);
+    const sSeg = new Int32Array(nodes).fill(-1);
     const fParts: FastPart[] = [];
     const fUp: number[] = [];
     const fMin: number[] = [];
@@ -222,10 +238,10 @@ class Trie {
     const sMin: number[] = [];
     for (let v = 0; v < nodes; v++) {
       const p = parent[v] as number;
-      const pf = p >= 0 ? (this.fSeg[p] as number) : -1;
-      const ps = p >= 0 ? (this.sSeg[p] as number) : -1;
-      this.fSeg[v] = pf;
-      this.sSeg[v] = ps;
+      const pf = p >= 0 ? (fSeg[p] as number) : -1;
+      const ps = p >= 0 ? (sSeg[p] as number) : -1;
+      fSeg[v] = pf;
+      sSeg[v] = ps;
       const f = fast[v] as number[];
       if (f.length > 0) {
         const own = partition(f, portless ? null : portLo, portless ? null : portHi, n);
@@ -240,7 +256,7 @@ class Trie {
         }
         let m = up >= 0 ? (fMin[up] as number) : n;
         for (const x of part.min) if (x < m) m = x;
-        this.fSeg[v] = fParts.length;
+        fSeg[v] = fParts.length;
         fParts.push(part);
         fUp.push(up);
         fMin.push(m);
@@ -259,22 +275,22 @@ class Trie {
         }
         let m = up >= 0 ? (sMin[up] as number) : n;
         for (const l of part.lists) if (l.length > 0 && (l[0] as number) < m) m = l[0] as number;
-        this.sSeg[v] = sParts.length;
+        sSeg[v] = sParts.length;
         sParts.push(part);
         sUp.push(up);
         sMin.push(m);
       }
     }
     // Flatten into typed arrays.
-    this.fStart = new Int32Array(fParts.length);
-    this.fCount = new Int32Array(fParts.length);
-    this.fUp = Int32Array.from(fUp);
-    this.fMin = Int32Array.from(fMin);
+    this.fSegs = new Int32Array(fParts.length * SEG_WORDS);
     const bounds: number[] = [];
     const bmin: number[] = [];
     fParts.forEach((part, s) => {
-      this.fStart[s] = bounds.length;
-      this.fCount[s] = part.starts.length;
+      const o = s * SEG_WORDS;
+      this.fSegs[o + S_START] = bounds.length;
+      this.fSegs[o + S_COUNT] = part.starts.length;
+      this.fSegs[o + S_UP] = (fUp[s] as number) < 0 ? -1 : (fUp[s] as number) * SEG_WORDS;
+      this.fSegs[o + S_MIN] = fMin[s] as number;
       for (let k = 0; k < part.starts.length; k++) {
         bounds.push(part.starts[k] as number);
         bmin.push(part.min[k] as number);
@@ -282,17 +298,17 @@ class Trie {
     });
     this.bounds = Int32Array.from(bounds);
     this.bmin = Int32Array.from(bmin);
-    this.sStart = new Int32Array(sParts.length);
-    this.sCount = new Int32Array(sParts.length);
-    this.sUp = Int32Array.from(sUp);
-    this.sMin = Int32Array.from(sMin);
+    this.sSegs = new Int32Array(sParts.length * SEG_WORDS);
     const sBounds: number[] = [];
     const sLStart: number[] = [];
     const sLCount: number[] = [];
     const slowAll: number[] = [];
     sParts.forEach((part, s) => {
-      this.sStart[s] = sBounds.length;
-      this.sCount[s] = part.cuts.length;
+      const o = s * SEG_WORDS;
+      this.sSegs[o + S_START] = sBounds.length;
+      this.sSegs[o + S_COUNT] = part.cuts.length;
+      this.sSegs[o + S_UP] = (sUp[s] as number) < 0 ? -1 : (sUp[s] as number) * SEG_WORDS;
+      this.sSegs[o + S_MIN] = sMin[s] as number;
       for (let k = 0; k < part.cuts.length; k++) {
         const l = part.lists[k] as number[];
         sBounds.push(part.cuts[k] as number);
@@ -316,49 +332,133 @@ class Trie {
       const d = plen[v] as number;
       if (d > k) continue;
       const first = (addr[v] as number) >>> (32 - k);
-      this.jump.fill(v, first, first + 2 ** (k - d));
+      this.jump.fill(v * NODE_WORDS, first, first + 2 ** (k - d));
+    }
+
+    // Stride tables: a node with many nodes in the STRIDE levels below it gets a table, indexed
+    // by the destination's next STRIDE bits, of the deepest node there that covers it (as the
+    // jump table does from the root). The nodes with the most such nodes first, up to
+    // TABLE_PER_NODE entries per node in all.
+    const below = new Int32Array(nodes);
+    for (let w = 1; w < nodes; w++)
+      for (let a = parent[w] as number; a >= 0; a = parent[a] as number) {
+        if ((plen[w] as number) - (plen[a] as number) > STRIDE) break;
+        below[a] = (below[a] as number) + 1;
+      }
+    const tableAt = new Int32Array(nodes).fill(-1);
+    const stride = (v: number) => Math.min(STRIDE, 32 - (plen[v] as number));
+    let budget = TABLE_PER_NODE * nodes;
+    let used = 0;
+    const candidates = [...below.keys()]
+      .filter((v) => (below[v] as number) >= TABLE_MIN_BELOW && (plen[v] as number) < 32)
+      .sort((a, b) => (below[b] as number) - (below[a] as number));
+    for (const v of candidates) {
+      const size = 2 ** stride(v);
+      if (size > budget) break;
+      budget -= size;
+      tableAt[v] = used;
+      used += size;
+    }
+    this.tables = new Int32Array(used);
+    for (let v = 0; v < nodes; v++) {
+      const at = tableAt[v] as number;
+      if (at < 0) continue;
+      const d = plen[v] as number;
+      const sb = stride(v);
+      // v itself, then its descendants within the stride, in preorder (deeper overwrites).
+      this.tables.fill(v * NODE_WORDS, at, at + 2 ** sb);
+      const fillFrom = (w: number) => {
+        for (let b = 0; b < 2; b++) {
+          const c = child[w * 2 + b] as number;
+          if (c < 0 || (plen[c] as number) > d + sb) continue;
+          const first = ((((addr[c] as number) << d) >>> 0) >>> (32 - sb)) >>> 0;
+          this.tables.fill(
+            c * NODE_WORDS,
+            at + first,
+            at + first + 2 ** (d + sb - (plen[c] as number)),
+          );
+          fillFrom(c);
+        }
+      };
+      fillFrom(v);
+    }
+
+    // The node records.
+    this.nd = new Int32Array(nodes * NODE_WORDS);
+    for (let v = 0; v < nodes; v++) {
+      const o = v * NODE_WORDS;
+      const c0 = child[v * 2] as number;
+      const c1 = child[v * 2 + 1] as number;
+      this.nd[o + N_ADDR] = addr[v] as number;
+      this.nd[o + N_PLEN] = plen[v] as number;
+      this.nd[o + N_CHILD] = c0 < 0 ? -1 : c0 * NODE_WORDS;
+      this.nd[o + N_CHILD + 1] = c1 < 0 ? -1 : c1 * NODE_WORDS;
+      this.nd[o + N_TABLE] = tableAt[v] as number;
+      this.nd[o + N_STRIDE] = (tableAt[v] as number) >= 0 ? stride(v) : 0;
+      const f = fSeg[v] as number;
+      const sg = sSeg[v] as number;
+      this.nd[o + N_FSEG] = f < 0 ? -1 : f * SEG_WORDS;
+      this.nd[o + N_SSEG] = sg < 0 ? -1 : sg * SEG_WORDS;
     }
   }
 
   get nodes(): number {
-    return this.plen.length;
+    return this.nd.length / NODE_WORDS;
+  }
+
+  /** Nodes with a stride table (for tests). */
+  get strided(): number {
+    let k = 0;
+    for (let o = N_TABLE; o < this.nd.length; o += NODE_WORDS) if ((this.nd[o] as number) >= 0) k++;
+    return k;
   }
 
   /** Fast and slow segments, and those that link up to another (their chain is longer). */
   get segments(): { fast: number; slow: number; linked: number } {
     let linked = 0;
-    for (const u of this.fUp) if (u >= 0) linked++;
-    for (const u of this.sUp) if (u >= 0) linked++;
-    return { fast: this.fStart.length, slow: this.sStart.length, linked };
+    for (const g of [this.fSegs, this.sSegs])
+      for (let o = S_UP; o < g.length; o += SEG_WORDS) if ((g[o] as number) >= 0) linked++;
+    return { fast: this.fSegs.length / SEG_WORDS, slow: this.sSegs.length / SEG_WORDS, linked };
   }
 
   match(src: number, dst: number, dport: number): number {
     // Locals: the loops read many arrays; through `this` each read would reload the field.
-    const child = this.child;
-    const addr = this.addr;
-    const mask = this.mask;
-    const plen = this.plen;
+    const nd = this.nd;
+    const tables = this.tables;
     const d32 = dst | 0;
-    // The deepest node whose prefix covers dst.
+    // The deepest node whose prefix covers dst: from the jump table's node, through stride
+    // tables where a node has one, else a bit at a time.
     let node = this.jump[d32 >>> this.shift] as number;
     for (;;) {
-      const d = plen[node] as number;
+      const d = nd[node + N_PLEN] as number;
+      const tb = nd[node + N_TABLE] as number;
+      if (tb >= 0) {
+        const w = tables[tb + ((d32 << d) >>> (32 - (nd[node + N_STRIDE] as number)))] as number;
+        if (w !== node) {
+          node = w;
+          continue;
+        }
+      }
       if (d === 32) break;
-      const c = child[node * 2 + ((d32 >>> (31 - d)) & 1)] as number;
-      if (c < 0 || (d32 & (mask[c] as number)) !== addr[c]) break;
+      const c = nd[node + N_CHILD + ((d32 >>> (31 - d)) & 1)] as number;
+      // A child's prefix is at least one bit long: its mask is -1 << (32 - length).
+      if (
+        c < 0 ||
+        ((d32 ^ (nd[c + N_ADDR] as number)) & (-1 << (32 - (nd[c + N_PLEN] as number)))) !== 0
+      )
+        break;
       node = c;
     }
     let best = this.n;
-    const fMin = this.fMin;
-    const fUp = this.fUp;
+    const fSegs = this.fSegs;
     for (
-      let s = this.fSeg[node] as number;
-      s >= 0 && (fMin[s] as number) < best;
-      s = fUp[s] as number
+      let s = nd[node + N_FSEG] as number;
+      s >= 0 && (fSegs[s + S_MIN] as number) < best;
+      s = fSegs[s + S_UP] as number
     ) {
       // The last interval starting at or below dport.
-      let lo = this.fStart[s] as number;
-      let hi = lo + (this.fCount[s] as number) - 1;
+      let lo = fSegs[s + S_START] as number;
+      let hi = lo + (fSegs[s + S_COUNT] as number) - 1;
       const bounds = this.bounds;
       while (lo < hi) {
         const mid = (lo + hi + 1) >>> 1;
@@ -368,12 +468,11 @@ class Trie {
       const m = this.bmin[lo] as number;
       if (m < best) best = m;
     }
-    const sMin = this.sMin;
-    const sUp = this.sUp;
+    const sSegs = this.sSegs;
     for (
-      let s = this.sSeg[node] as number;
-      s >= 0 && (sMin[s] as number) < best;
-      s = sUp[s] as number
+      let s = nd[node + N_SSEG] as number;
+      s >= 0 && (sSegs[s + S_MIN] as number) < best;
+      s = sSegs[s + S_UP] as number
     )
       best = this.scanSlow(s, best, src | 0, dport);
     return best;
@@ -382,8 +481,8 @@ class Trie {
   /** The first of a slow segment's rules that matches and beats `best`, else `best`. */
   private scanSlow(s: number, best: number, src: number, dport: number): number {
     // The segment's interval holding dport, then its rules.
-    let lo = this.sStart[s] as number;
-    let hi = lo + (this.sCount[s] as number) - 1;
+    let lo = this.sSegs[s + S_START] as number;
+    let hi = lo + (this.sSegs[s + S_COUNT] as number) - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >>> 1;
       if ((this.sBounds[mid] as number) <= dport) lo = mid;
