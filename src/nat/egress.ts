@@ -117,7 +117,9 @@ const S_MIN = 3;
  * lookup follows a short chain of segments (at worst one per node with rules, as without
  * pushing). Each segment knows the lowest rule number on its chain, so a chain that cannot beat
  * the best match so far is left early. A jump table indexed by the destination's top K bits
- * starts the walk at the deepest node of at most K bits that covers it.
+ * starts the walk at the deepest node of at most K bits that covers it, and a node with many
+ * nodes in the STRIDE levels below it has a stride table that does the same for the next STRIDE
+ * bits, so a walk takes a few steps where the trie is dense (each step reads one node record).
  */
 class Trie {
   /**
