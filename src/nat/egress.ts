@@ -408,13 +408,6 @@ class Trie {
     return this.nd.length / NODE_WORDS;
   }
 
-  /** Nodes with a stride table (for tests). */
-  get strided(): number {
-    let k = 0;
-    for (let o = N_TABLE; o < this.nd.length; o += NODE_WORDS) if ((this.nd[o] as number) >= 0) k++;
-    return k;
-  }
-
   /** Fast and slow segments, and those that link up to another (their chain is longer). */
   get segments(): { fast: number; slow: number; linked: number } {
     let linked = 0;
