@@ -59,6 +59,7 @@ enum Counter {
   kWrittenInline,   // of kWritten: packets the main thread wrote itself (WriteInline)
   kKicks,           // eventfd wakes the main thread sent this queue's thread
   kNotifies,        // uv_async_send calls of this thread (requests to wake the main thread)
+  kReadInline,      // of kRead: packets the main thread read itself (ReadInline)
   kCounterCount
 };
 
@@ -72,6 +73,8 @@ constexpr int32_t kSleepingFull = 2;
 // carries a big share of kernel work (segmentation, the receiver's TCP), which belongs on the
 // I/O threads; a ping, an ACK or a request is cheaper to write than to wake a thread for.
 constexpr uint32_t kInlineMaxSlots = 8;
+// ReadInline reads at most this many packets of one queue per look.
+constexpr uint32_t kInlineMaxReads = 8;
 constexpr int64_t kInlineMaxBytes = 4096;
 
 uint64_t NowNs() {
@@ -106,12 +109,16 @@ struct Queue {
   // thread reads `free` on every round.
   alignas(64) std::atomic<uint32_t> free{0};
   alignas(64) std::atomic<uint32_t> writer{0};
+  // The read side: the ring's `fill` cursor moves only while `reader` is held, by the thread or
+  // by the main thread (ReadInline).
+  alignas(64) std::atomic<uint32_t> reader{0};
   std::thread thread;
   Queue() {
     for (auto& c : counters) c.store(0, std::memory_order_relaxed);
   }
   // One writer at a time per counter (the thread; the main thread for kKicks; the holder of the
-  // write side for the write counters, whose lock orders them): a relaxed load + store is enough.
+  // write or read side for the write or read counters, whose lock orders them): a relaxed load +
+  // store is enough.
   void Add(Counter c, uint64_t n) {
     counters[c].store(counters[c].load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -121,6 +128,12 @@ struct Queue {
                                           std::memory_order_relaxed);
   }
   void ReleaseWriter() { writer.store(0, std::memory_order_release); }
+  bool TryTakeReader() {
+    uint32_t none = 0;
+    return reader.compare_exchange_strong(none, 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+  void ReleaseReader() { reader.store(0, std::memory_order_release); }
 };
 
 class IoQueues : public Napi::ObjectWrap<IoQueues> {
@@ -431,7 +444,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       bool work = false;
       // 1. Write back what JS finished: slots [free, done), unless the main thread is writing
-      //    them right now (WriteInline); then look again in a moment.
+      //    (WriteInline); then look again in a moment.
       bool contended = false;
       uint32_t done = LoadAcquire(ctl + kCtlDone);
       if (q.free.load(std::memory_order_acquire) != done) {
@@ -445,29 +458,37 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       if (exit_errno != 0) break;
       const uint32_t free = q.free.load(std::memory_order_acquire);
-      // 2. Read into the empty slots [fill, free + n).
+      // 2. Read into the empty slots [fill, free + n), unless the main thread is reading
+      //    (ReadInline); then look again in a moment.
       uint32_t got = 0;
-      while (fill - free < n) {
-        uint32_t i = fill % n;
-        ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
-        if (r > 0) {
-          q.lengths[i] = static_cast<int32_t>(r);
-          fill++;
-          got++;
-          // Hand over early in a long drain so JS works while we read on.
-          if ((got & 31) == 0) Publish(q, ctl, fill);
-          continue;
+      if (q.TryTakeReader()) {
+        fill = LoadAcquire(ctl + kCtlFill);
+        while (fill - free < n) {
+          uint32_t i = fill % n;
+          ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
+          if (r > 0) {
+            q.lengths[i] = static_cast<int32_t>(r);
+            fill++;
+            got++;
+            // Hand over early in a long drain so JS works while we read on.
+            if ((got & 31) == 0) Publish(q, ctl, fill);
+            continue;
+          }
+          if (r < 0 && errno == EINTR) continue;
+          if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) exit_errno = errno;
+          break;
         }
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) exit_errno = errno;
-        break;
+        if (got > 0) {
+          Publish(q, ctl, fill);
+          q.Add(kRead, got);
+          work = true;
+        }
+        q.ReleaseReader();
+      } else {
+        fill = LoadAcquire(ctl + kCtlFill);
+        contended = true;
       }
       if (exit_errno != 0) break;
-      if (got > 0) {
-        Publish(q, ctl, fill);
-        q.Add(kRead, got);
-        work = true;
-      }
       if (fill - free == n) {
         if (!full) q.Add(kRingFull, 1);
         full = true;
@@ -567,6 +588,49 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
 
   static void OnAsync(uv_async_t* h) { static_cast<IoQueues*>(h->data)->RunJs(); }
 
+  // On the main thread, when a batch left no work: read a few packets from each queue whose thread
+  // sleeps idle, into its ring as the thread would, and say whether any came. A packet that our
+  // own writes produced at once (a ping's echo reply, an ACK: the kernel's forwarding runs inside
+  // write() and often queues the answer before it returns) is then translated and written now,
+  // instead of after a wake of that queue's thread and then of this one. The kernel wakes the
+  // sleeping thread for the packet as well; it finds the read side taken or nothing to read.
+  // Why this is safe: only the holder of the read side reads and moves `fill`, so a queue's
+  // packets enter its ring in the order they left the TUN queue, and are written in ring order;
+  // the thread never sleeps while it could not take the read side (it yields and looks again);
+  // an errno other than EAGAIN/EINTR is left for the thread, whose own read meets it and ends it.
+  bool ReadInline() {
+    bool got_any = false;
+    for (Queue& q : queues_) {
+      int32_t* ctl = q.ctl;
+      if (LoadSeqCst(ctl + kCtlSleeping) != kSleepingIdle || LoadSeqCst(ctl + kCtlExit) != 0)
+        continue;
+      if (!q.TryTakeReader()) continue;
+      uint32_t fill = LoadAcquire(ctl + kCtlFill);
+      const uint32_t free = q.free.load(std::memory_order_acquire);
+      uint32_t got = 0;
+      while (got < kInlineMaxReads && fill - free < slots_) {
+        uint32_t i = fill % slots_;
+        ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
+        if (r > 0) {
+          q.lengths[i] = static_cast<int32_t>(r);
+          fill++;
+          got++;
+          continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        break;
+      }
+      if (got > 0) {
+        StoreSeqCst(ctl + kCtlFill, fill);
+        q.Add(kRead, got);
+        q.Add(kReadInline, got);
+        got_any = true;
+      }
+      q.ReleaseReader();
+    }
+    return got_any;
+  }
+
   bool AnyPending() {
     for (Queue& q : queues_) {
       if (LoadSeqCst(q.ctl + kCtlFill) != LoadSeqCst(q.ctl + kCtlDone)) return true;
@@ -594,6 +658,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       if (!started_) break;  // JS stopped us
       bool more = AnyPending();
+      if (!more) more = ReadInline();
       if (!more && js_budget_ > 0) {
         last = NowNs();
         while (!more && NowNs() - last < js_budget_) {

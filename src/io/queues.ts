@@ -45,6 +45,7 @@ export const QUEUE_COUNTERS = [
   "writtenInline",
   "kicks",
   "notifies",
+  "readInline",
 ] as const;
 type QueueCounter = (typeof QUEUE_COUNTERS)[number];
 

@@ -1,6 +1,7 @@
 /**
- * Who writes a queue's translated packets (native/mq.cc WriteInline): the queue's I/O thread, or
- * this (the translator's) thread when the I/O thread sleeps and the run is a few small packets.
+ * Who reads and writes a queue's packets (native/mq.cc WriteInline, ReadInline): the queue's I/O
+ * thread, or this (the translator's) thread when the I/O thread sleeps: it writes a run of a few
+ * small packets itself, and after a batch it reads what is already waiting.
  *
  * Real threads on a real fd: the addon's IoQueues runs one queue on one end of an AF_UNIX stream
  * socket pair, and this test is the peer on the other end. The I/O thread reads what the peer sent
@@ -168,7 +169,7 @@ t.test(
   },
 );
 
-// Both writers at once: chunks of random sizes and counts arrive while earlier ones are being
+// Both readers and both writers at once: chunks of random sizes and counts arrive while earlier ones are being
 // written, small rings fill (the thread then sleeps without the fd and must be woken to read
 // again), and --poll-us keeps the thread awake for part of the time.
 for (const [slots, slotSize, pollUs] of [
@@ -177,7 +178,7 @@ for (const [slots, slotSize, pollUs] of [
   [16, 512, 20],
 ] as const) {
   t.test(
-    `both writers, ${slots} slots of ${slotSize} bytes, poll ${pollUs} µs: every byte comes back once, in order`,
+    `both readers and writers, ${slots} slots of ${slotSize} bytes, poll ${pollUs} µs: every byte comes back once, in order`,
     { skip: noAddon },
     async (t) => {
       const e = new Echo(slots, slotSize, pollUs);
@@ -202,8 +203,12 @@ for (const [slots, slotSize, pollUs] of [
       t.equal(e.firstDifference(), -1, "byte-exact, in order: no slot written twice, none skipped");
       t.equal(c.writeDropped + c.writeRejected + c.writeOversize, 0, "no write refused");
       // Spinning, the thread is mostly awake when a run comes back and writes it itself.
-      if (pollUs === 0) t.ok(c.writtenInline > 0, `this thread wrote ${c.writtenInline} slots`);
+      if (pollUs === 0) {
+        t.ok(c.writtenInline > 0, `this thread wrote ${c.writtenInline} slots`);
+        t.ok(c.readInline > 0, `this thread read ${c.readInline} slots`);
+      }
       t.ok(c.written - c.writtenInline > 0, `the I/O thread wrote ${c.written - c.writtenInline}`);
+      t.ok(c.read - c.readInline > 0, `the I/O thread read ${c.read - c.readInline}`);
       if (slots === 4) t.ok(c.ringFull > 0, `the ring filled (${c.ringFull} times)`);
       t.comment(JSON.stringify(c));
     },
