@@ -41,7 +41,8 @@
 #                      too: take figures from a run without it.
 # Also: BENCH_NODE_ARGS (extra node flags for the daemon), BENCH_DAEMON_ARGS (extra `tunnat run`
 # flags), BENCH_NO_GUARD=1 (empty the guard's nft forward chain in tunnat rounds, to measure its
-# cost), BENCH_UDP_SENDERS (default: CPUs), BENCH_FILL_PPS (200000).
+# cost), BENCH_DAEMON_NICE (renice the daemon's threads to N once it is up; default: the Nice= of
+# systemd/tunnat.service, as it runs in production; empty = leave it at 0), BENCH_UDP_SENDERS (default: CPUs), BENCH_FILL_PPS (200000).
 # Needs root, iproute2, nft, iperf3, curl, ping, cc, node. Sends only inside its own namespaces.
 set -euo pipefail
 
@@ -57,6 +58,9 @@ QUICK=0
 NODE_ARGS="${BENCH_NODE_ARGS:-}"
 NO_GUARD="${BENCH_NO_GUARD:-0}"
 DAEMON_ARGS="${BENCH_DAEMON_ARGS:-}"
+# The daemon runs at the nice level its systemd unit gives it, unless BENCH_DAEMON_NICE says else.
+UNIT_NICE="$(sed -n 's/^Nice=\(-\{0,1\}[0-9]*\)$/\1/p' "$ROOT/systemd/tunnat.service" | head -n 1)"
+DAEMON_NICE="${BENCH_DAEMON_NICE-$UNIT_NICE}"
 UDP_SENDERS="${BENCH_UDP_SENDERS:-$(nproc)}"
 FILL_PPS="${BENCH_FILL_PPS:-200000}"
 NODE="$(command -v node)"
@@ -82,6 +86,7 @@ done
 [[ "$FLOWS" =~ ^[0-9]{1,7}$ && "$FLOWS" -le 4000000 ]] || { echo "bench: --flows must be 0..4000000, not '$FLOWS'" >&2; exit 2; }
 [[ -z "$QUEUES" || "$QUEUES" =~ ^[1-9][0-9]?$ ]] || { echo "bench: --queues must be 1..99, not '$QUEUES'" >&2; exit 2; }
 [[ "$UDP_SENDERS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: BENCH_UDP_SENDERS must be 1..99" >&2; exit 2; }
+[[ -z "$DAEMON_NICE" || "$DAEMON_NICE" =~ ^-?[0-9]{1,2}$ ]] || { echo "bench: BENCH_DAEMON_NICE must be -20..19" >&2; exit 2; }
 [[ "$FILL_PPS" =~ ^[0-9]{4,7}$ ]] || { echo "bench: BENCH_FILL_PPS must be 1000..9999999" >&2; exit 2; }
 [[ -n "$OUT" ]] || { echo "bench: --out needs a file name" >&2; exit 2; }
 if [[ -n "$PROFILE" ]]; then
@@ -248,12 +253,19 @@ tunnat_on() {
     kill -0 "$DAEMON_PID" 2>/dev/null || break
     if in_ns "$NS_NAT" curl -sf -m 1 -o /dev/null "http://$METRICS/healthz"; then
       [ "$NO_GUARD" = 1 ] && guard_off
+      daemon_nice
       return 0
     fi
     sleep 0.1
   done
   tail -n 20 "$TMP/daemon.log" >&2
   die "tunnat did not become healthy in 10 s"
+}
+# BENCH_DAEMON_NICE=N: renice every thread of the daemon (as `Nice=N` in its unit would).
+daemon_nice() {
+  [[ -n "$DAEMON_NICE" ]] || return 0
+  local tid
+  for tid in /proc/"$DAEMON_PID"/task/*; do renice -n "$DAEMON_NICE" -p "${tid##*/}" >/dev/null; done
 }
 # BENCH_NO_GUARD=1: empty the guard's forward chain (what the filter costs; never in production).
 guard_off() {
@@ -529,9 +541,14 @@ MODES=(kernel tunnat)
 echo "tunnat bench: $ROUNDS round(s), ${SECS} s per test, modes: ${MODES[*]}, full table: $FLOWS flows$([[ -z "$QUEUES" ]] || echo ", --queues $QUEUES")"
 echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "kernel: $(uname -r)   node: $(node --version)   iperf3: $(iperf3 --version | head -n1)"
+echo "daemon: nice ${DAEMON_NICE:-0}$([[ -n "${BENCH_DAEMON_NICE+x}" ]] && echo " (BENCH_DAEMON_NICE)" || echo " (Nice= of systemd/tunnat.service)")"
 echo "topology: p1 $P1 -> $BR [nat] $OUTIF -> inet $INET, NAT address $NAT_ADDR (ns $NAME-*)"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load average before: $LOAD_BEFORE"
+# What two wake-ups of an idle CPU cost here (natload.c "wake"): the least a userspace NAT adds
+# to an idle ping, whatever its code does.
+WAKE="$("$LOAD" wake 100 20)"
+echo "idle wake-ups: $WAKE"
 sleep 0.3
 
 for r in $(seq "$ROUNDS"); do
@@ -540,5 +557,5 @@ for r in $(seq "$ROUNDS"); do
 done
 
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
-node "$ROOT/dist/test/bench/report.js" "$RESULTS" "$OUT" "$(printf '{"rounds":%s,"seconds":%s,"quick":%s,"flows":%s,"queues":%s,"clkTck":%s,"cpus":%s,"loadBefore":"%s","loadAfter":"%s","maxFlows":%s}' \
-  "$ROUNDS" "$SECS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$FLOWS" "${QUEUES:-null}" "$CLK_TCK" "$(nproc)" "$LOAD_BEFORE" "$LOAD_AFTER" "$MAX_FLOWS")"
+node "$ROOT/dist/test/bench/report.js" "$RESULTS" "$OUT" "$(printf '{"rounds":%s,"seconds":%s,"quick":%s,"flows":%s,"queues":%s,"clkTck":%s,"cpus":%s,"loadBefore":"%s","loadAfter":"%s","maxFlows":%s,"wake":%s,"daemonNice":%s}' \
+  "$ROUNDS" "$SECS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$FLOWS" "${QUEUES:-null}" "$CLK_TCK" "$(nproc)" "$LOAD_BEFORE" "$LOAD_AFTER" "$MAX_FLOWS" "$WAKE" "${DAEMON_NICE:-0}")"
