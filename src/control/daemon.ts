@@ -72,6 +72,8 @@ interface OpenTunOptions {
   pollUs?: number;
   /** Adopt this TUN queue fd (a handover restart) instead of opening the device. */
   fd?: number;
+  /** The same with --queues above 1: one fd per queue. */
+  fds?: number[];
 }
 
 export interface DaemonDeps {
@@ -341,7 +343,7 @@ export class Daemon {
       offloads: c.offloads,
       queues: c.queues,
       pollUs: c.pollUs,
-      ...(succ ? { fd: succ.offer.fd } : {}),
+      ...(succ ? (c.queues > 1 ? { fds: succ.offer.fds } : { fd: succ.offer.fds[0] }) : {}),
     });
     tl.mark("tun");
     // The adopted TUN keeps the queue length it was given (the settings are the same).
@@ -526,10 +528,10 @@ export class Daemon {
     if (this.handingOver) return this.handingOver;
     const why = this.handoverRefusal();
     if (why) return Promise.resolve({ kind: "refused", why });
-    const dev = this.device as Device & { fd: number };
+    const dev = this.device as Device;
     this.log.info("handover restart: starting the successor");
     const h = handOver({
-      fd: dev.fd,
+      fds: tunFds(dev),
       offer: {
         pid: process.pid,
         tun: dev.name,
@@ -586,10 +588,8 @@ export class Daemon {
     if (this.stopped) return "the daemon is stopping";
     if (c.tableStateFile === null)
       return "a handover restart needs --table-state-file (the table goes through it)";
-    if (c.queues > 1) return "a handover restart does not support --queues above 1 yet";
     if (this.ha) return "a gateway of an HA pair does not hand over (fail over to the peer)";
-    const fd = (this.device as { fd?: unknown } | undefined)?.fd;
-    if (typeof fd !== "number" || fd < 0) return "the TUN has no fd to hand over";
+    if (!this.device || tunFds(this.device).length === 0) return "the TUN has no fd to hand over";
     return null;
   }
 
@@ -811,6 +811,13 @@ export class Daemon {
     );
     return result;
   }
+}
+
+/** The open fds of the TUN's queues (one without --queues), for a handover restart. */
+function tunFds(d: Device): number[] {
+  const x = d as { fd?: unknown; queues?: readonly { fd?: unknown }[] };
+  const fds = x.queues ? x.queues.map((q) => q.fd) : [x.fd];
+  return fds.every((f) => typeof f === "number" && f >= 0) ? (fds as number[]) : [];
 }
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */

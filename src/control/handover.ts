@@ -24,8 +24,8 @@ import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 
 /** The environment variable that makes a `tunnat run` a successor. */
 export const HANDOVER_ENV = "TUNNAT_HANDOVER";
-/** Where the successor finds the TUN queue's fd. */
-export const HANDOVER_FD = 3;
+/** Where the successor finds the TUN queues' fds: 3, 4, ... */
+const FIRST_FD = 3;
 
 /** An undo entry of the plumbing's journal (plumbing.ts), as the successor takes it over. */
 export type JournalEntry =
@@ -39,7 +39,8 @@ export interface HandoverOffer {
   pid: number;
   /** The TUN's name: what the fd is. */
   tun: string;
-  fd: number;
+  /** The TUN queues' fds in the successor (one per queue). */
+  fds: number[];
   /** The settings the kernel state was made from (handoverKey()), field by field. */
   key: Record<string, unknown>;
   /** The plumbing's undo journal (empty without --manage-routes). */
@@ -76,7 +77,10 @@ export function keyDifferences(a: Record<string, unknown>, b: Record<string, unk
 }
 
 /** The offer in the environment, if this process is a successor; removed from process.env. */
-export function takeOffer(env: NodeJS.ProcessEnv = process.env): HandoverOffer | undefined {
+export function takeOffer(
+  env: NodeJS.ProcessEnv = process.env,
+  channel: boolean = typeof process.send === "function",
+): HandoverOffer | undefined {
   const raw = env[HANDOVER_ENV];
   if (raw === undefined) return undefined;
   delete env[HANDOVER_ENV];
@@ -91,13 +95,15 @@ export function takeOffer(env: NodeJS.ProcessEnv = process.env): HandoverOffer |
     o === null ||
     !Number.isInteger(o.pid) ||
     typeof o.tun !== "string" ||
-    !Number.isInteger(o.fd) ||
+    !Array.isArray(o.fds) ||
+    o.fds.length === 0 ||
+    !o.fds.every((f) => Number.isInteger(f)) ||
     typeof o.key !== "object" ||
     o.key === null ||
     !Array.isArray(o.journal)
   )
     throw new TunnatError(ErrorCode.Config, `${HANDOVER_ENV} is not a handover offer`);
-  if (typeof process.send !== "function")
+  if (!channel)
     throw new TunnatError(
       ErrorCode.Config,
       `${HANDOVER_ENV} is set but there is no channel to the previous daemon (it is set by tunnat restart only)`,
@@ -174,9 +180,9 @@ export type HandoverOutcome =
   | { kind: "failed"; why: string };
 
 export interface PredecessorOptions {
-  /** The open TUN queue fd. */
-  fd: number;
-  offer: Omit<HandoverOffer, "fd">;
+  /** The open TUN queues' fds. */
+  fds: number[];
+  offer: Omit<HandoverOffer, "fds">;
   /** Executable and arguments of the successor (default: this process's). */
   argv?: string[];
   /**
@@ -193,7 +199,7 @@ export interface PredecessorOptions {
 /** The old daemon's side: start the successor and hand over. Never throws. */
 export function handOver(o: PredecessorOptions): Promise<HandoverOutcome> {
   const argv = o.argv ?? [process.execPath, ...process.execArgv, ...process.argv.slice(1)];
-  const offer: HandoverOffer = { ...o.offer, fd: HANDOVER_FD };
+  const offer: HandoverOffer = { ...o.offer, fds: o.fds.map((_, i) => FIRST_FD + i) };
   return new Promise<HandoverOutcome>((resolve) => {
     let phase: "starting" | "releasing" | "released" | "settled" = "starting";
     let why = "";
@@ -209,7 +215,7 @@ export function handOver(o: PredecessorOptions): Promise<HandoverOutcome> {
     let child: ReturnType<typeof spawn>;
     try {
       child = spawn(argv[0] ?? process.execPath, argv.slice(1), {
-        stdio: ["ignore", "inherit", "inherit", o.fd, "ipc"],
+        stdio: ["ignore", "inherit", "inherit", ...o.fds, "ipc"],
         env,
       });
     } catch (e) {

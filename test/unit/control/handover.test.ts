@@ -21,7 +21,7 @@ const key = (extra: Record<string, unknown> = {}) =>
 t.test("the settings the kernel state is made of are the key", async (t) => {
   t.same(keyDifferences(key(), key()), [], "the same settings: nothing differs");
   t.same(
-    keyDifferences(key(), key({ "log-level": "debug", "udp-timeout": "60s" })),
+    keyDifferences(key(), key({ "log-level": "debug", "udp-timeout": "600s" })),
     [],
     "live settings may change",
   );
@@ -36,10 +36,10 @@ t.test("the offer in the environment", async (t) => {
   t.throws(() => takeOffer({ [HANDOVER_ENV]: "{" }), /is not JSON/);
   t.throws(() => takeOffer({ [HANDOVER_ENV]: '{"pid":"x"}' }), /is not a handover offer/);
   const env: NodeJS.ProcessEnv = {
-    [HANDOVER_ENV]: JSON.stringify({ pid: 1, tun: "tunnat0", fd: 3, key: {}, journal: [] }),
+    [HANDOVER_ENV]: JSON.stringify({ pid: 1, tun: "tunnat0", fds: [3], key: {}, journal: [] }),
   };
-  // This test process has no IPC channel: an offer without one is refused, and taken out of
-  // the environment either way (a later successor must not inherit it).
-  t.throws(() => takeOffer(env), /there is no channel to the previous daemon/);
+  // An offer without an IPC channel to the old daemon is refused, and taken out of the
+  // environment either way (a later successor must not inherit it).
+  t.throws(() => takeOffer(env, false), /there is no channel to the previous daemon/);
   t.equal(env[HANDOVER_ENV], undefined, "the variable is removed");
 });
