@@ -3,8 +3,8 @@
  * starts its successor and hands it the gateway without taking anything down, so no packet is
  * dropped and the gap is what it takes to save and load the table:
  *
- *   old: spawn the successor (same executable, argv and environment) with the TUN queue's fd as
- *        fd 3 and a Node IPC channel; keep forwarding
+ *   old: spawn the successor (same executable, argv and environment) with the TUN queues' fds
+ *        as fds 3, 4, ... and a Node IPC channel; keep forwarding
  *   new: load modules and config, run the refusals (read-only), build the table, adopt the fd,
  *        then "ready" (nothing of the kernel touched yet: a refusal here costs nothing)
  *   old: close the control socket and the HTTP listener, stop reading the TUN (packets wait in
