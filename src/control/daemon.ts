@@ -349,6 +349,9 @@ export class Daemon {
     // The adopted TUN keeps the queue length it was given (the settings are the same).
     if (c.tunQueueLength !== undefined && !succ)
       await this.setTunQueueLength(this.device.name, c.tunQueueLength);
+    // prom-client is not needed to forward: a start loads it after the data path runs; a
+    // successor loads it now, while the old daemon still forwards (loading blocks the loop).
+    const metricsModule = succ ? await import("./metrics.js") : undefined;
     if (succ) {
       // Everything that could refuse has been checked: ask for the gateway. From here on the
       // old daemon does not read the TUN (packets wait in its queue) and a failure is ours.
@@ -416,8 +419,7 @@ export class Daemon {
     this.readiness = readinessCheck(this, this.kernel);
     http.setReadinessCheck(this.readiness);
     const view = this.observed();
-    // prom-client is loaded after the data path runs: it is not needed to forward.
-    const { createMetrics } = await import("./metrics.js");
+    const { createMetrics } = metricsModule ?? (await import("./metrics.js"));
     this.metrics = createMetrics(view, {
       topHosts: c.topHosts,
       legacyNames: c.metricsLegacyNames,

@@ -1,5 +1,6 @@
 /**
- * `npm run bench:restart` (`node dist/test/bench/restart.js [ROUNDS] [TCP] [UDP]`): the forwarding
+ * `npm run bench:restart` (`node dist/test/bench/restart.js [ROUNDS] [TCP] [UDP] [DAEMON FLAGS...]`,
+ * e.g. `... 5 50 20 --queues 1`): the forwarding
  * gap and the packets lost of a restart, each way (docs/operations.md §Restart), over ROUNDS
  * restarts (default 5) with TCP connections (default 50) and UDP sockets (default 20) going
  * through the daemon and a probe datagram every 2 ms. Prints one line per restart and the median
@@ -24,6 +25,7 @@ import { RestartLab } from "../netns/helpers/restart-lab.js";
 const ROUNDS = Number(process.argv[2] ?? 5);
 const TCP = Number(process.argv[3] ?? 50);
 const UDP = Number(process.argv[4] ?? 20);
+const FLAGS = process.argv.slice(5);
 const PROBE_MS = 2;
 
 interface Row {
@@ -54,7 +56,7 @@ async function main(): Promise<number> {
   const rows: Row[] = [];
   try {
     const lab = rl.lab;
-    const STATE = ["--table-state-file", join(lab.tmp, "table.state")];
+    const STATE = ["--table-state-file", join(lab.tmp, "table.state"), ...FLAGS];
     await lab.startDaemon(STATE);
     for (let i = 0; i < ROUNDS; i++)
       for (const way of ["sigterm", "handover"] as const) {
@@ -85,7 +87,7 @@ async function main(): Promise<number> {
     await rl.down();
   }
   process.stdout.write(
-    `\nrestart gap and loss over ${ROUNDS} rounds, ${TCP} TCP + ${UDP} UDP + a probe every ${PROBE_MS} ms (load average ${loadavg()
+    `\nrestart gap and loss over ${ROUNDS} rounds, ${TCP} TCP + ${UDP} UDP + a probe every ${PROBE_MS} ms${FLAGS.length ? `, daemon flags ${FLAGS.join(" ")}` : ""} (load average ${loadavg()
       .map((l) => l.toFixed(1))
       .join(" ")}):\n`,
   );
