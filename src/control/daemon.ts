@@ -387,6 +387,9 @@ export class Daemon {
     tl.mark("reading");
     if (succ) {
       await this.plumbing?.adopt(succ.offer.journal);
+      // Test hook (test/netns/restart.test.ts): a successor that fails once it owns everything.
+      if (process.env.TUNNAT_TEST_HANDOVER_FAULT === "after-go")
+        throw new TunnatError(ErrorCode.Datapath, "test fault after the handover's go");
       this.http = await startHttpServer(c.metrics);
     }
     const http = this.http as HttpServer;

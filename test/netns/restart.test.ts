@@ -13,7 +13,9 @@
  *   - `tunnat restart` (a handover): the TUN, the plumbing and the table go to a new process;
  *     the TUN is the same device after it and its queue overflowed by nothing.
  * - A handover the new process refuses (a setting that shapes the kernel state changed) leaves
- *   the old daemon forwarding as before, on the same TUN.
+ *   the old daemon forwarding as before, on the same TUN; one whose new process fails after it
+ *   took everything over (a test hook) ends with both gone, the plumbing removed and the guard
+ *   kept (fail closed), the old one exiting 1.
  * - The same traffic across kill -9 with a 1 s checkpoint: the next start removes the dead run's
  *   plumbing, restores the checkpoint, and the flows in it go on.
  * - A state file from another configuration (another port range) is refused, the log says why,
@@ -21,7 +23,7 @@
  *
  * Needs root. Namespaces are `tnrst-<pid>-*`, removed in teardown.
  */
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import t, { type Test } from "tap";
 import { BIN, missing, sleep } from "./helpers/lab.js";
@@ -154,6 +156,48 @@ else {
     t.equal(ping.code, 0, "and forwards");
     t.equal(await lab.stopDaemon(), 0);
   });
+
+  t.test(
+    "a successor that fails after taking over: both fail closed, the old exits 1",
+    async (t) => {
+      // The daemon inherits the environment; only the successor acts on the hook.
+      process.env.TUNNAT_TEST_HANDOVER_FAULT = "after-go";
+      const d = await lab.startDaemon(STATE);
+      delete process.env.TUNNAT_TEST_HANDOVER_FAULT;
+      const v = await lab.exec(
+        "nat",
+        [process.execPath, BIN, "restart", "--json", "--socket", lab.controlSocket],
+        { timeoutMs: 90_000 },
+      );
+      t.equal(v.code, 1, "tunnat restart exits 1");
+      t.match(v.stderr, /exited before taking over/);
+      t.equal(await d.exited, 1, "the old daemon stops and exits 1");
+      lab.daemon = undefined;
+      t.match(d.out(), /handover restart failed/, "and says why");
+      t.match(d.out(), /test fault after the handover's go/);
+      t.notMatch(await lab.sh("nat", ["ip", "link", "show"]), /tunnat0/, "the TUN is gone");
+      t.notMatch(
+        await lab.sh("nat", ["ip", "route", "show"]),
+        /tunnat0/,
+        "no route into it is left",
+      );
+      t.same((await lab.sh("nat", ["ip", "neigh", "show", "proxy"])).trim(), "", "no proxy ARP");
+      t.match(
+        await lab.sh("nat", ["nft", "list", "tables"]),
+        /table ip tunnat_/,
+        "the guard stays: the gateway fails closed",
+      );
+      const successor = Number(/the new process \(pid (\d+)\)/.exec(v.stderr)?.[1] ?? 0);
+      t.ok(successor > 0, "tunnat restart named the new process");
+      let left = "";
+      try {
+        left = readFileSync(`/proc/${successor}/stat`, "utf8");
+      } catch {
+        // gone
+      }
+      t.ok(left === "" || / Z /.test(left), "the new process is gone too");
+    },
+  );
 
   t.test("kill -9 with a checkpoint: the next start cleans up and restores it", async (t) => {
     await lab.startDaemon([...STATE, "--checkpoint-interval", "1s"]);
