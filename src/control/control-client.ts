@@ -69,7 +69,13 @@ export function request(
           return;
         }
         onLine(obj);
-        if (obj.type === "end" || obj.type === "stats" || obj.type === "ha") finish();
+        if (
+          obj.type === "end" ||
+          obj.type === "stats" ||
+          obj.type === "ha" ||
+          obj.type === "restart"
+        )
+          finish();
       }
     });
     sock.on("close", () =>
