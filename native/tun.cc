@@ -98,12 +98,16 @@ class Tun : public Napi::ObjectWrap<Tun> {
                        });
   }
 
-  // new Tun(name: string, vnetHdr: boolean, multiQueue: boolean)
+  // new Tun(name: string, vnetHdr: boolean, multiQueue: boolean, fd?: number)
+  // With fd (>= 0), adopt a TUN queue fd inherited from the previous daemon (a handover restart,
+  // src/control/handover.ts) instead of opening one: TUNGETIFF must name the same interface with
+  // the same flags. The fd is owned from here on (closed on any failure).
   explicit Tun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tun>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 3 || !info[0].IsString() || !info[1].IsBoolean() ||
-        !info[2].IsBoolean()) {
-      Napi::TypeError::New(env, "Tun(name: string, vnetHdr: boolean, multiQueue: boolean)")
+        !info[2].IsBoolean() || (info.Length() > 3 && !info[3].IsNumber())) {
+      Napi::TypeError::New(env,
+                           "Tun(name: string, vnetHdr: boolean, multiQueue: boolean, fd?: number)")
           .ThrowAsJavaScriptException();
       return;
     }
@@ -111,6 +115,11 @@ class Tun : public Napi::ObjectWrap<Tun> {
     if (name.size() >= IFNAMSIZ) {
       ErrnoError(env, EINVAL, "TUNSETIFF", "interface name longer than 15 bytes")
           .ThrowAsJavaScriptException();
+      return;
+    }
+    if (info.Length() > 3) {
+      Adopt(env, info[3].As<Napi::Number>().Int32Value(), name,
+            info[1].As<Napi::Boolean>().Value(), info[2].As<Napi::Boolean>().Value());
       return;
     }
     int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
@@ -132,6 +141,44 @@ class Tun : public Napi::ObjectWrap<Tun> {
     }
     fd_ = fd;
     ifr.ifr_name[IFNAMSIZ - 1] = '\0';
+    name_ = ifr.ifr_name;
+    napi_add_env_cleanup_hook(env, &Tun::EnvCleanup, this);
+    cleanup_hook_ = true;
+  }
+
+  void Adopt(Napi::Env env, int fd, const std::string& name, bool vnet_hdr, bool multi_queue) {
+    if (fd < 0) {
+      ErrnoError(env, EBADF, "TUNGETIFF", "no fd to adopt").ThrowAsJavaScriptException();
+      return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+      int err = errno;
+      close(fd);
+      ErrnoError(env, err, "ioctl", "TUNGETIFF on the inherited fd").ThrowAsJavaScriptException();
+      return;
+    }
+    ifr.ifr_name[IFNAMSIZ - 1] = '\0';
+    short want = IFF_TUN | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0) |
+                 (multi_queue ? IFF_MULTI_QUEUE : 0);
+    short mask = IFF_TUN | IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+    if ((ifr.ifr_flags & mask) != want || name != ifr.ifr_name) {
+      close(fd);
+      ErrnoError(env, EINVAL, "TUNGETIFF",
+                 std::string("the inherited fd is TUN ") + ifr.ifr_name +
+                     " with other flags or another name than " + name)
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+      int err = errno;
+      close(fd);
+      ErrnoError(env, err, "fcntl", "O_NONBLOCK on the inherited fd").ThrowAsJavaScriptException();
+      return;
+    }
+    fd_ = fd;
     name_ = ifr.ifr_name;
     napi_add_env_cleanup_hook(env, &Tun::EnvCleanup, this);
     cleanup_hook_ = true;

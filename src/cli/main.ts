@@ -16,12 +16,23 @@ import { flows } from "./flows.js";
 import { setRawArgs } from "./format.js";
 import { ha } from "./ha.js";
 import { lab } from "./lab.js";
+import { restart } from "./restart.js";
 import { run } from "./run.js";
 import { stats } from "./stats.js";
 import { status } from "./status.js";
 
 /** Every verb, in the order --help lists them. */
-export const COMMANDS: readonly Command[] = [run, down, check, status, flows, stats, ha, lab];
+export const COMMANDS: readonly Command[] = [
+  run,
+  restart,
+  down,
+  check,
+  status,
+  flows,
+  stats,
+  ha,
+  lab,
+];
 
 export function version(): string {
   try {

@@ -94,8 +94,8 @@ function exchange(
 }
 
 /**
- * Send one request and call `onLine` for every answer line until the "end", "stats" or "ha"
- * line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL otherwise (an
+ * Send one request and call `onLine` for every answer line until the "end", "stats", "ha" or
+ * "restart" line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL otherwise (an
  * error line, a bad line, no answer in `timeoutMs`, or a close before the last line).
  */
 export function request(
@@ -105,7 +105,8 @@ export function request(
   timeoutMs = 30_000,
 ): Promise<void> {
   return exchange(path, req, onLine, {
-    last: (obj) => obj.type === "end" || obj.type === "stats" || obj.type === "ha",
+    last: (obj) =>
+      obj.type === "end" || obj.type === "stats" || obj.type === "ha" || obj.type === "restart",
     closed: () =>
       new TunnatError(ErrorCode.Control, `${path} closed the connection before answering`),
     timeoutMs,

@@ -8,6 +8,7 @@
  *   {"cmd":"follow","nat":"203.0.113.1:41234"}  (open-ended: "following", then "event" lines)
  *
  *   {"cmd":"ha","action":"role","state":"MASTER"}     (an HA pair's gateway, src/ha)
+ *   {"cmd":"restart"}   (a handover restart; answered by "restart" with the successor's pid)
  *
  * Answers: "flow" (one per flow), "end" (after the last flow: how many matched), "stats", "ha",
  * "following" then "event" (create/destroy, as `conntrack -E`) and "lost" (events a slow reader
@@ -55,4 +56,5 @@ export interface FlowRecord {
 export type ControlRequest =
   | ({ cmd: "flows" | "delete" | "follow" } & FlowFilter)
   | { cmd: "stats" }
+  | { cmd: "restart" }
   | { cmd: "ha"; action: "role" | "status"; state?: string };

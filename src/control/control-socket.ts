@@ -68,6 +68,8 @@ export interface ControlSource {
   outsideAddress?: (addr: number) => number;
   /** `tunnat ha` (src/ha), when this daemon is one of an HA pair. */
   ha?(req: { action?: unknown; state?: unknown }): Promise<object>;
+  /** `tunnat restart`: start a handover restart; resolves once the successor runs. */
+  restart?(): Promise<object>;
 }
 
 function stateNameOf(p: number, st: number): string {
@@ -541,6 +543,10 @@ const HANDLERS: Record<
       type: "ha",
       ha: await src.ha(req as { action?: unknown; state?: unknown }),
     });
+  },
+  restart: async (src, _req, sock) => {
+    if (!src.restart) throw badRequest("this daemon cannot restart itself");
+    await send(sock, { type: "restart", ...(await src.restart()) });
   },
 };
 

@@ -17,6 +17,12 @@
  * to the process: the logger, signals and systemd. stop() removes the plumbing of a running
  * daemon but keeps the guard (fail closed until `tunnat down`); SIGHUP re-reads the config file
  * and applies the log level and timeouts.
+ *
+ * A handover restart's successor (handover.ts) runs the same steps up to the TUN, which it
+ * adopts from the old daemon's fd, without touching the kernel or listening; then it waits for
+ * the old daemon's "go", restores the table, starts reading, and only then listens and takes
+ * over the plumbing's journal and the guard. handOver() is the old daemon's side. Each step is
+ * marked on the start's Timeline (timeline.ts), logged with "forwarding".
  */
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { performance } from "node:perf_hooks";
@@ -24,8 +30,7 @@ import type { Logger } from "pino";
 import { ErrorCode, errorMessage, TunnatError } from "../base/errors.js";
 import { FlowTable } from "../conntrack/table.js";
 import { DataLoop } from "../datapath/loop.js";
-import { loadHaSettings } from "../ha/config.js";
-import { createRing, type HaRuntime, startHa } from "../ha/ha.js";
+import type { HaRuntime } from "../ha/ha.js";
 import type { Device } from "../io/device.js";
 import { devTunHint } from "../io/errno.js";
 import { queueStats } from "../io/queues.js";
@@ -40,9 +45,10 @@ import { reloadChanges, type TunnatConfig } from "./config.js";
 import { type ControlServer, startControlSocket } from "./control-socket.js";
 import { startEgressLog } from "./egress-log.js";
 import { FlowEvents } from "./flow-events.js";
+import { type HandoverOutcome, handOver, keyDifferences, type Successor } from "./handover.js";
 import { type HttpServer, startHttpServer } from "./http.js";
 import { type MappingLog, openMappingLog } from "./mapping-log.js";
-import { createMetrics, type TunnatMetrics } from "./metrics.js";
+import type { TunnatMetrics } from "./metrics.js";
 import type { Observed, ReloadCounts, ReloadResult } from "./observed.js";
 import { socketAnswers } from "./owner.js";
 import { Plumbing, type PlumbingSpec } from "./plumbing.js";
@@ -52,6 +58,7 @@ import { shownAddress } from "./shared-address.js";
 import { statsSnapshot } from "./stats-snapshot.js";
 import { gatewayInfo, topTalkers } from "./status-snapshot.js";
 import { TableKeeper } from "./table-keeper.js";
+import { monotonicMs, processStartMs, Timeline } from "./timeline.js";
 import { readTunCounters } from "./tun-stats.js";
 
 /** The options src/io/tun.ts openTun() takes. */
@@ -64,6 +71,10 @@ interface OpenTunOptions {
   /** 2 or more: one native I/O thread per queue (src/io/queues.ts). */
   queues?: number;
   pollUs?: number;
+  /** Adopt this TUN queue fd (a handover restart) instead of opening the device. */
+  fd?: number;
+  /** The same with --queues above 1: one fd per queue. */
+  fds?: number[];
 }
 
 export interface DaemonDeps {
@@ -81,6 +92,10 @@ export interface DaemonDeps {
    * reload's time). Not the monotonic clock, whose zero is arbitrary. Default Date.now().
    */
   wallClock?: () => number;
+  /** Where the start spends its time (timeline.ts); the CLI's, which marked its own steps. */
+  timeline?: Timeline;
+  /** This start is a handover restart's successor (handover.ts). */
+  successor?: Successor;
 }
 
 async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
@@ -92,7 +107,7 @@ async function defaultOpenTun(opts: OpenTunOptions): Promise<Device> {
   return tun.openTun(opts);
 }
 
-function defaultDeps(): DaemonDeps {
+export function defaultDeps(): DaemonDeps {
   return { openTun: defaultOpenTun, runner: hostRunner(), preflight: true };
 }
 
@@ -130,6 +145,25 @@ export function plumbingSpec(cfg: TunnatConfig): PlumbingSpec {
   };
 }
 
+/**
+ * What the kernel state and the TUN were made from: a handover restart's successor adopts them
+ * only when its own settings give the same (handover.ts).
+ */
+export function handoverKey(cfg: TunnatConfig): Record<string, unknown> {
+  const c = cfg.control;
+  return {
+    manageRoutes: c.manageRoutes,
+    plumbing: c.manageRoutes ? plumbingSpec(cfg) : null,
+    tun: c.tun,
+    vnetHdr: cfg.nat.vnetHdr,
+    offloads: c.offloads,
+    queues: c.queues,
+    tunQueueLength: c.tunQueueLength ?? null,
+    tableStateFile: c.tableStateFile,
+    ha: c.ha ?? null,
+  };
+}
+
 export type { ReloadResult } from "./observed.js";
 
 export class Daemon {
@@ -139,6 +173,11 @@ export class Daemon {
   loop: DataLoop | undefined;
   /** Called when the data path fails for good (the TUN went away); the CLI stops the daemon. */
   onFatal: ((err: Error) => void) | undefined;
+  /**
+   * How the process runs a handover restart (cli/run.ts: handOver() plus what belongs to the
+   * process, systemd's MAINPID and the exit); `tunnat restart` and SIGUSR2 come here.
+   */
+  onRestart: ((spawned: (pid: number) => void) => Promise<HandoverOutcome>) | undefined;
   device: Device | undefined;
   http: HttpServer | undefined;
   plumbing: Plumbing | undefined;
@@ -172,6 +211,11 @@ export class Daemon {
     lastSuccessAt: 0,
   };
   private stopped: Promise<void> | null = null;
+  /** A handover restart under way or done (handover.ts). */
+  private handingOver: Promise<HandoverOutcome> | undefined;
+  /** Marks of the start and of the stop (monotonic ms; docs/operations.md §Restart). */
+  readonly timeline: Timeline;
+  readonly stopTimeline = new Timeline(0);
 
   private constructor(
     public config: TunnatConfig,
@@ -179,6 +223,7 @@ export class Daemon {
     private readonly deps: DaemonDeps,
   ) {
     this.wall = deps.wallClock ?? Date.now;
+    this.timeline = deps.timeline ?? new Timeline();
     // The configuration was loaded at start (tunnat_config_last_reload_timestamp_seconds).
     this.reloads.lastSuccessAt = this.wall() / 1000;
   }
@@ -206,19 +251,38 @@ export class Daemon {
   private async bringUp(): Promise<void> {
     const cfg = this.config;
     const c = cfg.control;
+    const tl = this.timeline;
+    // A handover restart's successor: the old daemon still runs and owns everything; this start
+    // touches nothing of the kernel until its "go" (handover.ts).
+    const succ = this.deps.successor;
     if (this.deps.preflight) preflight();
     // What the core is built with: the config's, except in shared-address mode (below).
     let core = cfg.nat;
-    // A bad HA file or key is a refused start: read it before anything is touched.
-    const haSettings = c.ha !== undefined ? loadHaSettings(c.ha) : undefined;
+    // A bad HA file or key is a refused start: read it before anything is touched. Loaded only
+    // for a pair: a single gateway's start does not pay for the modules.
+    const ha = c.ha !== undefined ? await import("../ha/ha.js") : undefined;
+    const haSettings =
+      c.ha !== undefined ? (await import("../ha/config.js")).loadHaSettings(c.ha) : undefined;
+    if (succ) {
+      const differ = keyDifferences(succ.offer.key, handoverKey(cfg));
+      if (differ.length > 0)
+        throw new TunnatError(
+          ErrorCode.Config,
+          `a handover restart keeps the TUN and the kernel plumbing, so these settings must not change: ${differ.join(", ")}; use a full restart (systemctl restart tunnat) to change them`,
+        );
+    }
     // Refusals first: nothing may be touched before we know no other daemon owns what we need.
-    if (await socketAnswers(c.controlSocket))
+    if (!succ && (await socketAnswers(c.controlSocket)))
       throw new TunnatError(
         ErrorCode.Control,
         `another daemon answers on ${c.controlSocket}; stop it or choose another --control-socket`,
       );
     if (c.manageRoutes) {
-      this.plumbing = new Plumbing(plumbingSpec(cfg), { runner: this.deps.runner, log: this.log });
+      this.plumbing = new Plumbing(plumbingSpec(cfg), {
+        runner: this.deps.runner,
+        log: this.log,
+        predecessor: succ?.offer.pid,
+      });
       await this.plumbing.check();
       const sh = this.plumbing.shared;
       this.shown = shownAddress(sh);
@@ -243,15 +307,16 @@ export class Daemon {
         );
       }
     }
+    tl.mark("checked");
     // Then listen: a taken port fails before the kernel is touched, and /healthz answers 503
-    // while the rest comes up.
-    this.http = await startHttpServer(c.metrics);
+    // while the rest comes up. A successor listens once the old daemon let go of the port.
+    if (!succ) this.http = await startHttpServer(c.metrics);
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
     this.mappingLog = openMappingLog(c, this.log, this.shown);
     // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync; flow
     // events for `tunnat flows --follow` to another fixed ring (flow-events.ts). Same hook.
-    const ring = haSettings ? createRing(haSettings) : undefined;
+    const ring = haSettings && ha ? ha.createRing(haSettings) : undefined;
     const clk = this.clock;
     const events = new FlowEvents(core.maxFlows, undefined, () => Math.floor(clk.now() / 1000));
     const hooks = {
@@ -266,7 +331,7 @@ export class Daemon {
     const table = new FlowTable(core, this.stats, hooks);
     events.attach(table);
     this.translator = new Translator(core, table, this.clock, this.stats);
-    if (c.tableStateFile !== null) {
+    if (c.tableStateFile !== null)
       this.tableKeeper = new TableKeeper({
         file: c.tableStateFile,
         interval: c.checkpointInterval,
@@ -274,31 +339,37 @@ export class Daemon {
         log: this.log,
         now: () => Math.floor(this.clock.refresh() / 1000),
       });
-      const r = this.tableKeeper.restore(table, this.stats);
-      // A restore cut short by a bug (never by a bad file) must not leave half a table.
-      if (r.kind === "refused" && table.active !== 0) {
-        this.stats = new NatStats();
-        const fresh = new FlowTable(core, this.stats, {
-          ...this.mappingLog?.hooks,
-          ...events.hooks,
-        });
-        events.attach(fresh);
-        this.translator = new Translator(core, fresh, this.clock, this.stats);
-      }
-      // Restored flows were not created here: their age counts from this start.
-      events.adopt(this.translator.table, Math.floor(this.clock.refresh() / 1000));
-    }
+    // A successor loads the table once the old daemon saved it (after "go").
+    if (!succ) this.restoreTable(core, events);
     this.device = await this.deps.openTun({
-      name: c.tun,
+      name: succ ? succ.offer.tun : c.tun,
       vnetHdr: cfg.nat.vnetHdr,
       offloads: c.offloads,
       queues: c.queues,
       pollUs: c.pollUs,
+      ...(succ ? (c.queues > 1 ? { fds: succ.offer.fds } : { fd: succ.offer.fds[0] }) : {}),
     });
-    if (c.tunQueueLength !== undefined)
+    tl.mark("tun");
+    // The adopted TUN keeps the queue length it was given (the settings are the same).
+    if (c.tunQueueLength !== undefined && !succ)
       await this.setTunQueueLength(this.device.name, c.tunQueueLength);
-    if (this.plumbing) {
-      await this.plumbing.apply();
+    // prom-client is not needed to forward: a start loads it after the data path runs; a
+    // successor loads it now, while the old daemon still forwards (loading blocks the loop).
+    const metricsModule = succ ? await import("./metrics.js") : undefined;
+    if (succ) {
+      // Everything that could refuse has been checked: ask for the gateway. From here on the
+      // old daemon does not read the TUN (packets wait in its queue) and a failure is ours.
+      const go = await succ.ready();
+      tl.mark("go");
+      tl.mark("predecessorStoppedReading", go.stoppedReading);
+      if (!go.saved) this.log.warn("the previous daemon could not save its table");
+      this.restoreTable(core, events);
+    }
+    tl.mark("restored");
+    if (this.plumbing && succ) {
+      // The routes, rules and proxy ARP stay as they are: taken over after reading starts.
+    } else if (this.plumbing) {
+      await this.plumbing.apply({ checked: true });
     } else {
       const fwd = await this.deps.runner.readSysctl("net/ipv4/ip_forward").catch(() => "?");
       if (fwd !== "1")
@@ -312,10 +383,20 @@ export class Daemon {
     });
     // A gateway of a pair starts as the standby: it forwards once it is made active.
     this.loop.forwarding = haSettings === undefined;
+    tl.mark("plumbing");
     this.loop.start((err) => {
       if (this.onFatal) this.onFatal(err);
       else throw err;
     });
+    tl.mark("reading");
+    if (succ) {
+      await this.plumbing?.adopt(succ.offer.journal);
+      // Test hook (test/netns/restart.test.ts): a successor that fails once it owns everything.
+      if (process.env.TUNNAT_TEST_HANDOVER_FAULT === "after-go")
+        throw new TunnatError(ErrorCode.Datapath, "test fault after the handover's go");
+      this.http = await startHttpServer(c.metrics);
+    }
+    const http = this.http as HttpServer;
     this.tableKeeper?.start(this.translator.table, this.stats);
     const loop = this.loop;
     this.kernel = new KernelMonitor(
@@ -326,9 +407,9 @@ export class Daemon {
     );
     await this.kernel.poll();
     this.kernel.start();
-    if (haSettings && ring) {
+    if (haSettings && ring && ha) {
       const clock = this.clock;
-      this.ha = await startHa(haSettings, {
+      this.ha = await ha.startHa(haSettings, {
         table: this.translator.table,
         ring,
         nowSec: () => Math.floor(clock.refresh() / 1000),
@@ -343,13 +424,14 @@ export class Daemon {
       });
     }
     this.readiness = readinessCheck(this, this.kernel);
-    this.http.setReadinessCheck(this.readiness);
+    http.setReadinessCheck(this.readiness);
     const view = this.observed();
+    const { createMetrics } = metricsModule ?? (await import("./metrics.js"));
     this.metrics = createMetrics(view, {
       topHosts: c.topHosts,
       legacyNames: c.metricsLegacyNames,
     });
-    this.http.setMetrics(this.metrics.registry);
+    http.setMetrics(this.metrics.registry);
     const egress = view.egress;
     if (egress) this.stopEgressLog = startEgressLog(egress, this.log);
     const clock = this.clock;
@@ -371,18 +453,21 @@ export class Daemon {
         }),
         events,
         ...(this.ha ? { ha: (this.ha as HaRuntime).command.bind(this.ha) } : {}),
+        restart: () => this.restartRequested(),
       },
       this.log,
       { group: c.controlSocketGroup },
     );
-    this.http.setReady(true);
+    http.setReady(true);
     this.started = true;
+    tl.mark("ready");
+    this.logFirstBatch();
     this.log.info(
       {
         tun: this.device.name,
         inside: cfg.nat.inside.map(formatCidr),
         natAddresses: cfg.nat.natAddresses.map(formatIpv4),
-        metrics: `${this.http.address.host}:${this.http.address.port}`,
+        metrics: `${http.address.host}:${http.address.port}`,
         manageRoutes: c.manageRoutes,
         vnetHdr: cfg.nat.vnetHdr,
         queues: c.queues,
@@ -391,9 +476,174 @@ export class Daemon {
         mapping: cfg.nat.mapping,
         filtering: cfg.nat.filtering,
         preset: c.preset,
+        handover: succ ? { from: succ.offer.pid } : undefined,
+        // Milliseconds since exec, per step; processStart is the same moment on CLOCK_MONOTONIC.
+        timeline: tl.relative(),
+        processStart: Math.round(tl.zero * 10) / 10,
       },
       "forwarding",
     );
+  }
+
+  /**
+   * Log when the first packet was read (the end of a restart's gap), once, off the data path:
+   * polled every 50 ms for at most 30 s.
+   */
+  private logFirstBatch(): void {
+    const loop = this.loop;
+    if (!loop) return;
+    let polls = 0;
+    const t = setInterval(() => {
+      const at = loop.firstBatchAt;
+      if (at === 0 && ++polls < 600) return;
+      clearInterval(t);
+      if (at === 0) return;
+      // The loop's timer is performance.now(): milliseconds since this process started.
+      const mono = at + processStartMs();
+      this.timeline.mark("firstBatch", mono);
+      this.log.info(
+        { timeline: { firstBatch: Math.round((mono - this.timeline.zero) * 10) / 10 }, at: mono },
+        "first packet read",
+      );
+    }, 50);
+    t.unref();
+  }
+
+  /** Load the table state file into the table (or start empty, saying why). */
+  private restoreTable(core: NatConfig, events: FlowEvents): void {
+    const keeper = this.tableKeeper;
+    const tr = this.translator;
+    if (!keeper || !tr) return;
+    const table = tr.table;
+    const r = keeper.restore(table, this.stats);
+    // A restore cut short by a bug (never by a bad file) must not leave half a table.
+    if (r.kind === "refused" && table.active !== 0) {
+      this.stats = new NatStats();
+      const fresh = new FlowTable(core, this.stats, {
+        ...this.mappingLog?.hooks,
+        ...events.hooks,
+      });
+      events.attach(fresh);
+      this.translator = new Translator(core, fresh, this.clock, this.stats);
+    }
+    // Restored flows were not created here: their age counts from this start.
+    events.adopt(this.translator?.table ?? table, Math.floor(this.clock.refresh() / 1000));
+  }
+
+  /**
+   * A handover restart (handover.ts): start the successor and hand it the gateway. Resolves
+   * with the outcome; "refused" leaves this daemon forwarding as before. One at a time.
+   */
+  handOver(spawned?: (pid: number) => void): Promise<HandoverOutcome> {
+    if (this.handingOver) return this.handingOver;
+    const why = this.handoverRefusal();
+    if (why) return Promise.resolve({ kind: "refused", why });
+    const dev = this.device as Device;
+    this.log.info("handover restart: starting the successor");
+    const h = handOver({
+      fds: tunFds(dev),
+      offer: {
+        pid: process.pid,
+        tun: dev.name,
+        key: handoverKey(this.config),
+        journal: this.plumbing?.journalEntries() ?? [],
+      },
+      spawned,
+      release: () => this.release(),
+    }).then((o) => {
+      if (o.kind === "refused") {
+        this.handingOver = undefined;
+        this.log.warn({ why: o.why }, `handover restart refused, forwarding on: ${o.why}`);
+      } else if (o.kind === "failed") this.log.error({ why: o.why }, "handover restart failed");
+      else
+        this.log.info(
+          {
+            successor: o.pid,
+            gapMs: Math.round((o.done.reading - this.stopTimeline.marks.stoppedReading!) * 10) / 10,
+            restoredFlows: o.done.restoredFlows,
+            stop: this.stopTimeline.relative(this.stopTimeline.marks.release),
+          },
+          `handed over to pid ${o.pid}`,
+        );
+      return o;
+    });
+    this.handingOver = h;
+    return h;
+  }
+
+  /** `tunnat restart` (the control socket): answers once the successor runs, or why not. */
+  private restartRequested(): Promise<object> {
+    return new Promise<object>((resolve, reject) => {
+      const run = this.onRestart;
+      const why = run ? this.handoverRefusal() : "this daemon was not started by tunnat run";
+      if (why || !run) {
+        reject(new TunnatError(ErrorCode.Control, `restart refused: ${why}`));
+        return;
+      }
+      run((pid) => resolve({ pid: process.pid, successor: pid })).then(
+        (o) => {
+          if (o.kind === "refused")
+            reject(new TunnatError(ErrorCode.Control, `restart refused: ${o.why}`));
+        },
+        (e: unknown) => reject(e),
+      );
+    });
+  }
+
+  /** Why this daemon cannot hand over now, or null. */
+  private handoverRefusal(): string | null {
+    const c = this.config.control;
+    if (!this.started) return "the daemon has not finished starting";
+    if (this.handingOver) return "a handover restart is already under way";
+    if (this.stopped) return "the daemon is stopping";
+    if (c.tableStateFile === null)
+      return "a handover restart needs --table-state-file (the table goes through it)";
+    if (this.ha) return "a gateway of an HA pair does not hand over (fail over to the peer)";
+    if (!this.device || tunFds(this.device).length === 0) return "the TUN has no fd to hand over";
+    return null;
+  }
+
+  /**
+   * The old daemon's half of "go": close the listeners (the successor binds them), stop reading
+   * the TUN (its queue holds what arrives), save the table. The plumbing stays.
+   */
+  private async release(): Promise<{ stoppedReading: number; saved: boolean }> {
+    const st = this.stopTimeline;
+    st.mark("release");
+    this.http?.setReady(false);
+    try {
+      await this.control?.close();
+    } catch (e) {
+      this.log.warn({ err: errorMessage(e) }, "closing the control socket failed");
+    }
+    this.control = undefined;
+    this.http?.setMetrics(undefined);
+    this.metrics?.stop();
+    this.metrics = undefined;
+    await this.http?.close();
+    this.http = undefined;
+    this.stopEgressLog?.();
+    this.stopEgressLog = undefined;
+    this.kernel?.stop();
+    await this.tableKeeper?.stop();
+    const stoppedReading = st.mark("stoppedReading");
+    this.loop?.stop();
+    this.device?.close();
+    const saved =
+      this.tableKeeper && this.translator
+        ? this.tableKeeper.save(this.translator.table, this.stats)
+        : false;
+    st.mark("saved");
+    return { stoppedReading, saved };
+  }
+
+  /** After a handover: flush the mapping log (its live mappings go on in the successor). */
+  async finishHandover(): Promise<void> {
+    await this.mappingLog
+      ?.close(undefined, Math.floor(this.clock.refresh() / 1000))
+      .catch((e: unknown) =>
+        this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
+      );
   }
 
   /**
@@ -412,13 +662,23 @@ export class Daemon {
     }
   }
 
-  /** Stop the loop, remove the plumbing, close the TUN and the listener. Idempotent. */
+  /**
+   * Stop the loop, remove the plumbing, close the TUN and the listener. Idempotent. During a
+   * handover it waits for its outcome; after one that succeeded there is nothing of ours left to
+   * undo (the successor owns it).
+   */
   stop(): Promise<void> {
-    this.stopped ??= this.teardown();
+    this.stopped ??= (async () => {
+      const h = this.handingOver;
+      if (h && (await h).kind === "done") return;
+      await this.teardown();
+    })();
     return this.stopped;
   }
 
   private async teardown(): Promise<void> {
+    const st = this.stopTimeline;
+    st.mark("stop");
     this.http?.setReady(false);
     try {
       await this.control?.close();
@@ -435,23 +695,27 @@ export class Daemon {
     }
     this.kernel?.stop();
     this.loop?.stop();
+    st.mark("stoppedReading");
     // Saved first, while nothing else has been undone: the restart's gap starts here. Only a
     // daemon that was running saves (a failed start must not replace a good state file).
     let saved = false;
     if (this.tableKeeper && this.translator) {
       await this.tableKeeper.stop();
       if (this.started) saved = this.tableKeeper.save(this.translator.table, this.stats);
+      st.mark("saved");
     }
     if (this.plumbing) {
       // A running daemon leaves the guard in place; a start that failed restores the one before.
       const warnings = this.started ? await this.plumbing.remove() : await this.plumbing.abort();
       if (warnings.length) this.log.warn({ warnings }, "plumbing removal reported problems");
+      st.mark("plumbingRemoved");
     }
     try {
       this.device?.close();
     } catch (e) {
       this.log.warn({ err: errorMessage(e) }, "closing the TUN failed");
     }
+    st.mark("tunClosed");
     // With the TUN closed no packet can make a mapping: log the removal of the live ones, unless
     // they were saved for the next start (they go on; their removal is logged when it happens).
     await this.mappingLog
@@ -460,6 +724,18 @@ export class Daemon {
         this.log.warn({ err: errorMessage(e) }, "closing the mapping log failed"),
       );
     await this.http?.close();
+    if (this.started)
+      this.log.info(
+        {
+          // Milliseconds since the stop began; stoppedReading is also given on CLOCK_MONOTONIC.
+          timeline: {
+            ...st.relative(st.marks.stop),
+            closed: Math.round((monotonicMs() - (st.marks.stop ?? 0)) * 10) / 10,
+          },
+          stoppedReading: st.marks.stoppedReading,
+        },
+        "stop timeline",
+      );
   }
 
   /**
@@ -546,6 +822,13 @@ export class Daemon {
     );
     return result;
   }
+}
+
+/** The open fds of the TUN's queues (one without --queues), for a handover restart. */
+function tunFds(d: Device): number[] {
+  const x = d as { fd?: unknown; queues?: readonly { fd?: unknown }[] };
+  const fds = x.queues ? x.queues.map((q) => q.fd) : [x.fd];
+  return fds.every((f) => typeof f === "number" && f >= 0) ? (fds as number[]) : [];
 }
 
 /** The cheap prerequisites that make every later step fail obscurely when missing. */

@@ -34,6 +34,7 @@ import type { Logger } from "pino";
 import { ErrorCode, TunnatError } from "../base/errors.js";
 import { type Cidr, formatCidr, formatIpv4 } from "../wire/addr.js";
 import { Guard, type GuardChange, type GuardSpec } from "./guard.js";
+import type { JournalEntry } from "./handover.js";
 import { type OwnerRecord, ownerAlive, selfRecord } from "./owner.js";
 import { CommandError, hostRunner, type Runner } from "./runner.js";
 import {
@@ -71,10 +72,7 @@ export interface PlumbingSpec extends GuardSpec {
 }
 
 /** One undo step, serialisable so the next start can replay it after a crash. */
-type UndoEntry =
-  | { kind: "ip"; args: string[] }
-  | { kind: "nft"; args: string[] }
-  | { kind: "sysctl"; key: string; value: string };
+type UndoEntry = JournalEntry;
 
 interface StateFile extends OwnerRecord {
   undo: UndoEntry[];
@@ -114,15 +112,21 @@ export class Plumbing {
   readonly guard: Guard;
   /** This instance wrote the state file (only then may it remove it). */
   private wroteState = false;
+  /** The outside interface's MTU, as check() found it. */
+  private outsideMtu: number | undefined;
   /** Set by check() when the NAT address is the outside interface's own (shared-address mode). */
   shared: SharedMode | null = null;
 
+  /** A handover restart: the old daemon's pid, whose state file is not a refusal. */
+  private readonly predecessor: number | undefined;
+
   constructor(
     readonly spec: PlumbingSpec,
-    opts: { runner?: Runner; log?: Logger } = {},
+    opts: { runner?: Runner; log?: Logger; predecessor?: number } = {},
   ) {
     this.runner = opts.runner ?? hostRunner();
     this.log = opts.log;
+    this.predecessor = opts.predecessor;
     this.guard = new Guard(
       {
         tun: spec.tun,
@@ -164,7 +168,7 @@ export class Plumbing {
     }
     this.refuseLiveOwner();
     await this.refuseTableInUse(s.tun);
-    await this.link(s.outsideInterface, "--outside-interface");
+    this.outsideMtu = (await this.link(s.outsideInterface, "--outside-interface")).mtu;
     await this.link(s.insideInterface, "--inside-interface");
     await this.refuseLocalNatAddresses();
     const routed = this.shared ? [this.shared.internal] : s.natAddresses;
@@ -185,10 +189,14 @@ export class Plumbing {
     return this.shared ? { ...this.spec, sharedInternal: this.shared.internal } : this.spec;
   }
 
-  async apply(): Promise<void> {
+  /**
+   * Install the plumbing. `checked`: check() ran in this start just before (the daemon's
+   * refusals), so its commands are not run a second time.
+   */
+  async apply(opts: { checked?: boolean } = {}): Promise<void> {
     const s = this.spec;
     const r = this.runner;
-    await this.check();
+    if (!opts.checked) await this.check();
     await this.removeStale();
     try {
       // ip_forward: without it the kernel drops what arrives on the inside interface.
@@ -201,15 +209,19 @@ export class Plumbing {
           );
         await this.sysctl("net/ipv4/ip_forward", "1", fwd);
       }
-      const out = await this.link(s.outsideInterface, "--outside-interface");
-      await this.link(s.insideInterface, "--inside-interface");
-      await this.link(s.tun, "--tun");
+      // Checked just before: the interfaces were there and the TUN was just opened.
+      let mtu = opts.checked ? this.outsideMtu : undefined;
+      if (mtu === undefined) {
+        mtu = (await this.link(s.outsideInterface, "--outside-interface")).mtu;
+        await this.link(s.insideInterface, "--inside-interface");
+        await this.link(s.tun, "--tun");
+      }
 
       if (s.tunAddress) {
         const a = formatCidr(s.tunAddress);
         await this.step(["addr", "add", a, "dev", s.tun], ["addr", "del", a, "dev", s.tun]);
       }
-      await this.step(["link", "set", "dev", s.tun, "mtu", String(s.mtu ?? out.mtu)], null);
+      await this.step(["link", "set", "dev", s.tun, "mtu", String(s.mtu ?? mtu)], null);
       await this.disableIpv6(s.tun);
       await this.step(["link", "set", "dev", s.tun, "up"], ["link", "set", "dev", s.tun, "down"]);
       // Translated replies arrive on the TUN from internet sources whose reverse route points at
@@ -277,6 +289,24 @@ export class Plumbing {
     return warnings;
   }
 
+  /** The undo journal, for a handover restart's successor (handover.ts). */
+  journalEntries(): JournalEntry[] {
+    return this.journal.map((u) => structuredClone(u));
+  }
+
+  /**
+   * A handover restart: take over the old daemon's plumbing as it is (its journal becomes ours,
+   * and the state file names this process); the routes, rules and proxy ARP stay. The guard
+   * is taken over as at every start (guard.install(): the nft table replaced atomically).
+   */
+  async adopt(journal: JournalEntry[]): Promise<void> {
+    this.journal.push(...journal.filter((u) => !guardOwned(u)));
+    this.done.push(`adopted ${this.journal.length} plumbing items`);
+    this.wroteState = true;
+    this.writeState();
+    this.done.push(...(await this.guard.install()));
+  }
+
   /** A start that failed: undo the journal and put back the guard that was there before. */
   async abort(): Promise<string[]> {
     const warnings = await this.remove();
@@ -305,7 +335,7 @@ export class Plumbing {
     const file = this.spec.stateFile;
     if (!file) return;
     const state = readState(file);
-    if (state && state.pid !== process.pid && ownerAlive(state))
+    if (state && state.pid !== process.pid && state.pid !== this.predecessor && ownerAlive(state))
       throw new TunnatError(
         ErrorCode.Prereq,
         `another tunnat (pid ${state.pid}${state.tun ? `, --tun ${state.tun}` : ""}) owns the plumbing recorded in ${file}; stop it first or choose another --control-socket`,

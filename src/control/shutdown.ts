@@ -2,6 +2,7 @@
  * Signals (docs/architecture.md §Decisions): SIGTERM/SIGINT stop the loop, remove the plumbing and close the TUN,
  * then exit 0 within a 2 s budget (systemd's stop and `docker stop` wait, then kill; a daemon that
  * is killed mid-way would leave rules behind). A second signal exits at once. SIGHUP reloads.
+ * SIGUSR2 starts a handover restart (control/handover.ts, `tunnat restart`).
  */
 import type { Logger } from "pino";
 
@@ -10,6 +11,8 @@ export interface ShutdownOptions {
   /** Undo everything; must resolve within the budget. */
   stop: () => Promise<void>;
   reload?: () => void | Promise<void>;
+  /** SIGUSR2: a handover restart. */
+  handover?: () => unknown;
   /** Total budget from signal to exit, ms. */
   budgetMs?: number;
   /** Injected for tests. */
@@ -76,12 +79,20 @@ export function installSignalHandlers(opts: ShutdownOptions): ShutdownHandle {
   process.on("SIGTERM", onTerm);
   process.on("SIGINT", onTerm);
   process.on("SIGHUP", onHup);
+  const onUsr2 = () => {
+    if (stopping || !opts.handover) return;
+    Promise.resolve()
+      .then(() => opts.handover?.())
+      .catch((e: unknown) => opts.log.error({ err: e }, "handover restart failed"));
+  };
+  process.on("SIGUSR2", onUsr2);
   return {
     trigger,
     uninstall() {
       process.off("SIGTERM", onTerm);
       process.off("SIGINT", onTerm);
       process.off("SIGHUP", onHup);
+      process.off("SIGUSR2", onUsr2);
     },
   };
 }

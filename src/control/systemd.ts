@@ -67,6 +67,15 @@ export class SystemdNotifier {
     this.notify(`RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=${monotonicUsec()}`);
   }
 
+  /**
+   * A handover restart (handover.ts): the successor `pid` is the service's main process from
+   * now on. Sent by the old main process, which NotifyAccess=main allows, just before it exits.
+   */
+  mainPid(pid: number): void {
+    this.stopWatchdog();
+    this.notify(`MAINPID=${pid}\nSTATUS=handed over to pid ${pid}`);
+  }
+
   stopping(): void {
     this.stopWatchdog();
     this.notify("STOPPING=1\nSTATUS=stopping: removing the plumbing");

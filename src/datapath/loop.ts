@@ -61,6 +61,8 @@ export class DataLoop {
    * standby's table changes only through the sync (src/ha) and never diverges from the active's.
    */
   forwarding = true;
+  /** The timer's reading at the first batch (0 until one came): where a restart's gap ends. */
+  firstBatchAt = 0;
 
   constructor(
     private readonly device: Device,
@@ -104,6 +106,7 @@ export class DataLoop {
     }
     this.clock.refresh?.();
     const t0 = this.timer();
+    if (this.firstBatchAt === 0) this.firstBatchAt = t0;
     const dev = this.device;
     this.translator.processBatch(dev.buffer, dev.slotSize, dev.lengths, count);
     let wanted = 0;

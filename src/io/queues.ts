@@ -55,13 +55,21 @@ export interface QueuedTunOptions extends TunOptions {
   /** Microseconds an idle I/O thread (and the main thread after a batch) spins before sleeping. */
   pollUs: number;
   ringSlots?: number;
+  /** Adopt these open queue fds (a handover restart), one per queue, instead of opening. */
+  fds?: number[];
 }
 
 export function openQueuedTun(opts: QueuedTunOptions): QueuedTunDevice {
   // A multi-queue TUN that exists already takes more queues instead of failing with EBUSY as a
   // single-queue one does: opening it would attach to another daemon's device and take a share
   // of its packets. Refuse, as one queue would.
-  if (existsSync(`/sys/class/net/${opts.name}`)) {
+  const fds = opts.fds;
+  if (fds !== undefined && fds.length !== opts.queues)
+    throw new TunnatError(
+      ErrorCode.Config,
+      `cannot adopt TUN ${opts.name}: ${fds.length} queue fds for ${opts.queues} queues`,
+    );
+  if (fds === undefined && existsSync(`/sys/class/net/${opts.name}`)) {
     throw new TunnatError(
       ErrorCode.NoTun,
       `cannot open TUN ${opts.name}: an interface named ${opts.name} already exists (busy: another daemon's TUN?); pick another --tun name or remove it`,
@@ -70,7 +78,14 @@ export function openQueuedTun(opts: QueuedTunOptions): QueuedTunDevice {
   const queues: TunDevice[] = [];
   try {
     for (let i = 0; i < opts.queues; i++)
-      queues.push(openTun({ ...opts, multiQueue: true, slots: EMIT_SLOTS }));
+      queues.push(
+        openTun({
+          ...opts,
+          multiQueue: true,
+          slots: EMIT_SLOTS,
+          ...(fds ? { fd: fds[i] } : {}),
+        }),
+      );
   } catch (e) {
     for (const q of queues) q.close();
     throw e;

@@ -43,6 +43,11 @@ export interface TunOptions {
   multiQueue?: boolean;
   /** Arena slots, the largest batch. Default 64. */
   slots?: number;
+  /**
+   * Adopt this open TUN queue fd (inherited from the previous daemon in a handover restart)
+   * instead of opening one; it must be TUN `name` with the same flags.
+   */
+  fd?: number;
 }
 
 /** Which TUNSETOFFLOAD flags the kernel accepted. */
@@ -105,7 +110,7 @@ export interface NativeIoQueues {
 }
 
 export interface NativeAddon {
-  Tun: new (name: string, vnetHdr: boolean, multiQueue: boolean) => NativeTun;
+  Tun: new (name: string, vnetHdr: boolean, multiQueue: boolean, fd?: number) => NativeTun;
   IoQueues: new (
     fds: number[],
     arenas: Uint8Array[],
@@ -212,7 +217,11 @@ export function openTun(opts: TunOptions): TunDevice {
   const a = loadAddon();
   let nt: NativeTun;
   try {
-    nt = new a.Tun(opts.name, vnetHdr, opts.multiQueue ?? false);
+    const mq = opts.multiQueue ?? false;
+    nt =
+      opts.fd === undefined
+        ? new a.Tun(opts.name, vnetHdr, mq)
+        : new a.Tun(opts.name, vnetHdr, mq, opts.fd);
   } catch (e) {
     if (!isErrnoError(e)) throw e;
     throw new TunnatError(

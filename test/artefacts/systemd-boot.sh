@@ -6,7 +6,9 @@
 #   start (Type=notify: READY=1 and STATUS=) with /dev/net/tun 0600 root -> ping and TCP from a
 #   private namespace to an internet namespace, the server sees the NAT address; the control
 #   socket is usable by group tunnat and by nobody else; journal priorities (`-p warning` shows
-#   warnings, not info); `systemctl reload` applies new timeouts; a crash (SIGKILL) and a stalled
+#   warnings, not info); `systemctl reload` applies new timeouts; `tunnat restart` hands over to
+#   a new process that systemd takes as the main one (MAINPID=), fed to the watchdog, with no
+#   restart counted and traffic crossing; a crash (SIGKILL) and a stalled
 #   daemon (SIGSTOP: the watchdog) are restarted and traffic crosses again; `systemctl stop`
 #   removes the plumbing (PLUMBING_CHECKS below).
 #
@@ -369,6 +371,24 @@ timeout="$(node -p "JSON.parse(process.argv[1]).timeout" "$udp" 2>/dev/null || e
   fail "after reload a new UDP flow has timeout '$timeout', expected 300 < t <= 600 ($udp)"
 [ "$(prop StatusText)" = "forwarding $INSIDE via tunnat0 as $NAT_ADDR" ] || fail "status after reload: $(prop StatusText)"
 say "reload: new UDP flows get the new timeout ($timeout s); READY=1 again"
+
+# --- 9a. a handover restart (tunnat restart): a new main process, no restart -----------------------
+pid="$(main_pid)"
+restarts="$(prop NRestarts)"
+out="$(in_machine tunnat restart --json 2>&1)" || {
+  journal -n 30 >&2
+  fail "tunnat restart failed: $out"
+}
+wait_for 10 "after tunnat restart systemd's MainPID did not move to the new process" active_with_new_pid "$pid"
+new_pid="$(main_pid)"
+[[ "$out" == *"\"successor\":$new_pid"* ]] || fail "tunnat restart said '$out', but systemd's MainPID is $new_pid"
+[ "$(prop NRestarts)" = "$restarts" ] || fail "systemd restarted the service during the handover"
+traffic "after tunnat restart"
+# Past WatchdogSec=10s: the new main process feeds the watchdog (WATCHDOG=1 from the main pid).
+sleep 12
+[ "$(main_pid)" = "$new_pid" ] || fail "the new daemon (pid $new_pid) did not last past the watchdog interval; MainPID $(main_pid)"
+[ "$(prop StatusText)" = "forwarding $INSIDE via tunnat0 as $NAT_ADDR" ] || fail "status after tunnat restart: $(prop StatusText)"
+say "tunnat restart: pid $pid handed over to pid $new_pid (MAINPID=), no restart counted, watchdog fed, traffic crosses"
 
 # --- 9. a crash is restarted --------------------------------------------------------------------
 pid="$(main_pid)"

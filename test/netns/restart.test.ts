@@ -4,140 +4,205 @@
  *   p1 ── br-in ──[nat: tunnat0]── out0 ── inet (server: TCP + UDP echo)
  *
  * - 50 TCP connections sending a line every 100 ms and 20 UDP sockets sending a datagram every
- *   100 ms go through one daemon across a SIGTERM restart: none is reset, the server never sees
- *   a new connection or a second source port for a UDP client (same outside ports), and the
- *   forwarding gap (the longest wait for an echo) is printed, not asserted.
- * - The same across kill -9 with a 1 s checkpoint: the next start removes the dead run's
+ *   100 ms, plus a probe datagram every 5 ms, go through one daemon across each way of
+ *   restarting (docs/operations.md §Restart): none is reset, the server never sees a new
+ *   connection or a second source port for a UDP client (same outside ports), and the forwarding
+ *   gap (the longest wait for an echo, the probe's longest silence, the daemons' own timelines)
+ *   and the packets lost (probe datagrams not answered) are printed, not asserted.
+ *   - SIGTERM and start again: the plumbing and the TUN are removed and put back.
+ *   - `tunnat restart` (a handover): the TUN, the plumbing and the table go to a new process;
+ *     the TUN is the same device after it and its queue overflowed by nothing.
+ * - A handover the new process refuses (a setting that shapes the kernel state changed) leaves
+ *   the old daemon forwarding as before, on the same TUN; one whose new process fails after it
+ *   took everything over (a test hook) ends with both gone, the plumbing removed and the guard
+ *   kept (fail closed), the old one exiting 1.
+ * - The same traffic across kill -9 with a 1 s checkpoint: the next start removes the dead run's
  *   plumbing, restores the checkpoint, and the flows in it go on.
  * - A state file from another configuration (another port range) is refused, the log says why,
  *   and the daemon starts empty.
  *
  * Needs root. Namespaces are `tnrst-<pid>-*`, removed in teardown.
  */
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import t from "tap";
-import { HELPERS, Lab, missing, sleep } from "./helpers/lab.js";
+import t, { type Test } from "tap";
+import { BIN, missing, sleep } from "./helpers/lab.js";
+import { type Restart, RestartLab, type TrafficResult } from "./helpers/restart-lab.js";
 
-// HELPERS is the source folder (for .py files); the compiled peer sits under dist/.
-const PEER = join(HELPERS, "..", "..", "..", "dist", "test", "netns", "helpers", "restart-peer.js");
-const PORT = 7777;
 const TCP = 50;
 const UDP = 20;
-
-interface ClientResult {
-  tcpOpen: number;
-  tcpErrors: string[];
-  tcpClosed: number;
-  tcpMaxWaitMs: number;
-  udpSent: number;
-  udpAnswered: number;
-  udpMaxSilenceMs: number;
-  tcpStaleAtEnd: number;
-  udpStaleAtEnd: number;
-}
+const PROBE_MS = 5;
 
 const reason = missing(["curl"]);
 if (reason) t.plan(0, reason);
 else {
-  const lab = await Lab.up("tnrst");
-  t.teardown(() => lab.down());
-  const server = lab.spawn("inet", [process.execPath, PEER, "server", String(PORT)]);
-  for (let i = 0; i < 50 && !server.out().includes("listening"); i++) await sleep(100);
-  const srvAddr = lab.inet[0] ?? "";
+  const rl = await RestartLab.up("tnrst");
+  t.teardown(() => rl.down());
+  const lab = rl.lab;
   const STATE = ["--table-state-file", join(lab.tmp, "table.state")];
-
-  /** Server events since `from` (an offset into its output). */
-  const events = (from: number) =>
-    server
-      .out()
-      .slice(from)
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l) as { accept?: number; udp?: string; port?: number });
+  const traffic = { seconds: 40, tcp: TCP, udp: UDP, probeMs: PROBE_MS };
 
   const metric = async (name: string): Promise<number> => {
     const m = new RegExp(`^${name} ([0-9.e+-]+)$`, "m").exec(await lab.metricsText());
     return m ? Number(m[1]) : Number.NaN;
   };
 
-  /**
-   * Traffic from 1.5 s before `during` until well after it: `during` returns how long forwarding
-   * stopped, and a TCP sender backs off exponentially while it is stopped, so its next
-   * retransmission may come up to that long after forwarding resumes; then 2.5 s more. At most
-   * `seconds` in all, so a machine too slow to restart ends the test instead of hanging it.
-   */
-  const withTraffic = async (seconds: number, during: () => Promise<number>) => {
-    const mark = server.out().length;
-    const client = lab.spawn("p1", [
-      process.execPath,
-      PEER,
-      "client",
-      srvAddr,
-      String(PORT),
-      String(TCP),
-      String(UDP),
-      String(seconds),
-    ]);
-    await sleep(1500);
-    const outage = await during();
-    await sleep(outage + 2500);
-    client.child.kill("SIGTERM");
-    await client.exited;
-    const line = client.out().trim().split("\n").pop() ?? "{}";
-    const res = JSON.parse(line) as ClientResult;
-    const ev = events(mark);
-    const udpPorts = new Map<string, Set<number>>();
-    for (const e of ev)
-      if (e.udp !== undefined) {
-        const s = udpPorts.get(e.udp) ?? new Set<number>();
-        s.add(e.port ?? 0);
-        udpPorts.set(e.udp, s);
-      }
-    return { res, accepts: ev.filter((e) => e.accept !== undefined).length, udpPorts };
-  };
-
-  t.test("a SIGTERM restart keeps every TCP connection and UDP mapping", async (t) => {
-    await lab.startDaemon(STATE);
-    let restoreLine = "";
-    let stopMs = 0;
-    const { res, accepts, udpPorts } = await withTraffic(40, async () => {
-      const t0 = Date.now();
-      t.equal(await lab.stopDaemon(), 0, "the old daemon exits 0");
-      stopMs = Date.now() - t0;
-      const d = await lab.startDaemon(STATE);
-      t.comment(`stop took ${stopMs} ms, stop to healthy ${Date.now() - t0} ms`);
-      restoreLine =
-        d
-          .out()
-          .split("\n")
-          .find((l) => l.includes("restored")) ?? "";
-      return Date.now() - t0;
-    });
-    t.match(restoreLine, /restored \d+ flows/, "the new daemon says what it restored");
-    const restored = Number(/"flows":(\d+)/.exec(restoreLine)?.[1] ?? 0);
-    t.ok(restored >= TCP + UDP, `${restored} flows restored (>= ${TCP + UDP})`);
-    t.ok((await metric("tunnat_state_restore_seconds")) > 0, "the restore time is a metric");
+  /** The assertions every restart that keeps the table must pass. */
+  const keptEverything = (t: Test, r: TrafficResult) => {
+    const { res, accepts, udpPorts } = r;
     t.equal(res.tcpOpen, TCP, "every connection opened");
     t.same(res.tcpErrors, [], "no connection reset or failed");
     t.equal(res.tcpClosed, 0, "no connection closed");
     t.equal(res.tcpStaleAtEnd, 0, "every connection is exchanging lines again after the restart");
     t.equal(res.udpStaleAtEnd, 0, "every UDP socket is answered again after the restart");
     t.equal(accepts, TCP, "the server accepted each connection once: no reconnect");
-    t.equal(udpPorts.size, UDP, "every UDP client reached the server");
+    t.equal(udpPorts.size, UDP + 1, "every UDP client (and the probe) reached the server");
     t.ok(
       [...udpPorts.values()].every((s) => s.size === 1),
       "each UDP client kept its one outside port",
     );
-    const lost = res.udpSent - res.udpAnswered;
+  };
+
+  /** One comment line per restart: the gap by every measure, and what was lost. */
+  const report = (t: Test, way: string, r: TrafficResult, x: Restart) => {
+    const { res } = r;
     t.comment(
-      `forwarding gap: TCP longest echo wait ${res.tcpMaxWaitMs} ms, UDP longest silence ${res.udpMaxSilenceMs} ms; UDP lost ${lost} of ${res.udpSent} (at 10/s per socket)`,
+      `${way}: gap ${res.probeMaxGapMs} ms (probe every ${PROBE_MS} ms), lost ${res.probeSent - res.probeAnswered} of ${res.probeSent} probe datagrams; daemon gap ${x.daemonGapMs === null ? "?" : x.daemonGapMs.toFixed(1)} ms; TCP longest echo wait ${res.tcpMaxWaitMs} ms; UDP lost ${res.udpSent - res.udpAnswered} of ${res.udpSent}; TUN queue drops ${Number.isNaN(x.tunDropped) ? "n/a (new TUN)" : x.tunDropped}; restart took ${x.ms} ms`,
     );
+    t.comment(`${way}: old daemon ${JSON.stringify(x.stop)}`);
+    t.comment(`${way}: new daemon (ms since exec) ${JSON.stringify(x.start)}`);
+  };
+
+  t.test("a SIGTERM restart keeps every TCP connection and UDP mapping", async (t) => {
+    await lab.startDaemon(STATE);
+    let x: Restart | undefined;
+    const r = await rl.withTraffic(traffic, async () => {
+      x = await rl.sigterm(STATE);
+      return x.ms;
+    });
+    if (!x) throw new Error("no restart");
+    t.match(x.restoreLine, /restored \d+ flows/, "the new daemon says what it restored");
+    const restored = Number(/"flows":(\d+)/.exec(x.restoreLine)?.[1] ?? 0);
+    t.ok(restored >= TCP + UDP, `${restored} flows restored (>= ${TCP + UDP})`);
+    t.ok((await metric("tunnat_state_restore_seconds")) > 0, "the restore time is a metric");
+    keptEverything(t, r);
+    report(t, "SIGTERM restart", r, x);
   });
+
+  t.test("tunnat restart hands the gateway over to a new process", async (t) => {
+    const old = lab.daemon;
+    let x: (Restart & { successor: number; verb: string }) | undefined;
+    const r = await rl.withTraffic(traffic, async () => {
+      x = await rl.handover();
+      return x.ms;
+    });
+    if (!x || !old) throw new Error("no restart");
+    t.match(x.verb, /"successor":\d+/, "tunnat restart names the new process");
+    t.not(x.successor, old.child.pid, "a new process forwards");
+    t.match(old.out(), /handed over to pid \d+/, "the old daemon says it handed over");
+    t.match(x.restoreLine, /restored \d+ flows/, "the new daemon restored the table");
+    t.ok(x.ifindex[0] > 0 && x.ifindex[0] === x.ifindex[1], "the TUN is the same device");
+    t.equal(x.tunDropped, 0, "the TUN's queue dropped nothing while no process read it");
+    keptEverything(t, r);
+    report(t, "tunnat restart", r, x);
+    const stats = await lab.exec("nat", [
+      process.execPath,
+      BIN,
+      "stats",
+      "--json",
+      "--socket",
+      lab.controlSocket,
+    ]);
+    t.equal(
+      (JSON.parse(stats.stdout) as { gateway: { pid: number } }).gateway.pid,
+      x.successor,
+      "the control socket is the new process's",
+    );
+    // The successor owns everything now: a plain stop leaves what a stop leaves.
+    t.equal(await lab.stopDaemon(), 0, "the new daemon stops with exit 0");
+    const routes = await lab.sh("nat", ["ip", "route", "show"]);
+    t.notMatch(routes, /tunnat0/, "its stop removed the routes into the TUN");
+    t.notMatch(await lab.sh("nat", ["ip", "link", "show"]), /tunnat0/, "and the TUN");
+  });
+
+  t.test("a handover the new process refuses leaves the old one forwarding", async (t) => {
+    const cfg = join(lab.tmp, "restart.json");
+    writeFileSync(cfg, JSON.stringify({ tunQueueLength: 1000 }));
+    const d = await lab.startDaemon([...STATE, "--config", cfg]);
+    const [if0] = await rl.tunCounters();
+    // A setting the TUN was made with: the successor must refuse to adopt it.
+    writeFileSync(cfg, JSON.stringify({ tunQueueLength: 2000 }));
+    const v = await lab.exec(
+      "nat",
+      [process.execPath, BIN, "restart", "--socket", lab.controlSocket],
+      { timeoutMs: 90_000 },
+    );
+    t.equal(v.code, 1, "tunnat restart exits 1");
+    t.match(v.stderr, /exited before taking over; pid \d+ goes on forwarding/);
+    await sleep(300);
+    t.match(d.out(), /these settings must not change: tunQueueLength/, "the log says why");
+    t.match(d.out(), /handover restart refused, forwarding on/);
+    t.equal(d.child.exitCode, null, "the old daemon runs");
+    t.equal((await rl.tunCounters())[0], if0, "on the same TUN");
+    const r = await lab.exec("nat", [
+      "curl",
+      "-sf",
+      "-m",
+      "2",
+      `http://${lab.lab.daemon.metrics}/readyz`,
+    ]);
+    t.equal(r.code, 0, "and is ready");
+    const ping = await lab.exec("p1", ["ping", "-c", "2", "-W", "2", "-i", "0.2", rl.srvAddr]);
+    t.equal(ping.code, 0, "and forwards");
+    t.equal(await lab.stopDaemon(), 0);
+  });
+
+  t.test(
+    "a successor that fails after taking over: both fail closed, the old exits 1",
+    async (t) => {
+      // The daemon inherits the environment; only the successor acts on the hook.
+      process.env.TUNNAT_TEST_HANDOVER_FAULT = "after-go";
+      const d = await lab.startDaemon(STATE);
+      delete process.env.TUNNAT_TEST_HANDOVER_FAULT;
+      const v = await lab.exec(
+        "nat",
+        [process.execPath, BIN, "restart", "--json", "--socket", lab.controlSocket],
+        { timeoutMs: 90_000 },
+      );
+      t.equal(v.code, 1, "tunnat restart exits 1");
+      t.match(v.stderr, /exited before taking over/);
+      t.equal(await d.exited, 1, "the old daemon stops and exits 1");
+      lab.daemon = undefined;
+      t.match(d.out(), /handover restart failed/, "and says why");
+      t.match(d.out(), /test fault after the handover's go/);
+      t.notMatch(await lab.sh("nat", ["ip", "link", "show"]), /tunnat0/, "the TUN is gone");
+      t.notMatch(
+        await lab.sh("nat", ["ip", "route", "show"]),
+        /tunnat0/,
+        "no route into it is left",
+      );
+      t.same((await lab.sh("nat", ["ip", "neigh", "show", "proxy"])).trim(), "", "no proxy ARP");
+      t.match(
+        await lab.sh("nat", ["nft", "list", "tables"]),
+        /table ip tunnat_/,
+        "the guard stays: the gateway fails closed",
+      );
+      const successor = Number(/the new process \(pid (\d+)\)/.exec(v.stderr)?.[1] ?? 0);
+      t.ok(successor > 0, "tunnat restart named the new process");
+      let left = "";
+      try {
+        left = readFileSync(`/proc/${successor}/stat`, "utf8");
+      } catch {
+        // gone
+      }
+      t.ok(left === "" || / Z /.test(left), "the new process is gone too");
+    },
+  );
 
   t.test("kill -9 with a checkpoint: the next start cleans up and restores it", async (t) => {
     await lab.startDaemon([...STATE, "--checkpoint-interval", "1s"]);
     let restoreLine = "";
-    const { res, accepts, udpPorts } = await withTraffic(40, async () => {
+    const r = await rl.withTraffic(traffic, async () => {
       // Wait for a checkpoint holding the flows, then kill without warning.
       for (
         let i = 0;
@@ -166,6 +231,7 @@ else {
           .find((l) => l.includes("restored")) ?? "";
       return Date.now() - t0;
     });
+    const { res, accepts, udpPorts } = r;
     t.match(restoreLine, /restored \d+ flows/);
     t.same(res.tcpErrors, [], "no connection reset");
     t.equal(res.tcpStaleAtEnd, 0, "every connection goes on after the restart");
@@ -176,10 +242,9 @@ else {
       "each UDP client kept its outside port",
     );
     t.comment(
-      `after kill -9: TCP longest echo wait ${res.tcpMaxWaitMs} ms, UDP longest silence ${res.udpMaxSilenceMs} ms, UDP lost ${res.udpSent - res.udpAnswered} of ${res.udpSent}`,
+      `after kill -9: gap ${res.probeMaxGapMs} ms, lost ${res.probeSent - res.probeAnswered} of ${res.probeSent} probe datagrams; TCP longest echo wait ${res.tcpMaxWaitMs} ms, UDP lost ${res.udpSent - res.udpAnswered} of ${res.udpSent}`,
     );
   });
-
   t.test(
     "a state file from another configuration is refused; the daemon starts empty",
     async (t) => {

@@ -8,7 +8,7 @@
  * and safe to call from t.teardown() even when up() failed half-way (labUp removes its own mess).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { daemonArgs, type LabFile, type LabState, labDown, labUp } from "../../../src/cli/lab.js";
@@ -84,6 +84,8 @@ export interface Background {
 
 export interface Daemon extends Background {
   flags: string[];
+  /** The daemon's pid when it is not `child` (a handover restart's successor). */
+  pid?: number;
 }
 
 export interface Capture extends Background {
@@ -348,6 +350,55 @@ export class Lab {
     this.daemon = undefined;
     if (!d) return null;
     return d.stop(3000);
+  }
+
+  /**
+   * After a handover restart (`tunnat restart`) the daemon is `pid`, the old process's successor:
+   * not a child of ours (its output still comes through the old one's pipes). From here on
+   * stopDaemon() and down() signal it by pid; the exit code is the one its "stopped" line gives.
+   */
+  successor(pid: number): Daemon {
+    const old = this.daemon;
+    if (!old) throw new Error("no daemon to succeed");
+    const running = () => {
+      try {
+        // A zombie (state Z) has exited: its parent, the old daemon, is gone.
+        return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+      } catch {
+        return false;
+      }
+    };
+    let code: number | null | undefined;
+    const exited = (async () => {
+      while (running()) await sleep(50);
+      await sleep(100); // its last lines may still be in the pipe
+      const line = old
+        .out()
+        .split("\n")
+        .find((l) => l.includes(`"pid":${pid},`) && l.includes('"msg":"stopped"'));
+      const m = /"code":(\d+)/.exec(line ?? "");
+      code = m ? Number(m[1]) : null;
+      return code;
+    })();
+    const d: Daemon = {
+      child: old.child,
+      out: old.out,
+      exited,
+      flags: old.flags,
+      pid,
+      async stop(graceMs = 2000) {
+        if (code !== undefined) return code;
+        if (running()) process.kill(pid, "SIGTERM");
+        const timer = setTimeout(() => {
+          if (running()) process.kill(pid, "SIGKILL");
+        }, graceMs);
+        const c = await exited;
+        clearTimeout(timer);
+        return c;
+      },
+    };
+    this.daemon = d;
+    return d;
   }
 
   /** The Prometheus text of the daemon's /metrics ("" when it does not answer). */

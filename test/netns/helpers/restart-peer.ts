@@ -11,6 +11,11 @@
  *                          the longest wait for an echo (ms), UDP datagrams sent and answered, the
  *                          longest UDP silence, and how many TCP connections and UDP sockets had
  *                          no echo in the last 1.5 s (not going on at the end).
+ *   client ADDR PORT TCP UDP SECONDS PROBE_MS
+ *                          the same, plus a probe: one more UDP socket (id "probe") sending a
+ *                          numbered datagram every PROBE_MS; the summary adds how many it sent
+ *                          and got back (the packets lost) and the longest time between two
+ *                          echoes (the forwarding gap, to about PROBE_MS).
  *
  * Only the lab's own addresses are given to it. Every loop is bounded by SECONDS.
  */
@@ -45,7 +50,14 @@ function server(port: number): void {
   process.stdout.write(`${JSON.stringify({ listening: port })}\n`);
 }
 
-function client(addr: string, port: number, nTcp: number, nUdp: number, seconds: number): void {
+function client(
+  addr: string,
+  port: number,
+  nTcp: number,
+  nUdp: number,
+  seconds: number,
+  probeMs: number,
+): void {
   let end = Date.now() + seconds * 1000;
   process.on("SIGTERM", () => {
     end = Date.now();
@@ -61,6 +73,9 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
     localPorts: [] as number[],
     tcpStaleAtEnd: 0,
     udpStaleAtEnd: 0,
+    probeSent: 0,
+    probeAnswered: 0,
+    probeMaxGapMs: 0,
   };
   const lastTcp: number[] = [];
   const lastUdp: number[] = [];
@@ -116,6 +131,29 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
       timers.push(t);
     });
   }
+  if (probeMs > 0) {
+    const u = createSocket("udp4");
+    let seq = 0;
+    let last = 0;
+    const seen = new Set<number>();
+    u.on("message", (m) => {
+      const n = Number(m.toString().split(" ")[1]);
+      if (seen.has(n)) return;
+      seen.add(n);
+      const now = performance.now();
+      out.probeAnswered++;
+      if (last > 0) out.probeMaxGapMs = Math.max(out.probeMaxGapMs, Math.round(now - last));
+      last = now;
+    });
+    u.on("error", () => undefined);
+    u.bind(0, () => {
+      const t = setInterval(() => {
+        out.probeSent++;
+        u.send(`probe ${seq++}`, port, addr);
+      }, probeMs);
+      timers.push(t);
+    });
+  }
   let done = false;
   const finish = () => {
     if (done) return;
@@ -137,8 +175,17 @@ function client(addr: string, port: number, nTcp: number, nUdp: number, seconds:
 
 if (mode === "server") server(Number(args[0]));
 else if (mode === "client")
-  client(args[0] ?? "", Number(args[1]), Number(args[2]), Number(args[3]), Number(args[4]));
+  client(
+    args[0] ?? "",
+    Number(args[1]),
+    Number(args[2]),
+    Number(args[3]),
+    Number(args[4]),
+    Number(args[5] ?? 0),
+  );
 else {
-  process.stderr.write("usage: restart-peer server PORT | client ADDR PORT TCP UDP SECONDS\n");
+  process.stderr.write(
+    "usage: restart-peer server PORT | client ADDR PORT TCP UDP SECONDS [PROBE_MS]\n",
+  );
   process.exit(2);
 }
