@@ -95,8 +95,9 @@ function exchange(
 
 /**
  * Send one request and call `onLine` for every answer line until the "end", "stats", "ha" or
- * "restart" line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL otherwise (an
- * error line, a bad line, no answer in `timeoutMs`, or a close before the last line).
+ * "restart" line. Errors: TUNNAT_ERR_NOT_RUNNING when nothing listens, TUNNAT_ERR_CONTROL
+ * otherwise (an error line, a bad line, no answer in `timeoutMs`, or a close before the last
+ * line).
  */
 export function request(
   path: string,
