@@ -26,11 +26,14 @@ interface TrackOut {
   ports: number[];
   answers: number;
   maxGap: number;
+  maxGapAt: number;
   errors: string[];
   closed: boolean;
 }
 interface Summary {
+  t0: number;
   connected: number;
+  stalls: [number, number][];
   tcp: TrackOut[];
   udp: TrackOut[];
 }
@@ -50,6 +53,9 @@ else {
     return m ? Number(m[1]) : Number.NaN;
   };
   const alive = (p: Proc | undefined) => p !== undefined && p.child.exitCode === null;
+  const iso = (ms: number) => new Date(ms).toISOString().slice(11, 23);
+  const events: string[] = [];
+  const note = (s: string) => events.push(`${iso(Date.now())} ${s}`);
 
   let outbound: Proc | undefined;
   let inbound: Proc | undefined;
@@ -104,6 +110,7 @@ else {
 
   t.test("the sync link breaks: the standby neither takes over nor forwards", async (t) => {
     const before = Number((await status("gb"))?.bulkResyncsReceived);
+    note("sync link down");
     await lab.exec("ga", ["ip", "link", "set", "sync0", "down"]);
     t.ok(await lab.waitFor("gb", (s) => s.peer === "down", 5000), "gb hears nothing");
     const a0 = await sentOut("ga");
@@ -126,6 +133,7 @@ else {
         alive(lab.keepalived.gb),
       "both daemons and both keepalived are alive",
     );
+    note("sync link up");
     await lab.exec("ga", ["ip", "link", "set", "sync0", "up"]);
     const s = await lab.waitFor(
       "gb",
@@ -139,6 +147,7 @@ else {
     "the active's inside link breaks: it stops forwarding before the standby takes over",
     async (t) => {
       const b0 = await sentOut("gb");
+      note("ga inside link down");
       await lab.exec("sw", ["ip", "link", "set", "ga-in", "down"]);
       const b = await lab.waitFor("gb", (s) => s.role === "active", 8000);
       t.equal(b?.role, "active", "gb takes over (VRRP)");
@@ -153,6 +162,7 @@ else {
       );
       await sleep(3000);
       t.ok((await sentOut("gb")) > b0, "gb forwards");
+      note("ga inside link up");
       await lab.exec("sw", ["ip", "link", "set", "ga-in", "up"]);
       t.ok(
         await lab.waitFor("ga", (s) => s.role === "standby" && s.synced === true, 15_000),
@@ -178,7 +188,14 @@ else {
       const sum = JSON.parse(line ?? "{}") as Summary;
       const maxTcp = Math.max(...sum.tcp.map((x) => x.maxGap));
       const maxUdp = Math.max(...sum.udp.map((x) => x.maxGap));
-      t.comment(`${name}: longest gap TCP ${maxTcp} ms, UDP ${maxUdp} ms`);
+      t.comment(
+        `${name}: longest gap TCP ${maxTcp} ms, UDP ${maxUdp} ms; events: ${events.join(" | ")}`,
+      );
+      const at = (x: TrackOut) => `${x.maxGap}@${iso(sum.t0 + x.maxGapAt - x.maxGap)}`;
+      t.comment(`${name}: longest gaps (began at): ${[...sum.tcp, ...sum.udp].map(at).join(" ")}`);
+      t.comment(
+        `${name}: client stalls: ${sum.stalls.map(([a, ms]) => `${ms}@${iso(sum.t0 + a)}`).join(" ")}`,
+      );
       t.same(
         sum.tcp.filter((x) => x.errors.length > 0 || x.closed),
         [],
