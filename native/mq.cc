@@ -11,8 +11,16 @@
 // uv_async_t on the loop of the env that created us), and when there was nothing to do spin for
 // up to pollUs before blocking in poll() on the TUN fd and an eventfd JS writes to ("kick"). The
 // main thread spins for the same budget after each batch before returning to libuv. Policy stays
-// in src/io/mq.ts: an ending thread stores its errno in the ring's exit word and wakes JS, which
-// classifies it (src/io/errno.ts) and stops the device.
+// in src/io/queues.ts: an ending thread stores its errno in the ring's exit word and wakes JS,
+// which classifies it (src/io/errno.ts) and stops the device.
+//
+// Who writes a queue's finished slots: whoever holds the queue's write side (a try-lock; the
+// `free` cursor moves only under it, so every slot is written once and a queue's packets leave in
+// ring order). Normally the thread. When JS hands back slots while the thread sleeps in poll()
+// and they are few and small, the main thread writes them itself instead of waking the thread
+// (WriteInline): at low load that saves the thread's wakeup and its cross-CPU latency; big or
+// many packets, and every packet while the thread is awake, are still written by the thread, so
+// under load the kernel work inside write() stays spread over the I/O threads.
 
 #include <napi.h>
 #include <uv.h>
@@ -22,6 +30,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,7 +46,7 @@ namespace tunnat {
 
 namespace {
 
-// Per-queue counters, exported by counters(out) in this order (mirrored in src/io/mq.ts).
+// Per-queue counters, exported by counters(out) in this order (mirrored in src/io/queues.ts).
 enum Counter {
   kRead = 0,        // packets read from the queue
   kWritten,         // packets written to the queue
@@ -47,8 +56,26 @@ enum Counter {
   kRingFull,        // times the ring was full, so reading stopped until JS caught up
   kWakeups,         // returns from a blocking poll()
   kSpinHits,        // rounds that found work while spinning (a wakeup saved)
+  kWrittenInline,   // of kWritten: packets the main thread wrote itself (WriteInline)
+  kKicks,           // eventfd wakes the main thread sent this queue's thread
+  kNotifies,        // uv_async_send calls of this thread (requests to wake the main thread)
+  kReadInline,      // of kRead: packets the main thread read itself (ReadInline)
   kCounterCount
 };
+
+// Values of the ring's sleeping word (native/ring.h): the thread sleeps in poll() with the TUN fd
+// in its set (idle), or without it because the ring was full (only JS freeing slots helps then).
+constexpr int32_t kSleepingIdle = 1;
+constexpr int32_t kSleepingFull = 2;
+
+// WriteInline's limits: the main thread writes a queue's finished slots itself only when there
+// are at most this many and their lengths add up to at most this many bytes. A big packet's write
+// carries a big share of kernel work (segmentation, the receiver's TCP), which belongs on the
+// I/O threads; a ping, an ACK or a request is cheaper to write than to wake a thread for.
+constexpr uint32_t kInlineMaxSlots = 8;
+// ReadInline reads at most this many packets of one queue per look.
+constexpr uint32_t kInlineMaxReads = 8;
+constexpr int64_t kInlineMaxBytes = 4096;
 
 uint64_t NowNs() {
   struct timespec ts;
@@ -77,14 +104,36 @@ struct Queue {
   int32_t* ctl = nullptr;
   std::atomic<uint64_t> counters[kCounterCount];
   std::atomic<bool> fault{false};
+  // The write side: `free` (slots before it are written back and empty) moves only while
+  // `writer` is held, by the thread or by the main thread (WriteInline). Own cache lines: the
+  // thread reads `free` on every round.
+  alignas(64) std::atomic<uint32_t> free{0};
+  alignas(64) std::atomic<uint32_t> writer{0};
+  // The read side: the ring's `fill` cursor moves only while `reader` is held, by the thread or
+  // by the main thread (ReadInline).
+  alignas(64) std::atomic<uint32_t> reader{0};
   std::thread thread;
   Queue() {
     for (auto& c : counters) c.store(0, std::memory_order_relaxed);
   }
+  // One writer at a time per counter (the thread; the main thread for kKicks; the holder of the
+  // write or read side for the write or read counters, whose lock orders them): a relaxed load +
+  // store is enough.
   void Add(Counter c, uint64_t n) {
-    // One writer (this queue's thread): a relaxed load + store is enough, no locked add.
     counters[c].store(counters[c].load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
+  bool TryTakeWriter() {
+    uint32_t none = 0;
+    return writer.compare_exchange_strong(none, 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+  void ReleaseWriter() { writer.store(0, std::memory_order_release); }
+  bool TryTakeReader() {
+    uint32_t none = 0;
+    return reader.compare_exchange_strong(none, 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+  void ReleaseReader() { reader.store(0, std::memory_order_release); }
 };
 
 class IoQueues : public Napi::ObjectWrap<IoQueues> {
@@ -201,7 +250,10 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     async_context_ = new Napi::AsyncContext(env, "tunnat.tun.queues");
     started_ = true;
     stop_.store(false);
-    for (Queue& q : queues_) q.thread = std::thread(&IoQueues::Run, this, &q);
+    for (Queue& q : queues_) {
+      q.free.store(LoadAcquire(q.ctl + kCtlFill));
+      q.thread = std::thread(&IoQueues::Run, this, &q);
+    }
     // At env teardown (process exit without stop(), a worker's end) the threads must be joined
     // before the shared buffers they write go away.
     napi_add_env_cleanup_hook(env, &IoQueues::EnvCleanup, this);
@@ -209,11 +261,83 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     return env.Undefined();
   }
 
-  // kick(queue): wake that queue's thread (JS calls it when the ring's sleeping word is 1).
+  // kick(queue): JS released slots and saw the queue's sleeping word set. Write them here if
+  // WriteInline may, else wake the thread to write them.
   Napi::Value Kick(const Napi::CallbackInfo& info) {
     uint32_t i = info[0].As<Napi::Number>().Uint32Value();
-    if (i < queues_.size()) Wake(queues_[i]);
+    if (started_ && i < queues_.size() && !WriteInline(queues_[i])) {
+      queues_[i].Add(kKicks, 1);
+      Wake(queues_[i]);
+    }
     return info.Env().Undefined();
+  }
+
+  // On the main thread, right after JS published `done`: write the slots [free, done) of a
+  // sleeping thread's queue, or return false (the caller wakes the thread). Why no packet is
+  // lost, doubled or reordered:
+  // - Only the holder of the write side writes, from `free` on, in order, and moves `free`.
+  // - The thread sleeps only after storing its sleeping word and then seeing `done` and `free`
+  //   as it left them (seq_cst, Dekker with JS's "store done, load sleeping" and with our "store
+  //   free, load sleeping" below). If it slept idle (TUN fd polled), everything up to `done` is
+  //   written here before we return, so nothing waits for it; if it slept because the ring was
+  //   full, it must be woken to read again, so we return false (before or after writing).
+  // - A write failing with an errno that would end the thread leaves that slot unwritten and
+  //   `free` before it: the woken thread retries it and ends with that errno, as it always did.
+  bool WriteInline(Queue& q) {
+    int32_t* ctl = q.ctl;
+    if (LoadSeqCst(ctl + kCtlSleeping) != kSleepingIdle || LoadSeqCst(ctl + kCtlExit) != 0)
+      return false;
+    if (!q.TryTakeWriter()) return false;  // the thread is writing: it woke already
+    const uint32_t done = LoadAcquire(ctl + kCtlDone);
+    const uint32_t from = q.free.load(std::memory_order_acquire);
+    bool ok = done - from <= kInlineMaxSlots;
+    int64_t bytes = 0;
+    for (uint32_t k = from; ok && k != done; k++) {
+      bytes += q.lengths[k % slots_];
+      ok = bytes <= kInlineMaxBytes;
+    }
+    int err = 0;
+    if (ok) err = WriteSlots(q, done, kWrittenInline);
+    q.ReleaseWriter();
+    if (!ok || err != 0) return false;
+    return LoadSeqCst(ctl + kCtlSleeping) != kSleepingFull;
+  }
+
+  // Write slots [free, done) of `q` and move `free` past them (the caller holds the write side).
+  // Returns 0, or the errno that must end the thread; that slot stays unwritten. `also` counts
+  // the written packets a second time (kWrittenInline, or kCounterCount for nothing).
+  int WriteSlots(Queue& q, uint32_t done, int also) {
+    uint32_t free = q.free.load(std::memory_order_relaxed);
+    int fatal = 0;
+    uint64_t written = 0;
+    while (free != done) {
+      uint32_t i = free % slots_;
+      int32_t len = q.lengths[i];
+      if (len > 0) {
+        if (static_cast<size_t>(len) > slot_size_) {
+          q.Add(kWriteOversize, 1);
+        } else {
+          int err = WriteOne(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, len);
+          if (err == 0) {
+            written++;
+          } else if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
+            q.Add(kWriteDropped, 1);
+          } else if (err == EINVAL || err == EIO) {
+            q.Add(kWriteRejected, 1);
+          } else {
+            fatal = err;
+            break;
+          }
+        }
+      }
+      free++;
+    }
+    if (written > 0) {
+      q.Add(kWritten, written);
+      if (also < kCounterCount) q.Add(static_cast<Counter>(also), written);
+    }
+    q.free.store(free, std::memory_order_seq_cst);
+    return fatal;
   }
 
   // counters(out: Float64Array): queues x kCounterCount numbers, read at scrape time.
@@ -306,7 +430,6 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     const uint32_t n = slots_;
     int32_t* ctl = q.ctl;
     uint32_t fill = LoadAcquire(ctl + kCtlFill);
-    uint32_t free = fill;
     bool full = false;
     uint64_t last_work = NowNs();
     bool spinning = false;
@@ -320,60 +443,61 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
         break;
       }
       bool work = false;
-      // 1. Write back what JS finished: slots [free, done).
+      // 1. Write back what JS finished: slots [free, done), unless the main thread is writing
+      //    (WriteInline); then look again in a moment.
+      bool contended = false;
       uint32_t done = LoadAcquire(ctl + kCtlDone);
-      while (free != done) {
-        uint32_t i = free % n;
-        int32_t len = q.lengths[i];
-        if (len > 0) {
-          if (static_cast<size_t>(len) > slot_size_) {
-            q.Add(kWriteOversize, 1);
-          } else {
-            int err = WriteOne(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, len);
-            if (err == 0) {
-              q.Add(kWritten, 1);
-            } else if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
-              q.Add(kWriteDropped, 1);
-            } else if (err == EINVAL || err == EIO) {
-              q.Add(kWriteRejected, 1);
-            } else {
-              exit_errno = err;
-              break;
-            }
-          }
+      if (q.free.load(std::memory_order_acquire) != done) {
+        if (q.TryTakeWriter()) {
+          exit_errno = WriteSlots(q, done, kCounterCount);
+          q.ReleaseWriter();
+          work = true;
+        } else {
+          contended = true;
         }
-        free++;
-        work = true;
       }
       if (exit_errno != 0) break;
-      // 2. Read into the empty slots [fill, free + n).
+      const uint32_t free = q.free.load(std::memory_order_acquire);
+      // 2. Read into the empty slots [fill, free + n), unless the main thread is reading
+      //    (ReadInline); then look again in a moment.
       uint32_t got = 0;
-      while (fill - free < n) {
-        uint32_t i = fill % n;
-        ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
-        if (r > 0) {
-          q.lengths[i] = static_cast<int32_t>(r);
-          fill++;
-          got++;
-          // Hand over early in a long drain so JS works while we read on.
-          if ((got & 31) == 0) Publish(ctl, fill);
-          continue;
+      if (q.TryTakeReader()) {
+        fill = LoadAcquire(ctl + kCtlFill);
+        while (fill - free < n) {
+          uint32_t i = fill % n;
+          ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
+          if (r > 0) {
+            q.lengths[i] = static_cast<int32_t>(r);
+            fill++;
+            got++;
+            // Hand over early in a long drain so JS works while we read on.
+            if ((got & 31) == 0) Publish(q, ctl, fill);
+            continue;
+          }
+          if (r < 0 && errno == EINTR) continue;
+          if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) exit_errno = errno;
+          break;
         }
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) exit_errno = errno;
-        break;
+        if (got > 0) {
+          Publish(q, ctl, fill);
+          q.Add(kRead, got);
+          work = true;
+        }
+        q.ReleaseReader();
+      } else {
+        fill = LoadAcquire(ctl + kCtlFill);
+        contended = true;
       }
       if (exit_errno != 0) break;
-      if (got > 0) {
-        Publish(ctl, fill);
-        q.Add(kRead, got);
-        work = true;
-      }
       if (fill - free == n) {
         if (!full) q.Add(kRingFull, 1);
         full = true;
       } else {
         full = false;
+      }
+      if (contended && !work) {
+        sched_yield();
+        continue;
       }
       if (work) {
         if (spinning) {
@@ -395,8 +519,12 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       if (spinning && budget > poll_ns_ / 16) budget /= 2;
       spinning = false;
-      StoreSeqCst(ctl + kCtlSleeping, 1);
-      if (LoadSeqCst(ctl + kCtlDone) != free || stop_.load() || q.fault.load()) {
+      // Sleep only if, after the sleeping word is visible, `done` and `free` are still what this
+      // round saw: a new `done` means work; a new `free` (WriteInline) may mean the ring is no
+      // longer full. Either way look again (WriteInline's comment has the other half).
+      StoreSeqCst(ctl + kCtlSleeping, full ? kSleepingFull : kSleepingIdle);
+      if (LoadSeqCst(ctl + kCtlDone) != free ||
+          q.free.load(std::memory_order_seq_cst) != free || stop_.load() || q.fault.load()) {
         StoreSeqCst(ctl + kCtlSleeping, 0);
         continue;
       }
@@ -448,14 +576,60 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     return EINTR;
   }
 
-  void Publish(int32_t* ctl, uint32_t fill) {
+  void Publish(Queue& q, int32_t* ctl, uint32_t fill) {
     // seq_cst, not only release: it pairs with the main thread's "js_awake_ = 0, then look at
     // every fill" so that either it sees this fill or we see it awake... or we wake it.
     StoreSeqCst(ctl + kCtlFill, fill);
-    if (!js_awake_.load(std::memory_order_seq_cst)) uv_async_send(async_);
+    if (!js_awake_.load(std::memory_order_seq_cst)) {
+      q.Add(kNotifies, 1);
+      uv_async_send(async_);
+    }
   }
 
   static void OnAsync(uv_async_t* h) { static_cast<IoQueues*>(h->data)->RunJs(); }
+
+  // On the main thread, when a batch left no work: read a few packets from each queue whose thread
+  // sleeps idle, into its ring as the thread would, and say whether any came. A packet that our
+  // own writes produced at once (a ping's echo reply, an ACK: the kernel's forwarding runs inside
+  // write() and often queues the answer before it returns) is then translated and written now,
+  // instead of after a wake of that queue's thread and then of this one. The kernel wakes the
+  // sleeping thread for the packet as well; it finds the read side taken or nothing to read.
+  // Why this is safe: only the holder of the read side reads and moves `fill`, so a queue's
+  // packets enter its ring in the order they left the TUN queue, and are written in ring order;
+  // the thread never sleeps while it could not take the read side (it yields and looks again);
+  // an errno other than EAGAIN/EINTR is left for the thread, whose own read meets it and ends it.
+  bool ReadInline() {
+    bool got_any = false;
+    for (Queue& q : queues_) {
+      int32_t* ctl = q.ctl;
+      if (LoadSeqCst(ctl + kCtlSleeping) != kSleepingIdle || LoadSeqCst(ctl + kCtlExit) != 0)
+        continue;
+      if (!q.TryTakeReader()) continue;
+      uint32_t fill = LoadAcquire(ctl + kCtlFill);
+      const uint32_t free = q.free.load(std::memory_order_acquire);
+      uint32_t got = 0;
+      while (got < kInlineMaxReads && fill - free < slots_) {
+        uint32_t i = fill % slots_;
+        ssize_t r = read(q.fd, q.arena + static_cast<size_t>(i) * slot_size_, slot_size_);
+        if (r > 0) {
+          q.lengths[i] = static_cast<int32_t>(r);
+          fill++;
+          got++;
+          continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        break;
+      }
+      if (got > 0) {
+        StoreSeqCst(ctl + kCtlFill, fill);
+        q.Add(kRead, got);
+        q.Add(kReadInline, got);
+        got_any = true;
+      }
+      q.ReleaseReader();
+    }
+    return got_any;
+  }
 
   bool AnyPending() {
     for (Queue& q : queues_) {
@@ -484,6 +658,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       }
       if (!started_) break;  // JS stopped us
       bool more = AnyPending();
+      if (!more) more = ReadInline();
       if (!more && js_budget_ > 0) {
         last = NowNs();
         while (!more && NowNs() - last < js_budget_) {
@@ -576,12 +751,30 @@ Napi::Value RingJoin(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// socketPair(): [a, b], a connected AF_UNIX stream socket pair (non-blocking, close-on-exec), so
+// a test can run IoQueues on a real fd without a TUN (test/unit/io/queue-writer.test.ts).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+    Napi::Error e = Napi::Error::New(env, "socketpair failed");
+    e.Set("errno", Napi::Number::New(env, errno));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, sv[0]));
+  out.Set(1u, Napi::Number::New(env, sv[1]));
+  return out;
+}
+
 }  // namespace
 
 void InitQueues(Napi::Env env, Napi::Object exports) {
   exports.Set("IoQueues", IoQueues::Define(env));
   exports.Set("ringProduce", Napi::Function::New<RingProduce>(env, "ringProduce"));
   exports.Set("ringJoin", Napi::Function::New<RingJoin>(env, "ringJoin"));
+  exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
   Napi::Object c = Napi::Object::New(env);
   c.Set("CTL_FILL", Napi::Number::New(env, kCtlFill));
   c.Set("CTL_DONE", Napi::Number::New(env, kCtlDone));

@@ -793,7 +793,7 @@ function registerQueueMetrics(reg: Registry, read: () => QueueStats[] | null): v
   labelledCounter(
     reg,
     "tunnat_tun_queue_packets_total",
-    "Packets per TUN queue: read (the kernel chose this queue for them) and written (by this queue's I/O thread).",
+    "Packets per TUN queue: read (the kernel chose this queue for them) and written, by the queue's I/O thread or, while it slept, by the translator's thread (tunnat_tun_queue_inline_read_packets_total, tunnat_tun_queue_inline_written_packets_total).",
     ["queue", "direction"],
     per((r) => [
       [{ queue: q(r), direction: "read" }, r.read],
@@ -831,6 +831,34 @@ function registerQueueMetrics(reg: Registry, read: () => QueueStats[] | null): v
     "Times a queue's I/O thread found work while spinning (--poll-us), a wakeup saved.",
     ["queue"],
     per((r) => [[{ queue: q(r) }, r.spinHits]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_inline_written_packets_total",
+    "Packets of tunnat_tun_queue_packets_total{direction=\"written\"} that the translator's thread wrote itself, because the queue's I/O thread slept and they were few and small (a wakeup saved).",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.writtenInline]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_inline_read_packets_total",
+    "Packets of tunnat_tun_queue_packets_total{direction=\"read\"} that the translator's thread read itself after a batch, because the queue's I/O thread slept (often an answer its own write produced).",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.readInline]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_kicks_total",
+    "Times the translator's thread woke a queue's sleeping I/O thread to write translated packets.",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.kicks]]),
+  );
+  labelledCounter(
+    reg,
+    "tunnat_tun_queue_notifies_total",
+    "Times a queue's I/O thread woke the translator's thread to translate what it read (libuv merges wakes that arrive while one is pending).",
+    ["queue"],
+    per((r) => [[{ queue: q(r) }, r.notifies]]),
   );
 }
 

@@ -7,7 +7,8 @@
  * same: every batch is one contiguous run of one queue's ring, `buffer`/`lengths` view that run
  * while the batch handler runs, and `write(count)` hands the run back to the queue's thread,
  * which writes it on the queue it was read from (the kernel then steers the flow's answers to
- * that queue). Packets made outside a run (held fragments released after a batch, packets a
+ * that queue). When that thread sleeps and the run is a few small packets, the native side writes
+ * them at once from this thread instead of waking it (native/mq.cc WriteInline), in ring order. Packets made outside a run (held fragments released after a batch, packets a
  * timer sends) go through the queue's own small arena with a synchronous write, as on one queue.
  * Because one translator sees every packet of every queue, mapping, filtering, port allocation,
  * hairpinning and ICMP errors behave exactly as with one queue whichever queue a packet uses.
@@ -32,7 +33,7 @@ const DEFAULT_RING_SLOTS = 128;
 const EMIT_SLOTS = 16;
 
 /** Per-queue counters (native/mq.cc Counter), in this order. */
-const QUEUE_COUNTERS = [
+export const QUEUE_COUNTERS = [
   "read",
   "written",
   "writeDropped",
@@ -41,6 +42,10 @@ const QUEUE_COUNTERS = [
   "ringFull",
   "wakeups",
   "spinHits",
+  "writtenInline",
+  "kicks",
+  "notifies",
+  "readInline",
 ] as const;
 type QueueCounter = (typeof QUEUE_COUNTERS)[number];
 

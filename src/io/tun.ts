@@ -97,6 +97,7 @@ interface NativeTun {
 /** native/mq.cc: one I/O thread per TUN queue, rings in SharedArrayBuffers (src/io/queues.ts). */
 export interface NativeIoQueues {
   start(): void;
+  /** Hand released slots to a sleeping thread: written here if few and small, else it is woken. */
   kick(queue: number): void;
   stop(): void;
   counters(out: Float64Array): void;
@@ -125,6 +126,8 @@ export interface NativeAddon {
     count: number,
   ): void;
   ringJoin(): void;
+  /** A connected AF_UNIX stream socket pair, non-blocking (test/unit/io/queue-writer.test.ts). */
+  socketPair(): [number, number];
   queueConstants: {
     CTL_FILL: number;
     CTL_DONE: number;

@@ -318,6 +318,9 @@ status="$(prop StatusText)"
 tun_perm="$(in_machine stat -c '%a %G' /dev/net/tun)"
 [ "$tun_perm" = "660 tunnat" ] || fail "/dev/net/tun is '$tun_perm' after start, expected '660 tunnat'"
 say "active: '$status' (READY=1 via sd_notify; /dev/net/tun given to group tunnat: $tun_perm)"
+# Nice=-10: the daemon's threads run ahead of the instance's other processes.
+nice_of="$(in_machine ps -o ni= -p "$(main_pid)" | tr -d ' ')"
+[ "$nice_of" = -10 ] || fail "the daemon runs at nice '$nice_of', expected -10 (Nice= in the unit)"
 
 traffic "after start"
 say "ping and TCP crossed; the server saw $NAT_ADDR"

@@ -33,9 +33,16 @@
 #   --queues N         BENCH_QUEUES (unset: the daemon's default): passed as `tunnat run --queues N`
 #   --direct           BENCH_DIRECT=1: add the no-NAT baseline mode
 #   --out FILE         BENCH_OUT: write the JSON there (default: bench-result.json in the cwd)
+#   --profile DIR      BENCH_PROFILE: record a system-wide CPU profile (perf record -a -g) during
+#                      each load test of each mode and write DIR/<mode>-r<round>-<test>.txt: the
+#                      share of CPU time by thread (the daemon's own threads, the senders, the
+#                      kernel's softirq threads, idle) and the hottest symbols of the daemon's
+#                      threads and of all CPUs. Needs perf (linux-perf). The profiler costs CPU
+#                      too: take figures from a run without it.
 # Also: BENCH_NODE_ARGS (extra node flags for the daemon), BENCH_DAEMON_ARGS (extra `tunnat run`
 # flags), BENCH_NO_GUARD=1 (empty the guard's nft forward chain in tunnat rounds, to measure its
-# cost), BENCH_UDP_SENDERS (default: CPUs), BENCH_FILL_PPS (200000).
+# cost), BENCH_DAEMON_NICE (renice the daemon's threads to N once it is up; default: the Nice= of
+# systemd/tunnat.service, as it runs in production; empty = leave it at 0), BENCH_UDP_SENDERS (default: CPUs), BENCH_FILL_PPS (200000).
 # Needs root, iproute2, nft, iperf3, curl, ping, cc, node. Sends only inside its own namespaces.
 set -euo pipefail
 
@@ -46,10 +53,14 @@ FLOWS="${BENCH_FLOWS:-1000000}"
 QUEUES="${BENCH_QUEUES:-}"
 DIRECT="${BENCH_DIRECT:-0}"
 OUT="${BENCH_OUT:-bench-result.json}"
+PROFILE="${BENCH_PROFILE:-}"
 QUICK=0
 NODE_ARGS="${BENCH_NODE_ARGS:-}"
 NO_GUARD="${BENCH_NO_GUARD:-0}"
 DAEMON_ARGS="${BENCH_DAEMON_ARGS:-}"
+# The daemon runs at the nice level its systemd unit gives it, unless BENCH_DAEMON_NICE says else.
+UNIT_NICE="$(sed -n 's/^Nice=\(-\{0,1\}[0-9]*\)$/\1/p' "$ROOT/systemd/tunnat.service" | head -n 1)"
+DAEMON_NICE="${BENCH_DAEMON_NICE-$UNIT_NICE}"
 UDP_SENDERS="${BENCH_UDP_SENDERS:-$(nproc)}"
 FILL_PPS="${BENCH_FILL_PPS:-200000}"
 NODE="$(command -v node)"
@@ -64,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --queues) QUEUES="${2:-}"; shift ;;
     --direct) DIRECT=1 ;;
     --out) OUT="${2:-}"; shift ;;
+    --profile) PROFILE="${2:-}"; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -74,8 +86,14 @@ done
 [[ "$FLOWS" =~ ^[0-9]{1,7}$ && "$FLOWS" -le 4000000 ]] || { echo "bench: --flows must be 0..4000000, not '$FLOWS'" >&2; exit 2; }
 [[ -z "$QUEUES" || "$QUEUES" =~ ^[1-9][0-9]?$ ]] || { echo "bench: --queues must be 1..99, not '$QUEUES'" >&2; exit 2; }
 [[ "$UDP_SENDERS" =~ ^[1-9][0-9]?$ ]] || { echo "bench: BENCH_UDP_SENDERS must be 1..99" >&2; exit 2; }
+[[ -z "$DAEMON_NICE" || "$DAEMON_NICE" =~ ^-?[0-9]{1,2}$ ]] || { echo "bench: BENCH_DAEMON_NICE must be -20..19" >&2; exit 2; }
 [[ "$FILL_PPS" =~ ^[0-9]{4,7}$ ]] || { echo "bench: BENCH_FILL_PPS must be 1000..9999999" >&2; exit 2; }
 [[ -n "$OUT" ]] || { echo "bench: --out needs a file name" >&2; exit 2; }
+if [[ -n "$PROFILE" ]]; then
+  command -v perf >/dev/null || { echo "bench: --profile needs perf (apt install linux-perf)" >&2; exit 2; }
+  mkdir -p "$PROFILE" || { echo "bench: --profile: cannot create '$PROFILE'" >&2; exit 2; }
+  PROFILE="$(cd "$PROFILE" && pwd)"
+fi
 
 [[ "$(id -u)" == 0 ]] || die "needs root (ip netns)"
 for t in ip nft iperf3 curl timeout ping cc node; do command -v "$t" >/dev/null || die "needs $t"; done
@@ -220,7 +238,9 @@ MAX_FLOWS=262144
 while [[ "$MAX_FLOWS" -lt $((FLOWS + FLOWS / 4 + 100000)) ]]; do MAX_FLOWS=$((MAX_FLOWS * 2)); done
 TUNNAT_FLAGS=(--inside "$IN_PREFIX" --inside-interface "$BR" --nat-address "$NAT_ADDR"
   --outside-interface "$OUTIF" --tun "$TUN" --metrics "$METRICS" --control-socket "$TMP/ctl.sock"
-  --max-flows "$MAX_FLOWS")
+  --max-flows "$MAX_FLOWS" --table-state-file none)
+# --table-state-file none: every block starts with an empty table (by default the daemon saves
+# its table at SIGTERM beside the control socket and the next block's daemon would restore it).
 [[ -z "$QUEUES" ]] || TUNNAT_FLAGS+=(--queues "$QUEUES")
 
 tunnat_on() {
@@ -233,12 +253,19 @@ tunnat_on() {
     kill -0 "$DAEMON_PID" 2>/dev/null || break
     if in_ns "$NS_NAT" curl -sf -m 1 -o /dev/null "http://$METRICS/healthz"; then
       [ "$NO_GUARD" = 1 ] && guard_off
+      daemon_nice
       return 0
     fi
     sleep 0.1
   done
   tail -n 20 "$TMP/daemon.log" >&2
   die "tunnat did not become healthy in 10 s"
+}
+# BENCH_DAEMON_NICE=N: renice every thread of the daemon (as `Nice=N` in its unit would).
+daemon_nice() {
+  [[ -n "$DAEMON_NICE" ]] || return 0
+  local tid
+  for tid in /proc/"$DAEMON_PID"/task/*; do renice -n "$DAEMON_NICE" -p "${tid##*/}" >/dev/null; done
 }
 # BENCH_NO_GUARD=1: empty the guard's forward chain (what the filter costs; never in production).
 guard_off() {
@@ -301,6 +328,54 @@ daemon_rss_kb() {
   if [[ -n "$DAEMON_PID" ]]; then awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status"; else echo 0; fi
 }
 
+# --- profiles (--profile) --------------------------------------------------------------------
+# prof_begin MODE ROUND TEST starts perf on every CPU; prof_end stops it and writes the summary.
+PERF_PID=""
+PERF_NAME=""
+prof_begin() {
+  [[ -n "$PROFILE" ]] || return 0
+  PERF_NAME="$1-r$2-$3"
+  perf record -a -g -F 497 -o "$TMP/$PERF_NAME.data" >/dev/null 2>"$TMP/perf.err" &
+  PERF_PID=$!
+  BG_PIDS+=("$PERF_PID")
+  sleep 0.2
+}
+prof_end() {
+  [[ -n "$PERF_PID" ]] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
+  local data="$TMP/$PERF_NAME.data" txt="$PROFILE/$PERF_NAME.txt"
+  {
+    echo "# $PERF_NAME: perf record -a -g -F 497 during the test; shares of all samples of all CPUs"
+    echo "# (swapper = idle). The daemon's threads: $(daemon_comms)"
+    echo "## by thread (comm)"
+    perf_top "$data" 25 --sort comm
+    echo "## by thread and object (dso)"
+    perf_top "$data" 30 --sort comm,dso
+    echo "## the daemon's threads: hottest symbols"
+    perf_top "$data" 40 --comms "$(daemon_comms)" --sort sym
+    echo "## every CPU: hottest symbols"
+    perf_top "$data" 40 --sort comm,sym
+  } >"$txt"
+  rm -f "$data"
+}
+# perf_top DATA LINES REPORT-ARGS...: a flat report's first lines (no call graphs, no comments).
+perf_top() {
+  local data="$1" lines="$2"
+  shift 2
+  perf report -i "$data" --stdio --no-children -g none --percent-limit 0.5 "$@" 2>/dev/null |
+    awk -v n="$lines" 'NF && !/^#/ && c < n { print; c++ }' || true
+}
+# The daemon's thread names (comm): node's main thread and the I/O threads tunnat-q<N>.
+daemon_comms() {
+  if [[ -n "$DAEMON_PID" ]]; then
+    cat /proc/"$DAEMON_PID"/task/*/comm 2>/dev/null | sort -u | paste -sd, -
+  else
+    echo node
+  fi
+}
+
 # --- tests -----------------------------------------------------------------------------------
 # Each prints one line for people and appends one record.
 t_ping() {
@@ -315,15 +390,18 @@ t_ping() {
 
 t_rr() { # TEST-NAME
   local mode="$1" r="$2" name="$3" b a out
+  prof_begin "$mode" "$r" "$name"
   b="$(sample)"
   out="$(timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" rr-client "$INET" "$RR_PORT" "$SECS")"
   a="$(sample)"
+  prof_end
   record "$mode" "$r" "$name" "$b" "$a" "$out" "{\"rssKb\":$(daemon_rss_kb)}"
   echo "    $name: $out"
 }
 
 t_crr() {
   local mode="$1" r="$2" b a i outs=() pids=() clients=2 inflight=16
+  prof_begin "$mode" "$r" crr
   b="$(sample)"
   for i in $(seq "$clients"); do
     timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" crr-client "$INET" "$RR_PORT" "$SECS" "$inflight" \
@@ -332,6 +410,7 @@ t_crr() {
   done
   wait "${pids[@]}"
   a="$(sample)"
+  prof_end
   for i in $(seq "$clients"); do outs+=("$(cat "$TMP/crr-$i.json")"); done
   record "$mode" "$r" crr "$b" "$a" "[$(IFS=,; echo "${outs[*]}")]"
   echo "    crr: ${outs[*]}"
@@ -339,6 +418,7 @@ t_crr() {
 
 t_tcp() { # STREAMS TEST-NAME
   local mode="$1" r="$2" streams="$3" name="$4" b a json="$TMP/iperf.json" sum
+  prof_begin "$mode" "$r" "$name"
   b="$(sample)"
   timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" \
     iperf3 -c "$INET" -t "$SECS" -P "$streams" -J >"$json" || {
@@ -347,6 +427,7 @@ t_tcp() { # STREAMS TEST-NAME
     return 1
   }
   a="$(sample)"
+  prof_end
   # The fields the report uses, from iperf3's JSON (bytes and CPU of both ends).
   sum="$(node -e '
     const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
@@ -367,6 +448,7 @@ t_udp() { # SIZE TEST-NAME
   in_ns "$NS_INET" "$LOAD" udp-sink "$INET" "$UDP_PORT" $((SECS + 3)) "$(nproc)" >"$TMP/sink.json" &
   sink=$!
   sleep 0.3
+  prof_begin "$mode" "$r" "$name"
   b="$(sample)"
   for i in $(seq "$UDP_SENDERS"); do
     timeout -k 5 $((SECS + 20)) ip netns exec "$NS_P1" "$LOAD" udp-send "$INET" "$UDP_PORT" "$size" "$SECS" 100000000 \
@@ -376,6 +458,7 @@ t_udp() { # SIZE TEST-NAME
   wait "${pids[@]}"
   sleep 0.5 # what is still in flight arrives
   a="$(sample)"
+  prof_end
   wait "$sink"
   for i in $(seq "$UDP_SENDERS"); do sends+=("$(cat "$TMP/send-$i.json")"); done
   record "$mode" "$r" "$name" "$b" "$a" "{\"size\":$size,\"senders\":[$(IFS=,; echo "${sends[*]}")],\"sink\":$(cat "$TMP/sink.json")}"
@@ -458,9 +541,14 @@ MODES=(kernel tunnat)
 echo "tunnat bench: $ROUNDS round(s), ${SECS} s per test, modes: ${MODES[*]}, full table: $FLOWS flows$([[ -z "$QUEUES" ]] || echo ", --queues $QUEUES")"
 echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "kernel: $(uname -r)   node: $(node --version)   iperf3: $(iperf3 --version | head -n1)"
+echo "daemon: nice ${DAEMON_NICE:-0}$([[ -n "${BENCH_DAEMON_NICE+x}" ]] && echo " (BENCH_DAEMON_NICE)" || echo " (Nice= of systemd/tunnat.service)")"
 echo "topology: p1 $P1 -> $BR [nat] $OUTIF -> inet $INET, NAT address $NAT_ADDR (ns $NAME-*)"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load average before: $LOAD_BEFORE"
+# What two wake-ups of an idle CPU cost here (natload.c "wake"): the least a userspace NAT adds
+# to an idle ping, whatever its code does.
+WAKE="$("$LOAD" wake 100 20)"
+echo "idle wake-ups: $WAKE"
 sleep 0.3
 
 for r in $(seq "$ROUNDS"); do
@@ -469,5 +557,5 @@ for r in $(seq "$ROUNDS"); do
 done
 
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
-node "$ROOT/dist/test/bench/report.js" "$RESULTS" "$OUT" "$(printf '{"rounds":%s,"seconds":%s,"quick":%s,"flows":%s,"queues":%s,"clkTck":%s,"cpus":%s,"loadBefore":"%s","loadAfter":"%s","maxFlows":%s}' \
-  "$ROUNDS" "$SECS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$FLOWS" "${QUEUES:-null}" "$CLK_TCK" "$(nproc)" "$LOAD_BEFORE" "$LOAD_AFTER" "$MAX_FLOWS")"
+node "$ROOT/dist/test/bench/report.js" "$RESULTS" "$OUT" "$(printf '{"rounds":%s,"seconds":%s,"quick":%s,"flows":%s,"queues":%s,"clkTck":%s,"cpus":%s,"loadBefore":"%s","loadAfter":"%s","maxFlows":%s,"wake":%s,"daemonNice":%s}' \
+  "$ROUNDS" "$SECS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$FLOWS" "${QUEUES:-null}" "$CLK_TCK" "$(nproc)" "$LOAD_BEFORE" "$LOAD_AFTER" "$MAX_FLOWS" "$WAKE" "${DAEMON_NICE:-0}")"

@@ -19,6 +19,13 @@
  *   natload flow-fill SRC DST SPORT0 NSPORTS DPORT0 NDPORTS PPS SECONDS
  *       One 1-byte UDP datagram for each of NSPORTS x NDPORTS source/destination port pairs
  *       (raw socket, IP_HDRINCL, needs root), paced at PPS: that many distinct flows.
+ *   natload wake COUNT IDLE_MS
+ *       What waking an idle CPU costs on this machine: two processes pinned to two different
+ *       CPUs pass one byte there and back over pipes, COUNT times, each time after both slept
+ *       IDLE_MS; prints the round trip's percentiles (two wake-ups of an idle CPU, the number a
+ *       userspace NAT adds to an idle ping at least: the daemon is woken for the request and the
+ *       pinger for the reply, where the kernel's NAT forwards both in the sender's own context).
+ *       Sends nothing on any network.
  *   natload ct-flush
  *       Empties the kernel's IPv4 connection tracking table of the current network namespace
  *       (ctnetlink IPCTNL_MSG_CT_DELETE without a tuple, as `conntrack -F` does), so entries of
@@ -39,6 +46,7 @@
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -491,6 +499,49 @@ static int ct_flush(char **v) {
   return 0;
 }
 
+static void pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set); /* best effort: a one-CPU machine shares the CPU */
+}
+
+static int wake(char **v) {
+  long count = num(v[0], 1, 100000, "COUNT"), idle_ms = num(v[1], 0, 1000, "IDLE_MS");
+  int there[2], back[2];
+  if (pipe(there) < 0 || pipe(back) < 0) die("pipe");
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    pin(ncpu > 1 ? 1 : 0);
+    char b;
+    while (read(there[0], &b, 1) == 1 && b != 'q')
+      if (write(back[1], &b, 1) != 1) _exit(1);
+    _exit(0);
+  }
+  pin(0);
+  uint32_t *us = calloc((size_t)count, sizeof *us);
+  if (!us) die("calloc");
+  struct timespec idle = {idle_ms / 1000, (idle_ms % 1000) * 1000000L};
+  char b = 'x';
+  for (long i = 0; i < count; i++) {
+    nanosleep(&idle, NULL);
+    uint64_t t0 = now_ns();
+    if (write(there[1], &b, 1) != 1 || read(back[0], &b, 1) != 1) die("pipe round trip");
+    us[i] = (uint32_t)((now_ns() - t0) / 1000);
+  }
+  b = 'q';
+  if (write(there[1], &b, 1) != 1) die("write");
+  waitpid(child, NULL, 0);
+  qsort(us, (size_t)count, sizeof *us, cmp_u32);
+  printf("{\"mode\":\"wake\",\"count\":%ld,\"idleMs\":%ld,\"cpus\":%ld,\"p50Us\":%u,\"p90Us\":%u,"
+         "\"p99Us\":%u}\n",
+         count, idle_ms, ncpu, us[count / 2], us[count * 9 / 10], us[count * 99 / 100]);
+  free(us);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -503,7 +554,7 @@ int main(int argc, char **argv) {
   } modes[] = {
       {"rr-server", 3, rr_server}, {"rr-client", 3, rr_client}, {"crr-client", 4, crr_client},
       {"udp-send", 5, udp_send},   {"udp-sink", 4, udp_sink},   {"flow-fill", 8, flow_fill},
-      {"ct-flush", 0, ct_flush},
+      {"ct-flush", 0, ct_flush},   {"wake", 2, wake},
   };
   for (size_t i = 0; argc >= 2 && i < sizeof modes / sizeof modes[0]; i++)
     if (strcmp(argv[1], modes[i].name) == 0) {

@@ -48,6 +48,10 @@ export interface Meta {
   loadBefore: string;
   loadAfter: string;
   maxFlows: number;
+  /** natload "wake": a byte's round trip between two CPUs after both idled (two wake-ups). */
+  wake?: { idleMs: number; p50Us: number; p90Us: number; p99Us: number } | null;
+  /** The daemon's nice level in the run (the unit's Nice= unless BENCH_DAEMON_NICE). */
+  daemonNice?: number;
 }
 
 /** The host's CPU over one run, in seconds and shares. */
@@ -571,6 +575,12 @@ export function report(lines: string, meta: Meta): { text: string; json: unknown
     LEGEND,
     "",
     `load average (1, 5, 15 min) before: ${meta.loadBefore}, after: ${meta.loadAfter}`,
+    ...(meta.daemonNice !== undefined ? [`the daemon's nice level: ${meta.daemonNice}`] : []),
+    ...(meta.wake
+      ? [
+          `idle wake-ups: a byte's round trip between two CPUs over pipes after ${meta.wake.idleMs} ms idle takes ${meta.wake.p50Us} µs (median; p90 ${meta.wake.p90Us}, p99 ${meta.wake.p99Us}). That is two wake-ups of an idle CPU, the least a userspace NAT adds to an idle ping: the daemon is woken for the request and the pinger for the reply, where the kernel's NAT forwards both in the sender's own context.`,
+        ]
+      : []),
     warnings.length
       ? `WARNING: the machine was busy during ${warnings.length} of ${derived.length} runs; figures are less reliable:\n  ${warnings.join("\n  ")}`
       : "The machine was not noticeably busy with other work during any run.",

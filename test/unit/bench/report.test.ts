@@ -209,7 +209,13 @@ t.test(
       loadBefore: "0.1 0.1 0.1",
       loadAfter: "0.2 0.1 0.1",
       maxFlows: 262144,
+      wake: { idleMs: 20, p50Us: 93, p90Us: 400, p99Us: 4000 },
     });
+    t.match(
+      text,
+      /after 20 ms idle takes 93 µs \(median; p90 400, p99 4000\)/,
+      "the idle wake-up cost",
+    );
     t.match(text, /figure\s+unit\s+kernel\s+tunnat\s+tunnat\/kernel\s+tunnat-kernel\s+target/);
     t.match(text, /TCP, 1 stream\s+Gbit\/s\s+10\.0\s+9\.00\s+0\.90x\s+>= 0\.9/);
     t.match(text, /target {9}issue 11's target/, "the legend explains the target column");
