@@ -7,8 +7,12 @@
  *   flow's remaining lifetime, never an absolute stamp, so the reader can subtract the time that
  *   passed while nobody held the table (a monotonic clock starts over with each process).
  * - A record is fixed-size and little-endian. encodeFlow/decodeFlow work on one flow at a given
- *   offset of a DataView, so a sync protocol can frame flows its own way; SnapshotWriter and
- *   restoreTable build the whole-table body on them.
+ *   offset of a DataView; the state file's body (SnapshotWriter, restoreTable) and the HA sync
+ *   stream (src/ha/sync.ts, which frames records its own way) are both built on them, and both
+ *   apply a record through applyFlow / applyRemoval, so a restored flow and a synced flow are
+ *   the same thing. Besides a live flow (RecordKind.FLOW) a record may say that a flow ended and
+ *   its outside port rests (RecordKind.REMOVED: the sync's removal events); the state file keeps
+ *   its resting ports in a section of their own.
  * - Decoding never throws and never trusts a field: a record with an impossible value is
  *   skipped and counted, a body whose structure is wrong is refused before the table is
  *   touched. Applying goes through FlowTable.adopt(), which keeps every index, mapping, port,
@@ -33,7 +37,7 @@
  * conflict and counted, the rest is restored.
  */
 import { PROTO_SLOTS, PROTOCOLS, protoSlot } from "../base/protocols.js";
-import { ADOPT_CONFLICT, ADOPT_FULL, type FlowTable, Proto } from "./table.js";
+import { ADOPT_CONFLICT, ADOPT_FULL, FlowFlag, type FlowTable, Proto } from "./table.js";
 import { TCP_STATE_NAMES } from "./tcp-state.js";
 
 const SectionTag = {
@@ -63,10 +67,23 @@ const RECORD_BYTES: Record<number, number> = {
   [SectionTag.COUNTERS]: COUNTER_BYTES,
 };
 
+/** What a flow record says (its byte 3; 0 in every state file written before kinds existed). */
+export const RecordKind = {
+  /** A live flow: apply it with applyFlow. */
+  FLOW: 0,
+  /**
+   * A flow that ended: its tuple and outside endpoint, and in F_AGE the seconds since its outside
+   * port was freed; apply it with applyRemoval. An empty inside tuple (0) names only a port at
+   * rest (the sync's bulk resync sends those).
+   */
+  REMOVED: 1,
+} as const;
+
 // Flow record offsets.
 const F_PROTO = 0;
 const F_STATE = 1;
 const F_FLAGS = 2;
+const F_KIND = 3;
 const F_IADDR = 4;
 const F_OADDR = 8;
 const F_RADDR = 12;
@@ -83,11 +100,13 @@ const F_BYTES_IN = 48;
 /** No timeout is longer than 30 days (control/config.ts), so no flow has more left. */
 const MAX_TTL = 30 * 86400;
 
-/** FlowFlag bits a record may carry (REPLIED, INBOUND, USER). */
-const KNOWN_FLAGS = 0x07;
+/** FlowFlag bits a record may carry (REPLIED, INBOUND, USER, FORWARD). */
+const KNOWN_FLAGS = FlowFlag.REPLIED | FlowFlag.INBOUND | FlowFlag.USER | FlowFlag.FORWARD;
 
 /** One flow as a record holds it. Reuse one object: decodeFlow fills it in place. */
 export interface FlowRecord {
+  /** RecordKind. */
+  kind: number;
   proto: number;
   /** TcpState for TCP; 0 or 1 (replied) for UDP and ICMP. */
   state: number;
@@ -101,7 +120,10 @@ export interface FlowRecord {
   rport: number;
   /** Seconds the flow has left: it is alive while ttl >= 0 (FlowTable: now <= expires). */
   ttl: number;
-  /** Seconds since its mapping was made, as far as the table knows it (0 = unknown). */
+  /**
+   * FLOW: seconds since its mapping was made, as far as the table knows it (0 = unknown).
+   * REMOVED: seconds since its outside port was freed.
+   */
   age: number;
   pktsOut: number;
   pktsIn: number;
@@ -111,6 +133,7 @@ export interface FlowRecord {
 
 export function newFlowRecord(): FlowRecord {
   return {
+    kind: RecordKind.FLOW,
     proto: 0,
     state: 0,
     flags: 0,
@@ -150,7 +173,7 @@ export function encodeFlow(table: FlowTable, f: number, now: number, v: DataView
   v.setUint8(off + F_PROTO, proto);
   v.setUint8(off + F_STATE, table.state(f));
   v.setUint8(off + F_FLAGS, table.flags(f));
-  v.setUint8(off + 3, 0);
+  v.setUint8(off + F_KIND, RecordKind.FLOW);
   v.setUint32(off + F_IADDR, table.iaddr(f), true);
   v.setUint32(off + F_OADDR, table.oaddr(f), true);
   v.setUint32(off + F_RADDR, table.raddr(f), true);
@@ -169,6 +192,35 @@ export function encodeFlow(table: FlowTable, f: number, now: number, v: DataView
 }
 
 /**
+ * Write a RecordKind.REMOVED record at `off`: the flow (proto, inside addr:port, remote addr:port)
+ * on (NAT addr, port) ended, and that port was freed `age` seconds ago (it rests, RFC 6888 REQ-8,
+ * unless another flow still holds it). An inside tuple of zeros names only the resting port.
+ */
+export function encodeRemoval(
+  v: DataView,
+  off: number,
+  proto: number,
+  iaddr: number,
+  iport: number,
+  oaddr: number,
+  oport: number,
+  raddr: number,
+  rport: number,
+  age: number,
+): void {
+  for (let i = 0; i < FLOW_RECORD_BYTES; i += 4) v.setUint32(off + i, 0, true);
+  v.setUint8(off + F_PROTO, proto);
+  v.setUint8(off + F_KIND, RecordKind.REMOVED);
+  v.setUint32(off + F_IADDR, iaddr >>> 0, true);
+  v.setUint32(off + F_OADDR, oaddr >>> 0, true);
+  v.setUint32(off + F_RADDR, raddr >>> 0, true);
+  v.setUint16(off + F_IPORT, iport, true);
+  v.setUint16(off + F_OPORT, oport, true);
+  v.setUint16(off + F_RPORT, rport, true);
+  v.setUint32(off + F_AGE, Math.max(0, Math.floor(age)) >>> 0, true);
+}
+
+/**
  * Read the record at `off` into `into`. Returns null when it is a possible flow, else why not
  * (the caller counts it and goes on). The caller checks that FLOW_RECORD_BYTES are there.
  */
@@ -176,6 +228,8 @@ export function decodeFlow(v: DataView, off: number, into: FlowRecord): string |
   const proto = v.getUint8(off + F_PROTO);
   const state = v.getUint8(off + F_STATE);
   const flags = v.getUint8(off + F_FLAGS);
+  const kind = v.getUint8(off + F_KIND);
+  into.kind = kind;
   into.proto = proto;
   into.state = state;
   into.flags = flags;
@@ -191,7 +245,9 @@ export function decodeFlow(v: DataView, off: number, into: FlowRecord): string |
   into.pktsIn = v.getUint32(off + F_PKTS_IN, true);
   into.bytesOut = v.getFloat64(off + F_BYTES_OUT, true);
   into.bytesIn = v.getFloat64(off + F_BYTES_IN, true);
+  if (kind !== RecordKind.FLOW && kind !== RecordKind.REMOVED) return "kind";
   if (proto !== Proto.TCP && proto !== Proto.UDP && proto !== Proto.ICMP) return "protocol";
+  if (kind === RecordKind.REMOVED) return into.age > MAX_TTL ? "rest time" : null;
   if (proto === Proto.TCP ? state >= TCP_STATE_NAMES.length : state > 1) return "state";
   if ((flags & ~KNOWN_FLAGS) !== 0) return "flags";
   if (proto === Proto.ICMP && into.rport !== 0) return "icmp port";
@@ -204,8 +260,10 @@ export function decodeFlow(v: DataView, off: number, into: FlowRecord): string |
 }
 
 /**
- * Put a decoded flow into `table` at `now` (expiry now + ttl) with its counters. Returns the
- * flow id or an ADOPT_* code (see FlowTable.adopt).
+ * Put a decoded flow into `table` at `now` (expiry now + ttl) with its counters: the one way a
+ * flow that exists elsewhere (a state file, the active of an HA pair) enters a table. A flow the
+ * table already holds (same inside tuple and outside endpoint) is brought up to the record's
+ * state, expiry and counters. Returns the flow id or an ADOPT_* code (see FlowTable.adopt).
  */
 export function applyFlow(table: FlowTable, r: FlowRecord, now: number): number {
   const f = table.adopt(
@@ -222,19 +280,33 @@ export function applyFlow(table: FlowTable, r: FlowRecord, now: number): number 
     now,
   );
   if (f < 0) return f;
-  table.addOut(f, r.pktsOut, r.bytesOut);
-  table.addIn(f, r.pktsIn, r.bytesIn);
+  table.setCounters(f, r.pktsOut, r.bytesOut, r.pktsIn, r.bytesIn);
   if (table.keepsRemovalLog && r.age > 0) {
     const created = Math.max(0, now - r.age);
     if (table.endpointIndependent) {
       const m = table.mappingOf(f);
       // The mapping's first restored flow sets its age; later ones share the mapping.
       if (m >= 0 && table.maps.created[m] === now) table.maps.created[m] = created;
-    } else {
+    } else if (table.fCreated[f] === now) {
       table.fCreated[f] = created;
     }
   }
   return f;
+}
+
+/**
+ * Apply a RecordKind.REMOVED record at `now`: remove the flow if the table holds it, then let its
+ * outside port rest for what is left of the sender's rest time if nothing here holds the port
+ * (the table may never have had the flow: made and ended between two syncs). A port already
+ * resting here keeps its own, later, release time: never shorter than the sender's.
+ */
+export function applyRemoval(table: FlowTable, r: FlowRecord, now: number): void {
+  if (r.iaddr !== 0) {
+    const f = table.lookupInside(r.proto, r.iaddr, r.iport, r.raddr, r.rport, now);
+    if (f >= 0) table.remove(f, now);
+  }
+  const a = table.natAddressIndex(r.oaddr);
+  if (a >= 0) table.ports.restoreResting(a, protoSlot(r.proto), r.oport, now - r.age);
 }
 
 /**
@@ -572,12 +644,18 @@ export function restoreTable(
           r.expired++;
           return;
         }
+        if (rec.kind !== RecordKind.FLOW) return invalid("kind");
+        // A second record of a flow restored before (a fuzzy snapshot): the first one stays.
+        if (table.lookupInside(rec.proto, rec.iaddr, rec.iport, rec.raddr, rec.rport, now) >= 0) {
+          r.refused++;
+          return;
+        }
         rec.ttl -= gone;
         if (rec.age > 0) rec.age += gone;
         const f = applyFlow(table, rec, now);
         if (f >= 0) r.flows++;
         else if (f === ADOPT_FULL || f === ADOPT_CONFLICT) r.refused++;
-        else invalid("not a NAT address");
+        else invalid("not a NAT address or forward of this configuration");
         return;
       }
       case SectionTag.RESTING: {

@@ -61,14 +61,10 @@ export { FlowEvent, type FlowHooks } from "./hooks.js";
 export { FlowFlag } from "./record.js";
 export { Refusal } from "./refusal.js";
 
-/** FlowTable.install() results besides a flow id. */
-const INSTALL_BAD_ADDRESS = -1;
-export const INSTALL_CONFLICT = -2;
-const INSTALL_FULL = -3;
 /** FlowTable.adopt() results other than a flow id. */
-export const ADOPT_FULL = -1;
+const ADOPT_NOT_OURS = -1;
 export const ADOPT_CONFLICT = -2;
-const ADOPT_NOT_OURS = -3;
+export const ADOPT_FULL = -3;
 
 /** Slots examined to find expired flows before evicting a live one. */
 const FULL_SWEEP_BUDGET = 64;
@@ -254,6 +250,13 @@ export class FlowTable implements TupleProbe {
   addIn(f: number, pkts: number, bytes: number): void {
     this.pkt[f * CTR_U32 + 5] += pkts;
     this.ctr[f * CTR_F64 + 1] += bytes;
+  }
+  /** Set a flow's counters (an adopted flow takes those of its record). */
+  setCounters(f: number, pktsOut: number, bytesOut: number, pktsIn: number, bytesIn: number): void {
+    this.pkt[f * CTR_U32 + 4] = pktsOut;
+    this.pkt[f * CTR_U32 + 5] = pktsIn;
+    this.ctr[f * CTR_F64] = bytesOut;
+    this.ctr[f * CTR_F64 + 1] = bytesIn;
   }
 
   /** Change a live flow's state, moving it between the flowsByState counts. */
@@ -478,14 +481,19 @@ export class FlowTable implements TupleProbe {
   }
 
   /**
-   * Put back a flow that existed before (a restored state file, a standby's copy of its peer;
-   * conntrack/snapshot.ts): with its own outside address and port, TCP state, flags and expiry
-   * second, and no hook called (the mapping log saw its creation when it happened). Its mapping
-   * is found or made on the given port, which must be free or that mapping's; the per-host
-   * quota is not applied (the flow was admitted once). Control plane, never per packet.
-   * Returns the flow id, or ADOPT_FULL / ADOPT_CONFLICT (the inside or outside tuple, or the
-   * port, is taken by another) / ADOPT_NOT_OURS (not one of the NAT addresses). Counts
-   * flowsCreated (and mappingsCreated for a new mapping) like a new flow.
+   * Put in a flow that exists elsewhere (a restored state file, a standby's copy of its active
+   * peer; conntrack/snapshot.ts applyFlow is the one caller): with its own outside address and
+   * port, TCP state, FlowFlag bits and expiry second, and no hook but flowEvent called (the
+   * mapping log saw its creation when it happened). A flow the table already holds with the same
+   * inside tuple and outside endpoint is brought up to the given state, flags and expiry. A new
+   * one's mapping is found or made on the given port, which must be free or that mapping's; a
+   * static forward's flow (FlowFlag.FORWARD) takes no mapping and needs its port reserved for a
+   * forward here. The per-host quota is not applied (the flow was admitted once). Control plane,
+   * never per packet. Returns the flow id, or ADOPT_NOT_OURS (not one of the NAT addresses, or a
+   * forward this configuration does not have), ADOPT_CONFLICT (the inside or outside tuple, the
+   * inside endpoint's mapping or the port belongs to another flow: a caller that knows the
+   * record is the truth removes those and retries), ADOPT_FULL (no free slot; nothing is
+   * evicted). Counts flowsCreated (and mappingsCreated for a new mapping) like a new flow.
    */
   adopt(
     proto: number,
@@ -505,21 +513,35 @@ export class FlowTable implements TupleProbe {
     const ra = raddr >>> 0;
     const a = this.pool.indexOf(oa);
     if (a < 0) return ADOPT_NOT_OURS;
-    if (this.freeHead < 0) return ADOPT_FULL;
-    if (
-      this.inIdx.find(proto, ia, iport, ra, rport) >= 0 ||
-      this.outIdx.find(proto, oa, oport, ra, rport) >= 0
-    )
-      return ADOPT_CONFLICT;
+    const forward = (flags & FlowFlag.FORWARD) !== 0;
+    const known = this.inIdx.find(proto, ia, iport, ra, rport);
+    if (known >= 0) {
+      if (
+        this.oaddr(known) !== oa ||
+        this.oport(known) !== oport ||
+        ((this.flags(known) & FlowFlag.FORWARD) !== 0) !== forward
+      )
+        return ADOPT_CONFLICT;
+      this.setAdopted(known, state, flags, expires);
+      return known;
+    }
+    if (this.outIdx.find(proto, oa, oport, ra, rport) >= 0) return ADOPT_CONFLICT;
     const pi = protoSlot(proto);
+    const held = this.ports.get(a, pi, oport);
+    if (forward ? held !== RESERVED : held === RESERVED)
+      return forward ? ADOPT_NOT_OURS : ADOPT_CONFLICT;
     let m = -1;
-    let newMapping = false;
-    if (this.eim) {
+    if (this.eim && !forward) {
       m = this.maps.find(proto, ia, iport);
-      if (m >= 0) {
-        if (this.maps.addr[m] !== a || this.maps.oport[m] !== oport) return ADOPT_CONFLICT;
-      } else {
-        if (this.ports.get(a, pi, oport) > 0) return ADOPT_CONFLICT;
+      if (m >= 0 ? this.maps.addr[m] !== a || this.maps.oport[m] !== oport : held > 0)
+        return ADOPT_CONFLICT;
+    }
+    if (this.freeHead < 0) return ADOPT_FULL;
+    let newMapping = false;
+    if (forward) {
+      // Its port stays reserved; removing the flow releases nothing (like createForward).
+    } else if (this.eim) {
+      if (m < 0) {
         m = this.maps.add(proto, ia, iport, a, oport, now);
         this.ports.take(a, pi, oport, m + 1);
         newMapping = true;
@@ -532,10 +554,7 @@ export class FlowTable implements TupleProbe {
     const f = this.freeHead;
     this.freeHead = this.expires(f) - 1;
     this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, flags & ~FlowFlag.REPLIED);
-    this.setState(f, state);
-    if (proto === Proto.TCP && state === TcpState.ESTABLISHED) this.stats.tcpEstablishedNow++;
-    if ((flags & FlowFlag.REPLIED) !== 0) this.setReplied(f);
-    this.setExpires(f, expires);
+    this.setAdopted(f, state, flags, expires);
     this.hosts.addFlow(ia, pi, newMapping);
     this.admission.flowAdded(m, ra);
     if (newMapping) {
@@ -543,6 +562,18 @@ export class FlowTable implements TupleProbe {
       if (!this.eim && this.logRemovals) this.fCreated[f] = now;
     }
     return f;
+  }
+
+  /** An adopted flow's state, reply flag and expiry, keeping the live counts true. */
+  private setAdopted(f: number, state: number, flags: number, expires: number): void {
+    const prev = this.state(f);
+    if (this.proto(f) === Proto.TCP && prev !== state) {
+      if (prev === TcpState.ESTABLISHED) this.stats.tcpEstablishedNow--;
+      if (state === TcpState.ESTABLISHED) this.stats.tcpEstablishedNow++;
+    }
+    this.setState(f, state & 0xff);
+    if ((flags & FlowFlag.REPLIED) !== 0) this.setReplied(f);
+    this.setExpires(f, expires >>> 0);
   }
 
   /** The endpoint-independent mapping id flow `f` uses, or -1 (per-destination mode). */
@@ -677,108 +708,6 @@ export class FlowTable implements TupleProbe {
     }
     this.sweepCursor = c;
     return removed;
-  }
-
-  // ---------------------------------------------------------------- installing a known flow
-
-  /**
-   * Install a flow whose outside address and port were chosen elsewhere (the active of an HA
-   * pair; a saved table), with its TCP state (or 1 = replied for UDP/ICMP), FlowFlag bits and
-   * last live second. An existing flow with the same inside tuple and outside endpoint is
-   * updated in place; one with another outside endpoint is replaced. Control plane only (one
-   * call per synced flow, never per packet); no quota applies (the source enforced it).
-   * Returns the flow id, or: INSTALL_BAD_ADDRESS (oaddr is not one of our NAT addresses: another
-   * configuration), INSTALL_CONFLICT (the inside endpoint is mapped to another port, or the
-   * outside port is held by another mapping: the caller removes the stale flows and retries),
-   * INSTALL_FULL (no free slot and nothing evictable).
-   */
-  install(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    state: number,
-    flags: number,
-    expires: number,
-    now: number,
-  ): number {
-    const ia = iaddr >>> 0;
-    const oa = oaddr >>> 0;
-    const ra = raddr >>> 0;
-    let f = this.inIdx.find(proto, ia, iport, ra, rport);
-    if (f >= 0 && (this.oaddr(f) !== oa || this.oport(f) !== oport)) {
-      this.removeFlow(f, now);
-      f = -1;
-    }
-    if (f >= 0) {
-      this.applyInstalled(f, state, flags, expires);
-      return f;
-    }
-    const a = this.pool.indexOf(oa);
-    if (a < 0) return INSTALL_BAD_ADDRESS;
-    const pi = protoSlot(proto);
-    const maps = this.maps;
-    let m = -1;
-    if (this.eim) {
-      m = maps.find(proto, ia, iport);
-      const taken = this.ports.get(a, pi, oport) > 0;
-      if (m >= 0 ? maps.addr[m] !== a || maps.oport[m] !== oport : taken) return INSTALL_CONFLICT;
-    } else if (this.outIdx.find(proto, oa, oport, ra, rport) >= 0) {
-      return INSTALL_CONFLICT;
-    }
-    f = this.takeSlot(now);
-    if (f < 0) return INSTALL_FULL;
-    // The eviction may have ended the mapping found above.
-    if (m >= 0 && maps.proto[m] === 0) m = -1;
-    let newMapping = false;
-    if (this.eim) {
-      if (m < 0) {
-        if (this.ports.get(a, pi, oport) > 0) {
-          this.setExpires(f, this.freeHead + 1);
-          this.freeHead = f;
-          return INSTALL_CONFLICT;
-        }
-        m = maps.add(proto, ia, iport, a, oport, now);
-        this.ports.take(a, pi, oport, m + 1);
-        newMapping = true;
-      }
-      maps.refs[m]++;
-    } else {
-      this.ports.take(a, pi, oport, 1);
-      newMapping = true;
-      if (this.logRemovals) this.fCreated[f] = now;
-    }
-    this.initFlow(f, proto, ia, iport, oa, oport, ra, rport, now, flags & FlowFlag.INBOUND);
-    this.hosts.addFlow(ia, pi, newMapping);
-    this.admission.flowAdded(m, ra);
-    if (newMapping) {
-      this.stats.mappingsCreated++;
-      this.hooks.mappingCreated?.(proto, ia, iport, oa, oport, ra, rport, now);
-    }
-    this.applyInstalled(f, state, flags, expires);
-    return f;
-  }
-
-  /** Set the state, reply flag and expiry of an installed flow, keeping the counters true. */
-  private applyInstalled(f: number, state: number, flags: number, expires: number): void {
-    const stats = this.stats;
-    const prev = this.state(f);
-    if (this.proto(f) === Proto.TCP && prev !== state) {
-      if (prev === TcpState.ESTABLISHED) stats.tcpEstablishedNow--;
-      if (state === TcpState.ESTABLISHED) stats.tcpEstablishedNow++;
-    }
-    this.setState(f, state & 0xff);
-    if ((flags & FlowFlag.REPLIED) !== 0) {
-      const i = f * REC + R_FLAGS;
-      if ((this.rec[i] & FlowFlag.REPLIED) === 0) {
-        this.evictable.unlink(f);
-        this.rec[i] |= FlowFlag.REPLIED;
-      }
-    }
-    this.setExpires(f, expires >>> 0);
   }
 
   // ---------------------------------------------------------------- control plane (may allocate)

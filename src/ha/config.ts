@@ -6,7 +6,8 @@
  *   {
  *     "arbiter": "keepalived",            who decides mastership: "keepalived" (VRRP, via
  *                                         `tunnat ha role`) or "heartbeat" (the sync link's
- *                                         heartbeats, with priority and fencing; EC2)
+ *                                         heartbeats, with priority and fencing; EC2 only:
+ *                                         refused without "ec2", whose routes fence it)
  *     "listen": "ADDR:PORT",              this gateway's sync address (UDP)
  *     "peer": "ADDR:PORT",                the other gateway's
  *     "keyFile": "/etc/tunnat/ha.key",    the shared key: at least 32 bytes, mode 0600 or 0400
@@ -220,6 +221,17 @@ export function parseHaSettings(file: string, o: unknown): HaSettings {
       : str(file, r, "keepalivedInstance", /^[^"\s]{1,64}$/);
   if (keepalivedFifo !== undefined && arbiter !== "keepalived")
     throw bad(file, "keepalivedFifo", keepalivedFifo, 'nothing unless "arbiter" is "keepalived"');
+  // The heartbeat arbiter's answer to split brain is EC2's: a route table targets one ENI, and
+  // an active whose routes the peer took fences itself (controller.ts). On L2 nothing would
+  // fence: a broken sync link would leave two actives answering ARP for the NAT address, each
+  // with its own table. There VRRP (keepalived) decides.
+  if (arbiter === "heartbeat" && ec2 === undefined)
+    throw bad(
+      file,
+      "arbiter",
+      arbiter,
+      '"keepalived" unless "ec2" is set (the heartbeat arbiter fences itself through the EC2 routes)',
+    );
   return {
     file,
     arbiter,

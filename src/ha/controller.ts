@@ -15,6 +15,7 @@
  * most recent takeover; then the higher priority), and an active whose routes were taken by the
  * peer (ownership check every `checkMs`) demotes itself and stays standby ("fenced") until it
  * hears the peer again, so a broken link cannot make the two take the routes back and forth.
+ * That fencing needs EC2's routes, so config.ts accepts the heartbeat arbiter only with them.
  */
 import { Role, type Role as RoleT } from "./protocol.js";
 import type { PeerState, SyncEndpoint } from "./sync.js";

@@ -17,6 +17,8 @@ export interface FlowFields {
   proto(f: number): number;
   iaddr(f: number): number;
   iport(f: number): number;
+  oaddr(f: number): number;
+  oport(f: number): number;
   raddr(f: number): number;
   rport(f: number): number;
 }
@@ -27,9 +29,14 @@ export class EventRing implements FlowHooks {
   readonly kind: Uint8Array;
   /** Flow id per entry. */
   readonly flow: Int32Array;
-  /** Removed flows' tuple: proto, inside addr, remote addr, iport << 16 | rport. */
+  /**
+   * Removed flows' tuple and outside endpoint (its port rests on the standby too): proto, inside
+   * addr, remote addr, iport << 16 | rport, NAT addr, NAT port.
+   */
   readonly proto: Uint8Array;
   readonly iaddr: Uint32Array;
+  readonly oaddr: Uint32Array;
+  readonly oport: Uint16Array;
   readonly raddr: Uint32Array;
   readonly ports: Uint32Array;
   private head = 0;
@@ -48,6 +55,8 @@ export class EventRing implements FlowHooks {
     this.flow = new Int32Array(this.capacity);
     this.proto = new Uint8Array(this.capacity);
     this.iaddr = new Uint32Array(this.capacity);
+    this.oaddr = new Uint32Array(this.capacity);
+    this.oport = new Uint16Array(this.capacity);
     this.raddr = new Uint32Array(this.capacity);
     this.ports = new Uint32Array(this.capacity);
   }
@@ -74,6 +83,8 @@ export class EventRing implements FlowHooks {
       const t = this.fields;
       this.proto[i] = t.proto(flow);
       this.iaddr[i] = t.iaddr(flow);
+      this.oaddr[i] = t.oaddr(flow);
+      this.oport[i] = t.oport(flow);
       this.raddr[i] = t.raddr(flow);
       this.ports[i] = ((t.iport(flow) << 16) | t.rport(flow)) >>> 0;
     }

@@ -12,20 +12,21 @@
  *   16 ack (the highest DATA seq received in order from the peer's stream `ackEpoch`)
  *   20 ackEpoch   24 record count (DATA)   26 priority   27 synced (1: the sender's table follows
  *   the peer's stream completely)   28 arg (NACK: the last missing seq)
- * then `count` flow records (codec.ts), then the 32-byte MAC.
+ * then `count` flow records (FLOW_RECORD_BYTES each, conntrack/snapshot.ts: the state file's
+ * record), then the 32-byte MAC. Version 2: the 64-byte record (version 1 had a 28-byte one).
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { RECORD_BYTES } from "./codec.js";
+import { FLOW_RECORD_BYTES } from "../conntrack/snapshot.js";
 
 const MAGIC = 0x544e4841; // "TNHA"
-const VERSION = 1;
+const VERSION = 2;
 export const HEADER_BYTES = 32;
 export const MAC_BYTES = 32;
 /** A datagram's largest size: fits a 1500-byte MTU with the IPv4 and UDP headers and room. */
 export const MAX_DATAGRAM = 1400;
 /** Flow records per DATA message. */
 export const RECORDS_PER_MESSAGE = Math.floor(
-  (MAX_DATAGRAM - HEADER_BYTES - MAC_BYTES) / RECORD_BYTES,
+  (MAX_DATAGRAM - HEADER_BYTES - MAC_BYTES) / FLOW_RECORD_BYTES,
 );
 /** The shortest key accepted (bytes): 256 bits, HMAC-SHA256's block security. */
 export const MIN_KEY_BYTES = 32;
@@ -128,7 +129,7 @@ export class Authenticator {
     h.priority = msg[26] ?? 0;
     h.synced = msg[27] ?? 0;
     h.arg = msg.readUInt32BE(28);
-    if (HEADER_BYTES + h.count * RECORD_BYTES !== body) return "length";
+    if (HEADER_BYTES + h.count * FLOW_RECORD_BYTES !== body) return "length";
     return null;
   }
 }

@@ -26,16 +26,18 @@
  * peer needs no connection set up again, it just asks for a resync.
  */
 import { createSocket, type Socket } from "node:dgram";
-import { FlowEvent, INSTALL_CONFLICT } from "../conntrack/table.js";
+import { PROTO_SLOTS, PROTOCOLS } from "../base/protocols.js";
 import {
-  decodeRecord,
-  encodeDelete,
-  encodeUpsert,
-  type FlowView,
-  newRecord,
-  OP_UPSERT,
-  RECORD_BYTES,
-} from "./codec.js";
+  applyFlow,
+  applyRemoval,
+  decodeFlow,
+  encodeFlow,
+  encodeRemoval,
+  FLOW_RECORD_BYTES,
+  newFlowRecord,
+  RecordKind,
+} from "../conntrack/snapshot.js";
+import { ADOPT_CONFLICT, FlowEvent, FlowFlag, type FlowTable } from "../conntrack/table.js";
 import type { EventRing } from "./events.js";
 import {
   Authenticator,
@@ -52,32 +54,11 @@ import {
   writeHeader,
 } from "./protocol.js";
 
-/** The parts of the flow table the sync reads and writes (a FlowTable). */
-export interface SyncTable extends FlowView {
-  readonly capacity: number;
-  install(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    oaddr: number,
-    oport: number,
-    raddr: number,
-    rport: number,
-    state: number,
-    flags: number,
-    expires: number,
-    now: number,
-  ): number;
-  remove(flow: number, now: number): void;
-  lookupInside(
-    proto: number,
-    iaddr: number,
-    iport: number,
-    raddr: number,
-    rport: number,
-    now: number,
-  ): number;
-}
+/**
+ * The flow table the sync reads and writes. Records are encoded, decoded and applied by
+ * conntrack/snapshot.ts, the same code the state file uses (one record, one apply path).
+ */
+export type SyncTable = FlowTable;
 
 /** How datagrams leave and arrive (UDP in the daemon; a lossy pipe in unit tests). */
 export interface Transport {
@@ -177,7 +158,7 @@ export class SyncEndpoint {
   private readonly auth: Authenticator;
   private readonly h = newHeader();
   private readonly rh = newHeader();
-  private readonly rec = newRecord();
+  private readonly rec = newFlowRecord();
   private timer: ReturnType<typeof setInterval> | undefined;
   private lastHeartbeat = -1e12;
   private readonly opts: SyncOptions;
@@ -185,6 +166,8 @@ export class SyncEndpoint {
   // Sender (active).
   private nextSeq = 1;
   private readonly win: Buffer[];
+  /** A DataView on each window buffer, for the record codec. */
+  private readonly winView: DataView[];
   private readonly winLen: Int32Array;
   private readonly winSent: Float64Array;
   private readonly winRecords: Int32Array;
@@ -192,12 +175,17 @@ export class SyncEndpoint {
   private winStart = 1;
   private winCount = 0;
   private cur: Buffer | null = null;
+  private curView: DataView | null = null;
   private curCount = 0;
   private curFlags = 0;
   private needResync = true;
   private bulkActive = false;
   private bulkBeginPending = false;
   private bulkCursor = 0;
+  /** The bulk's walk of the resting ports: (NAT address, protocol) group, its ports, position. */
+  private bulkGroup = 0;
+  private bulkRest: number[] | null = null;
+  private bulkRestAt = 0;
   private bulkStartedMs = -1e12;
   private bulkEndSeq = 0;
   private refreshCursor = 0;
@@ -225,6 +213,7 @@ export class SyncEndpoint {
     this.auth = new Authenticator(opts.key);
     const w = Math.max(4, Math.floor(opts.windowMessages));
     this.win = Array.from({ length: w }, () => Buffer.alloc(MAX_DATAGRAM));
+    this.winView = this.win.map((b) => new DataView(b.buffer, b.byteOffset, b.byteLength));
     this.winLen = new Int32Array(w);
     this.winSent = new Float64Array(w);
     this.winRecords = new Int32Array(w);
@@ -377,6 +366,8 @@ export class SyncEndpoint {
       this.bulkActive = true;
       this.bulkBeginPending = true;
       this.bulkCursor = 0;
+      this.bulkGroup = 0;
+      this.bulkRest = null;
       this.bulkStartedMs = now;
       this.stats.bulkResyncsSent++;
       this.deps.log?.info({ flows: this.deps.table.capacity }, "sync: bulk resync to the peer");
@@ -393,17 +384,20 @@ export class SyncEndpoint {
       const f = ring.flow[i] as number;
       if (ring.kind[i] === FlowEvent.REMOVED) {
         const ports = ring.ports[i] as number;
-        this.put(
-          encodeDelete(
-            this.cur as Buffer,
-            this.recOff(),
-            ring.proto[i] as number,
-            ring.iaddr[i] as number,
-            ports >>> 16,
-            ring.raddr[i] as number,
-            ports & 0xffff,
-          ),
+        // Age 0: the receiver's rest starts when it applies this, never before the sender's.
+        encodeRemoval(
+          this.curView as DataView,
+          this.recOff(),
+          ring.proto[i] as number,
+          ring.iaddr[i] as number,
+          ports >>> 16,
+          ring.oaddr[i] as number,
+          ring.oport[i] as number,
+          ring.raddr[i] as number,
+          ports & 0xffff,
+          0,
         );
+        this.put();
       } else if (table.proto(f) !== 0) {
         this.putFlow(f, nowSec);
       }
@@ -424,6 +418,7 @@ export class SyncEndpoint {
         this.flush(now);
         return;
       }
+      if (!this.bulkResting(nowSec)) return;
       if (!this.room()) return;
       this.curFlags |= MsgFlag.BULK_END;
       this.bulkEndSeq = this.nextSeq;
@@ -448,20 +443,65 @@ export class SyncEndpoint {
     this.flush(now);
   }
 
-  private recOff(): number {
-    return HEADER_BYTES + this.curCount * RECORD_BYTES;
+  /**
+   * The bulk's second part: the ports at rest (RFC 6888 REQ-8) as removal records with an empty
+   * inside tuple, oldest release first, so a standby that joined after their release does not
+   * hand them out before their rest ends. True once every group is sent.
+   */
+  private bulkResting(nowSec: number): boolean {
+    const t = this.deps.table;
+    const groups = t.pool.size * PROTO_SLOTS;
+    while (this.bulkGroup < groups) {
+      const a = Math.floor(this.bulkGroup / PROTO_SLOTS);
+      const pi = this.bulkGroup % PROTO_SLOTS;
+      if (this.bulkRest === null) {
+        const list: number[] = [];
+        t.ports.forEachResting(a, pi, (port, freedAt) => list.push(port, freedAt));
+        this.bulkRest = list;
+        this.bulkRestAt = 0;
+      }
+      const list = this.bulkRest;
+      const proto = PROTOCOLS[pi]?.number ?? 0;
+      while (this.bulkRestAt < list.length) {
+        if (!this.room()) return false;
+        const port = list[this.bulkRestAt] as number;
+        const age = nowSec - (list[this.bulkRestAt + 1] as number);
+        encodeRemoval(
+          this.curView as DataView,
+          this.recOff(),
+          proto,
+          0,
+          0,
+          t.pool.addrs[a] as number,
+          port,
+          0,
+          0,
+          age,
+        );
+        this.put();
+        this.bulkRestAt += 2;
+      }
+      this.bulkGroup++;
+      this.bulkRest = null;
+    }
+    return true;
   }
 
-  private put(_end: number): void {
+  private recOff(): number {
+    return HEADER_BYTES + this.curCount * FLOW_RECORD_BYTES;
+  }
+
+  private put(): void {
     this.curCount++;
     this.stats.eventsSent++;
     if (this.curCount === RECORDS_PER_MESSAGE) this.flush(this.deps.nowMs());
   }
 
+  /** Send live flow `f` as it is now (counters included); an expired one is left to its removal. */
   private putFlow(f: number, nowSec: number): void {
     const t = this.deps.table;
     this.lastSent[f] = t.expires(f);
-    this.put(encodeUpsert(this.cur as Buffer, this.recOff(), t, f, nowSec));
+    if (encodeFlow(t, f, nowSec, this.curView as DataView, this.recOff())) this.put();
   }
 
   /** Is there a message to write a record into (opening one if the window and rate allow)? */
@@ -477,6 +517,7 @@ export class SyncEndpoint {
     }
     if (this.winCount >= this.win.length || this.tokens < MAX_DATAGRAM) return false;
     this.cur = this.win[this.slot(this.nextSeq)] as Buffer;
+    this.curView = this.winView[this.slot(this.nextSeq)] as DataView;
     this.curCount = 0;
     this.curFlags = flags;
     return true;
@@ -500,7 +541,7 @@ export class SyncEndpoint {
     h.synced = 0;
     h.arg = 0;
     writeHeader(buf, h);
-    const len = this.auth.seal(buf, HEADER_BYTES + this.curCount * RECORD_BYTES);
+    const len = this.auth.seal(buf, HEADER_BYTES + this.curCount * FLOW_RECORD_BYTES);
     const s = this.slot(this.nextSeq);
     this.winLen[s] = len;
     this.winSent[s] = now;
@@ -666,67 +707,48 @@ export class SyncEndpoint {
     const t = this.deps.table;
     const r = this.rec;
     const nowSec = this.deps.nowSec();
+    const v = new DataView(msg.buffer, msg.byteOffset, msg.length);
     // The standby keeps each flow 2 refresh periods longer than the active said: refreshes may
     // lag by up to one, and it must never expire a flow the active still forwards.
     const grace = 2 * this.opts.refreshSec;
     for (let i = 0; i < count; i++) {
-      if (!decodeRecord(msg, HEADER_BYTES + i * RECORD_BYTES, r)) {
+      if (decodeFlow(v, HEADER_BYTES + i * FLOW_RECORD_BYTES, r) !== null) {
         this.stats.applyFailures++;
         continue;
       }
       this.stats.eventsApplied++;
-      if (r.op === OP_UPSERT) {
-        const exp = nowSec + r.remaining + grace;
-        let f = t.install(
-          r.proto,
-          r.iaddr,
-          r.iport,
-          r.oaddr,
-          r.oport,
-          r.raddr,
-          r.rport,
-          r.state,
-          r.flags,
-          exp,
-          nowSec,
-        );
-        if (f === INSTALL_CONFLICT) {
-          this.removeConflicts(nowSec);
-          f = t.install(
-            r.proto,
-            r.iaddr,
-            r.iport,
-            r.oaddr,
-            r.oport,
-            r.raddr,
-            r.rport,
-            r.state,
-            r.flags,
-            exp,
-            nowSec,
-          );
-        }
-        if (f >= 0) this.gen[f] = this.curGen;
-        else this.stats.applyFailures++;
-      } else {
-        const f = t.lookupInside(r.proto, r.iaddr, r.iport, r.raddr, r.rport, nowSec);
-        if (f >= 0) t.remove(f, nowSec);
+      if (r.kind === RecordKind.REMOVED) {
+        applyRemoval(t, r, nowSec);
+        continue;
       }
+      r.ttl += grace;
+      let f = applyFlow(t, r, nowSec);
+      if (f === ADOPT_CONFLICT) {
+        this.removeConflicts(nowSec);
+        f = applyFlow(t, r, nowSec);
+      }
+      if (f >= 0) this.gen[f] = this.curGen;
+      else this.stats.applyFailures++;
     }
   }
 
   /**
    * The active's record says an inside endpoint or an outside port belongs to another flow than
    * ours: ours are stale (they ended while we did not listen). Remove every flow that holds the
-   * record's inside endpoint or outside port. A table walk, but only on a conflict.
+   * record's inside endpoint or outside port; where the record or the flow is a static
+   * forward's (whose outside port many connections share), only a flow with the same inside or
+   * outside tuple. A table walk, but only on a conflict.
    */
   private removeConflicts(nowSec: number): void {
     const t = this.deps.table;
     const r = this.rec;
+    const fwd = (r.flags & FlowFlag.FORWARD) !== 0;
     for (let f = 0; f < t.capacity; f++) {
       if (t.proto(f) !== r.proto) continue;
-      const sameInside = t.iaddr(f) === r.iaddr && t.iport(f) === r.iport;
-      const sameOutside = t.oaddr(f) === r.oaddr && t.oport(f) === r.oport;
+      const remote = t.raddr(f) === r.raddr && t.rport(f) === r.rport;
+      const exact = fwd || (t.flags(f) & FlowFlag.FORWARD) !== 0;
+      const sameInside = t.iaddr(f) === r.iaddr && t.iport(f) === r.iport && (!exact || remote);
+      const sameOutside = t.oaddr(f) === r.oaddr && t.oport(f) === r.oport && (!exact || remote);
       if (sameInside || sameOutside) t.remove(f, nowSec);
     }
   }

@@ -33,6 +33,8 @@ interface TrackOut {
 interface Summary {
   t0: number;
   connected: number;
+  /** The client's own event-loop stalls: [ms since t0, ms late]. */
+  stalls: [number, number][];
   tcp: TrackOut[];
   udp: TrackOut[];
 }
@@ -49,6 +51,38 @@ else {
     events.push(`${new Date().toISOString().slice(11, 23)} ${s}`);
     eventAt.push([Date.now(), s]);
   };
+
+  // Where a stall on every connection at once comes from: each daemon's event-loop delays over
+  // 250 ms (tunnat_event_loop_delay_seconds, cumulative), sampled every second while traffic runs.
+  const loopStalls: string[] = [];
+  const seen: Record<string, number> = {};
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      for (const g of ["ga", "gb"] as const) {
+        if (!lab.daemons[g]) continue;
+        const r = await lab.exec(
+          g,
+          ["curl", "-sf", "-m", "1", `http://${A.metrics}/metrics`],
+          3000,
+        );
+        const count = /^tunnat_event_loop_delay_seconds_count (\d+)/m.exec(r.stdout);
+        const under = /^tunnat_event_loop_delay_seconds_bucket\{le="0.25"\} (\d+)/m.exec(r.stdout);
+        if (!count || !under) continue;
+        const over = Number(count[1]) - Number(under[1]);
+        const key = `${g}:${lab.daemons[g]?.child.pid}`;
+        if (over > (seen[key] ?? 0))
+          loopStalls.push(`${new Date().toISOString().slice(11, 23)} ${g} ${over} delays > 250 ms`);
+        seen[key] = over;
+      }
+      await sleep(1000);
+    }
+  })();
+  t.teardown(async () => {
+    sampling = false;
+    await sampler;
+  });
+  let server: Proc | undefined;
 
   const active = async (g: Gw) => lab.waitFor(g, (s) => s.role === "active", 8000);
   const syncedStandby = async (g: Gw, timeoutMs = 10_000) =>
@@ -87,6 +121,7 @@ else {
       String(TCP_PORT),
       String(UDP_PORT),
     ]);
+    server = srv;
     for (let i = 0; i < 50 && !/ready/.test(srv.out()); i++) await sleep(100);
     t.match(srv.out(), /ready/, "server up");
     client = lab.spawn("p1", [
@@ -211,6 +246,35 @@ else {
     t.comment(`longest gap: TCP ${maxTcp} ms, UDP ${maxUdp} ms`);
     t.comment(`UDP gaps: ${sum.udp.map((x) => `${x.maxGap}@${x.maxGapAt}`).join(" ")}`);
     t.comment(`TCP gaps: ${sum.tcp.map((x) => x.maxGap).join(" ")}`);
+    // Stalls of the measuring processes themselves and of the daemons' event loops, to tell a
+    // stall of the gateway from one of the client or the server (a loaded 2-core machine).
+    const iso = (ms: number) => new Date(ms).toISOString().slice(11, 23);
+    t.comment(
+      `client stalls: ${sum.stalls.map(([at, ms]) => `${ms}ms@${iso(sum.t0 + at)}`).join(" ")}`,
+    );
+    const srvStalls = (server?.out() ?? "")
+      .split("\n")
+      .filter((l) => l.startsWith("stall "))
+      .map((l) => {
+        const [, ms, at] = l.split(" ");
+        return `${ms}ms@${iso(Number(at))}`;
+      });
+    t.comment(`server stalls: ${srvStalls.join(" ")}`);
+    t.comment(`daemon event-loop delays: ${loopStalls.join(" | ")}`);
+    // Gaps of 1 s or more on most connections at once: when they began.
+    const starts: number[] = [];
+    for (const x of [...sum.tcp, ...sum.udp])
+      for (const [end, gap] of x.gaps) if (gap >= 1000) starts.push(end - gap);
+    starts.sort((x, y) => x - y);
+    const bursts: string[] = [];
+    for (let i = 0; i < starts.length; ) {
+      let j = i;
+      while (j < starts.length && (starts[j] as number) - (starts[i] as number) < 500) j++;
+      if (j - i >= 35)
+        bursts.push(`${j - i} gaps >= 1 s starting ${iso(sum.t0 + (starts[i] as number))}`);
+      i = j;
+    }
+    t.comment(`all-at-once stalls: ${bursts.join(" | ")}`);
     // What each failure cost: per event, the longest UDP gap that began within 3 s after it, and
     // the datagrams (20 sockets, one every 100 ms each) that got no answer in such gaps.
     const cost: Record<string, number> = {};

@@ -278,8 +278,8 @@ vrrp_instance inside {
     return p;
   }
 
-  /** Start tunnat in a gateway as one of the pair and wait for /healthz. */
-  async startDaemon(g: Gw): Promise<Proc> {
+  /** Start tunnat in a gateway as one of the pair (and `extra` flags) and wait for /healthz. */
+  async startDaemon(g: Gw, extra: string[] = []): Promise<Proc> {
     const argv = [
       process.execPath,
       BIN,
@@ -302,6 +302,7 @@ vrrp_instance inside {
       join(this.tmp, `${g}.plumbing.json`),
       "--ha",
       join(this.tmp, `${g}-ha.json`),
+      ...extra,
     ];
     const d = this.spawn(g, argv);
     this.daemons[g] = d;

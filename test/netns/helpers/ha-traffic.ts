@@ -9,6 +9,10 @@
  *     INTERVALMS, and after DURATIONMS (or on SIGTERM) prints one JSON summary: per connection
  *     the outside ports seen, the longest time between two answers, errors and closes.
  *
+ * Both also watch their own event loop (a 50 ms timer): a stall of this very process (CPU
+ * starvation, a GC pause) would look like a gap on every connection at once. The server prints
+ * `stall MS AT` (AT: Date.now()) as it happens; the client lists them in its summary.
+ *
  * Bounded in count and time; talks only to ADDR (an address of the lab's own namespaces).
  */
 import { createSocket } from "node:dgram";
@@ -31,7 +35,19 @@ interface Track {
   gaps: [number, number][];
 }
 
+/** Call fn(at, ms) whenever a 50 ms timer fired more than 250 ms late. */
+function watchLag(fn: (at: number, ms: number) => void): void {
+  let last = Date.now();
+  setInterval(() => {
+    const now = Date.now();
+    const late = now - last - 50;
+    if (late > 250) fn(now, late);
+    last = now;
+  }, 50).unref();
+}
+
 if (mode === "server") {
+  watchLag((at, ms) => process.stdout.write(`stall ${ms} ${at}\n`));
   createServer((s) => {
     s.on("error", () => s.destroy());
     let buf = "";
@@ -81,6 +97,8 @@ if (mode === "server") {
   const timers: ReturnType<typeof setInterval>[] = [];
   const closers: (() => void)[] = [];
   let connected = 0;
+  const stalls: [number, number][] = [];
+  watchLag((at, ms) => stalls.push([at - t0, ms]));
   for (let i = 0; i < Number(tcpN); i++) {
     const t = mk();
     tcp.push(t);
@@ -130,7 +148,7 @@ if (mode === "server") {
       gaps: t.gaps,
     });
     process.stdout.write(
-      `${JSON.stringify({ t0, connected, tcp: tcp.map(show), udp: udp.map(show) })}\n`,
+      `${JSON.stringify({ t0, connected, stalls, tcp: tcp.map(show), udp: udp.map(show) })}\n`,
     );
     for (const c of closers) c();
     setTimeout(() => process.exit(0), 100);

@@ -5,12 +5,15 @@ import t from "tap";
 import { Prng } from "../../../src/conntrack/hash.js";
 import {
   applyFlow,
+  applyRemoval,
   checkBody,
   decodeFlow,
   encodeFlow,
+  encodeRemoval,
   FLOW_RECORD_BYTES,
   fieldCounters,
   newFlowRecord,
+  RecordKind,
   restoreTable,
   snapshotTable,
 } from "../../../src/conntrack/snapshot.js";
@@ -338,4 +341,69 @@ t.test("a restored unreplied flow can still be evicted, a replied one cannot", a
   t.ok(n >= 0, "the full table evicted the unreplied flow");
   t.equal(b.table.lookupInside(Proto.UDP, ip("10.0.0.8"), 1000, S1, 53, T0), -1);
   t.ok(b.table.lookupInside(Proto.UDP, ip("10.0.0.8"), 1001, S1, 53, T0) >= 0);
+});
+
+const FWD = {
+  proto: Proto.TCP,
+  natAddress: null,
+  port: 443,
+  inside: ip("10.0.0.9"),
+  insidePort: 8443,
+  text: "tcp:443=10.0.0.9:8443",
+};
+
+t.test("a connection through a static forward is restored as a forward's flow", async (t) => {
+  const a = mk({ forwards: [FWD] });
+  const f = a.table.createForward(Proto.TCP, NAT1, 443, S1, 50000, FWD.inside, 8443, T0);
+  a.table.tcpUpdate(f, SYN, false, T0);
+  a.table.tcpUpdate(f, SYN | ACK, true, T0);
+  a.table.tcpUpdate(f, ACK, false, T0);
+  populate(a.table, new Prng(9), 50, T0);
+  const body = snapshotTable(a.table, savedCounters(a.stats), T0);
+  const b = mk({ forwards: [FWD] });
+  const r = restoreTable(b.table, b.stats, savedCounters(b.stats), body, T0, 0);
+  if (typeof r === "string") throw new Error(r);
+  t.equal(r.invalid, 0, `nothing invalid: ${r.invalidReason}`);
+  t.equal(r.refused, 0, "nothing refused as a conflict");
+  t.same(flows(b.table, T0), flows(a.table, T0));
+  const g = b.table.lookupOutside(Proto.TCP, NAT1, 443, S1, 50000, T0);
+  t.ok(g >= 0 && b.table.flags(g) & FlowFlag.FORWARD, "the forward's flow is back");
+  // A second connection to the forward still opens (its port is the forward's, not a mapping's).
+  t.ok(b.table.createForward(Proto.TCP, NAT1, 443, S1, 50001, FWD.inside, 8443, T0) >= 0);
+  // Without that forward in the configuration the flow is not ours.
+  const c = mk();
+  const r2 = restoreTable(c.table, c.stats, savedCounters(c.stats), body, T0, 0);
+  if (typeof r2 === "string") throw new Error(r2);
+  t.equal(r2.invalid, 1);
+  t.match(r2.invalidReason, /forward/);
+  t.equal(c.table.lookupOutside(Proto.TCP, NAT1, 443, S1, 50000, T0), -1);
+});
+
+t.test("a removal record ends the flow and rests its port (the sync's delete)", async (t) => {
+  const a = mk({ natAddresses: [NAT1] });
+  const f = a.table.createOutbound(Proto.UDP, ip("10.0.0.7"), 40000, S1, 53, T0);
+  const port = a.table.oport(f);
+  const v = new DataView(new ArrayBuffer(FLOW_RECORD_BYTES));
+  encodeRemoval(v, 0, Proto.UDP, ip("10.0.0.7"), 40000, NAT1, port, S1, 53, 30);
+  const rec = newFlowRecord();
+  t.equal(decodeFlow(v, 0, rec), null);
+  t.equal(rec.kind, RecordKind.REMOVED);
+  applyRemoval(a.table, rec, T0 + 10);
+  t.equal(a.table.active, 0, "the flow is gone");
+  t.ok(a.table.ports.get(0, 1, port) < 0, "its port rests");
+  // A port this table never had: it rests from the sender's release time on.
+  encodeRemoval(v, 0, Proto.UDP, 0, 0, NAT1, 5555, 0, 0, 100);
+  decodeFlow(v, 0, rec);
+  applyRemoval(a.table, rec, T0 + 10);
+  t.equal(a.table.ports.get(0, 1, 5555), -(T0 + 10 - 100 + 1), "freed 100 s before");
+  // In a state file's flows section a removal is no flow: skipped and counted.
+  const c = mk({ natAddresses: [NAT1] });
+  c.table.createOutbound(Proto.UDP, ip("10.0.0.7"), 40001, S1, 53, T0);
+  const body = snapshotTable(c.table, savedCounters(c.stats), T0);
+  body[8 + 3] = RecordKind.REMOVED; // the first section is FLOWS; byte 3 of its first record
+  const d = mk({ natAddresses: [NAT1] });
+  const r = restoreTable(d.table, d.stats, savedCounters(d.stats), body, T0, 0);
+  if (typeof r === "string") throw new Error(r);
+  t.equal(r.invalid, 1);
+  t.equal(r.invalidReason, "kind");
 });

@@ -37,6 +37,8 @@ t.test("each bad field is named with its value", async (t) => {
     [{ ec2: { networkInterfaceId: "eni-1", routeTables: ["rt-1"] } }, /"ec2.routeTables"/],
     [{ ec2: { networkInterfaceId: "i-1", routeTables: [] } }, /"networkInterfaceId" is "i-1"/],
     [{ arbiter: "heartbeat", keepalivedFifo: "/run/x.fifo" }, /"keepalivedFifo"/],
+    // Split brain: without EC2's route ownership nothing fences a heartbeat active on L2.
+    [{ arbiter: "heartbeat" }, /"arbiter" is "heartbeat"; expected "keepalived" unless "ec2"/],
   ];
   for (const [over, re] of cases) {
     try {

@@ -2,7 +2,7 @@
 // datagrams, on a manual clock: bulk resync on join, events in order, resends, bounded queues
 // with a fall-back to a bulk resync, the MAC, and a standby that restarts.
 import t from "tap";
-import { Proto } from "../../../src/conntrack/table.js";
+import { FlowFlag, Proto } from "../../../src/conntrack/table.js";
 import { TcpFlag, TcpState } from "../../../src/conntrack/tcp-state.js";
 import { Role } from "../../../src/ha/protocol.js";
 import { SyncEndpoint } from "../../../src/ha/sync.js";
@@ -262,43 +262,166 @@ t.test(
   },
 );
 
-t.test("install resolves a conflict with a stale flow on the standby", async (t) => {
-  const { clock, b } = pair();
-  // b holds a stale mapping of (H, 20000) to some port; the active says another.
-  const f = b.table.createOutbound(Proto.UDP, H, 20000, S, 53, clock.sec);
-  const stalePort = b.table.oport(f);
-  const port = stalePort === 30000 ? 30001 : 30000;
-  const r = b.table.install(
-    Proto.UDP,
-    H,
-    20000,
-    b.table.oaddr(f),
-    port,
-    S,
-    54,
-    1,
-    1,
-    clock.sec + 60,
-    clock.sec,
-  );
-  t.equal(r, -2, "INSTALL_CONFLICT: the inside endpoint is mapped elsewhere");
-  const g = b.table.install(
-    Proto.UDP,
-    H,
-    20000,
-    b.table.oaddr(f),
-    stalePort,
-    S,
-    54,
-    1,
-    1,
-    clock.sec + 60,
-    clock.sec,
-  );
-  t.ok(g >= 0, "the same mapping's port installs a second flow on it");
-  t.equal(
-    b.table.install(Proto.UDP, H, 20000, 12345, stalePort, S, 55, 1, 1, clock.sec + 60, clock.sec),
-    -1,
-    "INSTALL_BAD_ADDRESS",
-  );
+t.test(
+  "adopt() refuses a conflict with a stale flow on the standby; the same mapping's port is fine",
+  async (t) => {
+    const { clock, b } = pair();
+    // b holds a stale mapping of (H, 20000) to some port; the active says another.
+    const f = b.table.createOutbound(Proto.UDP, H, 20000, S, 53, clock.sec);
+    const stalePort = b.table.oport(f);
+    const port = stalePort === 30000 ? 30001 : 30000;
+    const r = b.table.adopt(
+      Proto.UDP,
+      H,
+      20000,
+      b.table.oaddr(f),
+      port,
+      S,
+      54,
+      1,
+      1,
+      clock.sec + 60,
+      clock.sec,
+    );
+    t.equal(r, -2, "ADOPT_CONFLICT: the inside endpoint is mapped elsewhere");
+    const g = b.table.adopt(
+      Proto.UDP,
+      H,
+      20000,
+      b.table.oaddr(f),
+      stalePort,
+      S,
+      54,
+      1,
+      1,
+      clock.sec + 60,
+      clock.sec,
+    );
+    t.ok(g >= 0, "the same mapping's port installs a second flow on it");
+    t.equal(
+      b.table.adopt(Proto.UDP, H, 20000, 12345, stalePort, S, 55, 1, 1, clock.sec + 60, clock.sec),
+      -1,
+      "ADOPT_NOT_OURS",
+    );
+  },
+);
+
+const NAT = ip("198.51.100.1");
+const FORWARD = {
+  proto: Proto.TCP,
+  natAddress: null,
+  port: 443,
+  inside: H,
+  insidePort: 8443,
+  text: "tcp:443=10.0.1.2:8443",
+};
+
+t.test(
+  "a connection through a static forward reaches the standby and goes on after a failover",
+  async (t) => {
+    const { clock, a, b } = pair({ forwards: [FORWARD] });
+    run(clock, [a, b], 30);
+    const now = clock.sec;
+    const f = a.table.createForward(Proto.TCP, NAT, 443, S, 55555, H, 8443, now);
+    a.table.tcpUpdate(f, SYN, false, now);
+    a.table.tcpUpdate(f, SYN | ACK, true, now);
+    a.table.tcpUpdate(f, ACK, false, now);
+    traffic(a.table, now, 5);
+    run(clock, [a, b], 20);
+    t.equal(b.sync.stats.applyFailures, 0, "nothing refused");
+    t.same(diff(a.table, b.table, clock.sec), [], "the standby holds the same flows");
+    const g = b.table.lookupOutside(Proto.TCP, NAT, 443, S, 55555, clock.sec);
+    t.ok(g >= 0, "the forwarded connection is on the standby");
+    t.ok(b.table.flags(g) & FlowFlag.FORWARD, "as a forward's flow");
+    t.equal(b.table.state(g), TcpState.ESTABLISHED);
+    t.equal(b.table.iaddr(g), H);
+    t.equal(b.table.iport(g), 8443);
+    // Failover: b forwards; a refresh of the same flow from a later stream updates it in place.
+    b.sync.setRole(Role.ACTIVE);
+    t.equal(b.table.lookupInside(Proto.TCP, H, 8443, S, 55555, clock.sec), g, "same flow");
+    b.table.remove(g, clock.sec);
+    t.equal(
+      b.table.ports.get(0, 0, 443),
+      0x7fffffff,
+      "removing it leaves the forward's port reserved",
+    );
+  },
+);
+
+t.test("per-flow counters follow the active on its refreshes, at a bounded rate", async (t) => {
+  const { clock, a, b } = pair({}, { refreshSec: 2 });
+  traffic(a.table, clock.sec, 10);
+  run(clock, [a, b], 20);
+  const sent0 = a.sync.stats.eventsSent;
+  // 10 s of traffic on every flow, counted and refreshed each second.
+  for (let s = 0; s < 10; s++) {
+    a.table.forEach((f) => {
+      a.table.addOut(f, 3, 300);
+      a.table.addIn(f, 2, 1000);
+      if (a.table.proto(f) === Proto.UDP) a.table.touch(f, true, clock.sec);
+      else a.table.tcpUpdate(f, ACK, true, clock.sec);
+    });
+    run(clock, [a, b], 50);
+  }
+  const perFlow = (a.sync.stats.eventsSent - sent0) / a.table.active;
+  t.ok(perFlow <= 10 / 2 + 1, `each flow was sent ${perFlow} times in 10 s (refreshSec 2)`);
+  // 3 s more with no traffic counted but the timers moving: the last refresh carries the totals.
+  for (let s = 0; s < 3; s++) {
+    a.table.forEach((f) => {
+      if (a.table.proto(f) === Proto.UDP) a.table.touch(f, true, clock.sec);
+      else a.table.tcpUpdate(f, ACK, true, clock.sec);
+    });
+    run(clock, [a, b], 50);
+  }
+  const off: string[] = [];
+  a.table.forEach((f) => {
+    const g = b.table.lookupInside(
+      a.table.proto(f),
+      a.table.iaddr(f),
+      a.table.iport(f),
+      a.table.raddr(f),
+      a.table.rport(f),
+      clock.sec,
+    );
+    const x = [a.table.pktsOut(f), a.table.bytesOut(f), a.table.pktsIn(f), a.table.bytesIn(f)];
+    const y = [b.table.pktsOut(g), b.table.bytesOut(g), b.table.pktsIn(g), b.table.bytesIn(g)];
+    if (x.join() !== y.join()) off.push(`${f}: ${x} != ${y}`);
+  });
+  t.same(off, [], "the standby's counters are the active's");
+  let total = 0;
+  b.table.forEach((g) => {
+    total += b.table.pktsOut(g) + b.table.pktsIn(g);
+  });
+  t.equal(total, a.table.active * 10 * 5, "and not zero: 10 s of 5 packets a second per flow");
 });
+
+t.test(
+  "a port freed just before a failover is not handed out by the new active before its rest ends",
+  async (t) => {
+    const { clock, a, b } = pair();
+    // Before b joins: a port freed on a rests; the bulk resync carries its rest time.
+    const early = a.table.createOutbound(Proto.UDP, H, 21000, S, 53, clock.sec);
+    const earlyPort = a.table.oport(early);
+    a.table.remove(early, clock.sec);
+    run(clock, [a, b], 50);
+    t.ok(b.sync.isSynced);
+    t.ok(b.table.ports.get(0, 1, earlyPort) < 0, "the port freed before the bulk rests on b");
+    // A flow made and ended between two ticks: b never sees it, only its removal.
+    const f = a.table.createOutbound(Proto.UDP, H, 22000, S, 53, clock.sec);
+    const port = a.table.oport(f);
+    a.table.remove(f, clock.sec);
+    run(clock, [a, b], 10);
+    t.ok(b.table.ports.get(0, 1, port) < 0, "the port freed between two ticks rests on b");
+    // Failover: b hands out ports; another host asking for that very port does not get it.
+    b.sync.setRole(Role.ACTIVE);
+    const other = ip("10.0.1.3");
+    const g = b.table.createOutbound(Proto.UDP, other, port, S, 53, clock.sec);
+    const h = b.table.createOutbound(Proto.UDP, other, earlyPort, S, 53, clock.sec);
+    t.not(b.table.oport(g), port, "the resting port is not the new flow's");
+    t.not(b.table.oport(h), earlyPort, "nor the one freed before the bulk");
+    // Once the rest is over it may be used again (portReuseDelay 120 s).
+    clock.ms += 121_000;
+    const k = b.table.createOutbound(Proto.UDP, ip("10.0.1.4"), port, S, 53, clock.sec);
+    t.equal(b.table.oport(k), port, "after its rest the port is free again");
+  },
+);
