@@ -61,6 +61,11 @@ export interface ControlSource {
   events?: FlowEvents;
   /** Wall clock in ms, for the time of an event (tests pass a fixed one). */
   wallMs?: () => number;
+  /**
+   * An outside address of the table as operators see it (shared-address.ts shownAddress): what
+   * listings and events show, and what a `nat` filter is compared with. Absent = as is.
+   */
+  outsideAddress?: (addr: number) => number;
   /** `tunnat ha` (src/ha), when this daemon is one of an HA pair. */
   ha?(req: { action?: unknown; state?: unknown }): Promise<object>;
   /** `tunnat restart`: start a handover restart; resolves once the successor runs. */
@@ -81,6 +86,7 @@ function flowRecord(
   f: number,
   now: number,
   events: FlowEvents | undefined,
+  shown: (addr: number) => number,
 ): FlowRecord {
   const fl = table.flags(f);
   const r: FlowRecord = {
@@ -90,7 +96,7 @@ function flowRecord(
     timeout: Math.max(0, table.expires(f) - now),
     insideAddr: formatIpv4(table.iaddr(f)),
     insidePort: table.iport(f),
-    outsideAddr: formatIpv4(table.oaddr(f)),
+    outsideAddr: formatIpv4(shown(table.oaddr(f))),
     outsidePort: table.oport(f),
     remoteAddr: formatIpv4(table.raddr(f)),
     remotePort: table.rport(f),
@@ -131,8 +137,13 @@ function addrPort(field: string, v: unknown): [number, number] {
   return [a >>> 0, port];
 }
 
-/** Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. */
-function compileFilter(r: FlowFilter): Match {
+const asIs = (a: number) => a;
+
+/**
+ * Validate a filter; throws TUNNAT_ERR_CONTROL naming the bad field. `nat` is compared with the
+ * outside address as shown (`shown`), the one the operator sees.
+ */
+function compileFilter(r: FlowFilter, shown: (addr: number) => number = asIs): Match {
   let host = -1;
   if (r.host !== undefined) {
     host = parseIpv4(String(r.host));
@@ -161,7 +172,7 @@ function compileFilter(r: FlowFilter): Match {
     (host < 0 || ia === host) &&
     (dst < 0 || ra === dst) &&
     (dport < 0 || rp === dport) &&
-    (nat < 0 || oa === nat) &&
+    (nat < 0 || shown(oa) === nat) &&
     (nport < 0 || op === nport) &&
     (proto === 0 || p === proto) &&
     (state === undefined || stateNameOf(p, st) === state);
@@ -199,7 +210,8 @@ async function streamFlows(
   sock: Socket,
   chunk = SCAN_CHUNK,
 ): Promise<void> {
-  const match = compileFilter(req);
+  const shown = src.outsideAddress ?? asIs;
+  const match = compileFilter(req, shown);
   const events = src.events;
   const limit =
     req.limit === undefined ? Number.POSITIVE_INFINITY : Math.max(0, Math.floor(Number(req.limit)));
@@ -211,7 +223,7 @@ async function streamFlows(
     const lines: string[] = [];
     for (let f = start; f < end && matched < limit; f++) {
       if (t.proto(f) === 0 || !matchFlow(match, t, f)) continue;
-      lines.push(JSON.stringify(flowRecord(t, f, now, events)));
+      lines.push(JSON.stringify(flowRecord(t, f, now, events, shown)));
       matched++;
     }
     if (sock.destroyed) return;
@@ -229,7 +241,7 @@ async function streamFlows(
 async function deleteFlows(src: ControlSource, req: FlowFilter, sock: Socket): Promise<void> {
   if (req.host === undefined && req.dst === undefined && req.nat === undefined && !req.all)
     throw badRequest("delete needs host, dst or nat, or all: true");
-  const match = compileFilter(req);
+  const match = compileFilter(req, src.outsideAddress);
   const t = src.table;
   let deleted = 0;
   for (let start = 0; start < t.capacity; start += SCAN_CHUNK) {
@@ -268,7 +280,11 @@ class Followers {
   add(sock: Socket, req: FlowFilter): Promise<void> {
     const events = this.src.events;
     if (!events) throw badRequest("this daemon keeps no flow events");
-    const f: Follower = { sock, match: compileFilter(req), cursor: events.seq };
+    const f: Follower = {
+      sock,
+      match: compileFilter(req, this.src.outsideAddress),
+      cursor: events.seq,
+    };
     this.set.add(f);
     // A follower may be quiet for hours: the idle timeout is for requests, not for this.
     sock.setTimeout(0);
@@ -312,7 +328,9 @@ class Followers {
             e.remotePort,
           )
         )
-          lines.push(JSON.stringify(eventLine(e, wall - (nowSec - e.at) * 1000)));
+          lines.push(
+            JSON.stringify(eventLine(e, wall - (nowSec - e.at) * 1000, this.src.outsideAddress)),
+          );
       });
       if (r.missed > 0) lines.unshift(JSON.stringify({ type: "lost", count: r.missed }));
       f.cursor = r.cursor;
@@ -321,7 +339,11 @@ class Followers {
   }
 }
 
-function eventLine(e: FlowEventRecord, wallMs: number): Record<string, unknown> {
+function eventLine(
+  e: FlowEventRecord,
+  wallMs: number,
+  shown: (addr: number) => number = asIs,
+): Record<string, unknown> {
   return {
     type: "event",
     event: e.event,
@@ -330,7 +352,7 @@ function eventLine(e: FlowEventRecord, wallMs: number): Record<string, unknown> 
     state: stateNameOf(e.proto, e.state),
     insideAddr: formatIpv4(e.insideAddr),
     insidePort: e.insidePort,
-    outsideAddr: formatIpv4(e.outsideAddr),
+    outsideAddr: formatIpv4(shown(e.outsideAddr)),
     outsidePort: e.outsidePort,
     remoteAddr: formatIpv4(e.remoteAddr),
     remotePort: e.remotePort,

@@ -54,6 +54,7 @@ import { socketAnswers } from "./owner.js";
 import { Plumbing, type PlumbingSpec } from "./plumbing.js";
 import { KernelMonitor, readinessCheck } from "./readiness.js";
 import { hostRunner, type Runner } from "./runner.js";
+import { shownAddress } from "./shared-address.js";
 import { statsSnapshot } from "./stats-snapshot.js";
 import { gatewayInfo, topTalkers } from "./status-snapshot.js";
 import { TableKeeper } from "./table-keeper.js";
@@ -194,6 +195,8 @@ export class Daemon {
   control: ControlServer | undefined;
   /** Stops the egress policy's rate-limited refusal log (egress-log.ts). */
   private stopEgressLog: (() => void) | undefined;
+  /** An outside address as operators see it (the shared one in shared-address mode). */
+  private shown: (addr: number) => number = shownAddress(null);
   /** The HA pair's runtime (src/ha) when started with --ha. */
   ha: HaRuntime | undefined;
   /** bringUp() finished: stop() keeps the guard; before that a failure puts back the old one. */
@@ -282,6 +285,7 @@ export class Daemon {
       });
       await this.plumbing.check();
       const sh = this.plumbing.shared;
+      this.shown = shownAddress(sh);
       if (sh) {
         // Shared-address mode: the core translates to the internal address within the reserved
         // range; the kernel maps that to the shared address (shared-address.ts). The config keeps
@@ -309,7 +313,7 @@ export class Daemon {
     if (!succ) this.http = await startHttpServer(c.metrics);
     // The core is pure: build it before the TUN so a bad table size fails early. The mapping log's
     // hooks must be there at construction (the table sizes its removal bookkeeping by them).
-    this.mappingLog = openMappingLog(c, this.log);
+    this.mappingLog = openMappingLog(c, this.log, this.shown);
     // A pair's flow events go to a preallocated ring (src/ha/events.ts), read by the sync; flow
     // events for `tunnat flows --follow` to another fixed ring (flow-events.ts). Same hook.
     const ring = haSettings && ha ? ha.createRing(haSettings) : undefined;
@@ -436,6 +440,7 @@ export class Daemon {
       c.controlSocket,
       {
         table: view.table,
+        outsideAddress: this.shown,
         nowSec: () => Math.floor(clock.now() / 1000),
         stats: () => ({
           gateway: gatewayInfo(
@@ -757,6 +762,7 @@ export class Daemon {
       tunQueues: () => queueStats(d.device),
       egress: () => tr.egress,
       forwards: tr.forwards,
+      outsideAddress: this.shown,
       get mappingLog() {
         return d.mappingLog;
       },

@@ -38,6 +38,11 @@ export interface MappingLogOptions {
   /** Wall clock in ms (tests pass a fixed one). */
   wallClock?: () => number;
   log?: Logger;
+  /**
+   * The outside address as the internet sees it (shared-address.ts shownAddress): in
+   * shared-address mode the shared address, not the internal one the table holds. Absent = as is.
+   */
+  outsideAddress?: (addr: number) => number;
 }
 
 export class MappingLog {
@@ -66,11 +71,12 @@ export class MappingLog {
       this.failed = true;
     });
     const dest = opts.destinations;
+    const shown = opts.outsideAddress ?? ((a: number) => a);
     this.hooks = {
       mappingCreated: (proto, iaddr, iport, oaddr, oport, raddr, rport) => {
         const d = dest ? `,"destination":"${formatIpv4(raddr)}:${rport}"` : "";
         this.push(
-          `{"time":"${this.time()}","event":"create","proto":"${protoName(proto)}","inside":"${formatIpv4(iaddr)}:${iport}","outside":"${formatIpv4(oaddr)}:${oport}"${d}}\n`,
+          `{"time":"${this.time()}","event":"create","proto":"${protoName(proto)}","inside":"${formatIpv4(iaddr)}:${iport}","outside":"${formatIpv4(shown(oaddr))}:${oport}"${d}}\n`,
         );
       },
       mappingRemoved: (
@@ -89,7 +95,7 @@ export class MappingLog {
         const d = dest ? `,"destination":"${formatIpv4(raddr)}:${rport}"` : "";
         const why = this.closing ? `,"reason":"shutdown"` : "";
         this.push(
-          `{"time":"${this.time()}","event":"remove","proto":"${protoName(proto)}","inside":"${formatIpv4(iaddr)}:${iport}","outside":"${formatIpv4(oaddr)}:${oport}"${d},"duration":${Math.max(0, now - createdAt)},"bytesOut":${bytesOut},"bytesIn":${bytesIn}${why}}\n`,
+          `{"time":"${this.time()}","event":"remove","proto":"${protoName(proto)}","inside":"${formatIpv4(iaddr)}:${iport}","outside":"${formatIpv4(shown(oaddr))}:${oport}"${d},"duration":${Math.max(0, now - createdAt)},"bytesOut":${bytesOut},"bytesIn":${bytesIn}${why}}\n`,
         );
       },
     };
@@ -158,7 +164,11 @@ export class MappingLog {
 }
 
 /** The mapping log the settings ask for, or undefined when mappingLog is off. */
-export function openMappingLog(c: ControlSettings, log?: Logger): MappingLog | undefined {
+export function openMappingLog(
+  c: ControlSettings,
+  log?: Logger,
+  outsideAddress?: (addr: number) => number,
+): MappingLog | undefined {
   const m = c.mappingLog;
   if (m.kind === "off") return undefined;
   if (m.kind === "stdout")
@@ -167,6 +177,7 @@ export function openMappingLog(c: ControlSettings, log?: Logger): MappingLog | u
       ownsSink: false,
       destinations: c.logDestinations,
       log,
+      outsideAddress,
     });
   let fd: number;
   try {
@@ -180,7 +191,13 @@ export function openMappingLog(c: ControlSettings, log?: Logger): MappingLog | u
   }
   try {
     const sink = createWriteStream(m.path, { fd, flags: "a" });
-    return new MappingLog({ sink, ownsSink: true, destinations: c.logDestinations, log });
+    return new MappingLog({
+      sink,
+      ownsSink: true,
+      destinations: c.logDestinations,
+      log,
+      outsideAddress,
+    });
   } catch (e) {
     closeSync(fd);
     throw e;

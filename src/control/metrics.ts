@@ -399,14 +399,22 @@ export function createMetrics(o: Observed, opts: MetricsOptions = {}): TunnatMet
     "tunnat_nat_ports_used",
     "Outside ports (ICMP: echo identifiers) in use per NAT address and protocol.",
     ["nat_address", "protocol"],
-    () => portUsage(t).map((u) => [{ nat_address: u.natAddress, protocol: u.protocol }, u.used]),
+    () =>
+      portUsage(t, o.outsideAddress).map((u) => [
+        { nat_address: u.natAddress, protocol: u.protocol },
+        u.used,
+      ]),
   );
   labelledGauge(
     reg,
     "tunnat_nat_ports_free",
     "Outside ports (ICMP: echo identifiers) free per NAT address and protocol.",
     ["nat_address", "protocol"],
-    () => portUsage(t).map((u) => [{ nat_address: u.natAddress, protocol: u.protocol }, u.free]),
+    () =>
+      portUsage(t, o.outsideAddress).map((u) => [
+        { nat_address: u.natAddress, protocol: u.protocol },
+        u.free,
+      ]),
   );
 
   // --- the data path

@@ -4,7 +4,7 @@
  * composition root (daemon.ts) builds, never the Daemon itself. Unit tests build one by hand.
  *
  * Also the one derivation both metrics and `tunnat stats` need: port usage per NAT address and
- * protocol.
+ * protocol, each address shown as the internet sees it (`outsideAddress`).
  */
 import { PROTOCOLS as PROTOCOL_TABLE } from "../base/protocols.js";
 import type { FlowTable } from "../conntrack/table.js";
@@ -58,6 +58,11 @@ export interface Observed {
   /** The egress rules in force (a reload swaps them) and the static forwards. */
   egress?: () => EgressPolicy;
   forwards?: Forwards;
+  /**
+   * An outside address of the table as operators see it (shared-address.ts shownAddress: in
+   * shared-address mode the shared address, not the internal one); absent = as is.
+   */
+  outsideAddress?: (addr: number) => number;
   /** An HA pair's state and sync counters (src/ha), when this gateway is one of a pair. */
   ha?: (() => HaSnapshot) | undefined;
   /** Restore and checkpoint figures of the table state file (table-keeper.ts). */
@@ -89,10 +94,10 @@ export interface PortUsage {
 }
 
 /** Outside ports in use and free, per NAT address and protocol, in pool and protocol order. */
-export function portUsage(t: FlowTable): PortUsage[] {
+export function portUsage(t: FlowTable, shown: (addr: number) => number = (a) => a): PortUsage[] {
   const rows: PortUsage[] = [];
   for (let a = 0; a < t.pool.size; a++) {
-    const natAddress = formatIpv4(t.pool.addrs[a] ?? 0);
+    const natAddress = formatIpv4(shown(t.pool.addrs[a] ?? 0));
     for (const [p, protocol] of PROTOCOLS)
       rows.push({ natAddress, protocol, ...t.portUsage(a, p) });
   }

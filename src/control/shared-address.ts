@@ -82,6 +82,18 @@ export function reservedRange(
   return best;
 }
 
+/**
+ * An outside address of the flow table as operators must see it: the address the internet sees.
+ * In shared-address mode the table holds the internal address, which never leaves the host (the
+ * kernel rewrites it to the shared one), so metrics labels, `tunnat stats`, `status` and `flows`,
+ * and the mapping log show the shared address instead. Without the mode: the address as is.
+ */
+export function shownAddress(m: SharedMode | null | undefined): (addr: number) => number {
+  if (!m) return (a) => a;
+  const { internal, shared } = m;
+  return (a) => (a === internal ? shared : a);
+}
+
 export function sharedTableName(table: number): string {
   return `tunnat_shared_${table}`;
 }

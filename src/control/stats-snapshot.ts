@@ -25,7 +25,7 @@ export function statsSnapshot(o: Observed): Record<string, unknown> {
       insideHosts: t.hosts.count,
       insideHostsCapacity: t.hosts.maxHosts,
     },
-    ports: portUsage(t),
+    ports: portUsage(t, o.outsideAddress),
   };
   const ls = o.loopStats;
   out.datapath = {

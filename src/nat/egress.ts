@@ -6,14 +6,14 @@
  *
  * The rules are indexed by destination in a binary trie per protocol (TCP, UDP, ICMP; a rule for
  * any protocol is in each it applies to): each rule hangs at the trie node of its destination
- * prefix, so a lookup walks at most 33 nodes along the destination's bits and looks only at rules
- * whose destination covers it. Within a node, the rules without a source prefix are folded into
- * a sorted interval partition of the port space, each interval holding the lowest-numbered rule
- * that covers it, so a node costs one binary search however many rules it holds; rules with a
- * source prefix are kept in rule order and scanned until one matches or none can beat the best
- * match so far. Each node also knows the lowest rule number below it, so a subtree that cannot
- * beat the best match is not entered. Everything is typed arrays built once (a reload builds a
- * new policy); match() allocates nothing.
+ * prefix, and at build time each node's rules are merged with its ancestors' (pushed down), so a
+ * lookup walks the destination's bits to the deepest node that covers it and looks only there
+ * (or along a short chain of segments where merging would cost too much memory; see Trie). The
+ * rules without a source prefix are folded into a sorted interval partition of the port space,
+ * each interval holding the lowest-numbered rule that covers it, so a segment costs one binary
+ * search however many rules it holds; rules with a source prefix are kept per port interval in
+ * rule order and scanned until one matches or none can beat the best match so far. Everything
+ * is typed arrays built once (a reload builds a new policy); match() allocates nothing.
  *
  * The policy counts per rule the flows it matched (refused, for a deny rule) and the flows a
  * reload ended; it keeps the last refusal's tuple for the control plane's rate-limited log. It
@@ -60,42 +60,110 @@ function maskOf(len: number): number {
   return len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
 }
 
-/** One protocol's destination trie (see the file comment). */
+/** A node's port partition at build time: interval starts from 0, lowest covering rule each. */
+interface FastPart {
+  starts: number[];
+  min: number[];
+}
+
+/** A node's source-prefix rules at build time: interval starts from 0, the rules of each. */
+interface SlowPart {
+  cuts: number[];
+  lists: number[][];
+}
+
+/**
+ * A pushed segment may hold up to this many entries, or twice its own node's, before a node
+ * starts a new segment instead (see the Trie comment).
+ */
+const PUSH_MIN = 64;
+
+/** Jump-table entries per trie node at most (the table has 2^K entries, K <= 16). */
+const JUMP_PER_NODE = 16;
+
+/** Bits a stride table resolves, the nodes below a node it needs, and entries per node in all. */
+const STRIDE = 8;
+const TABLE_MIN_BELOW = 4;
+const TABLE_PER_NODE = 32;
+
+/** A node record: prefix address and length, children, stride table and its bits, segments. */
+const NODE_WORDS = 8;
+const N_ADDR = 0;
+const N_PLEN = 1;
+const N_CHILD = 2;
+const N_TABLE = 4;
+const N_STRIDE = 5;
+const N_FSEG = 6;
+const N_SSEG = 7;
+
+/** A segment record: its intervals (start, count), the next segment up, the chain's lowest rule. */
+const SEG_WORDS = 4;
+const S_START = 0;
+const S_COUNT = 1;
+const S_UP = 2;
+const S_MIN = 3;
+
+/**
+ * One protocol's destination trie (see the file comment), path-compressed: only the root, nodes
+ * with rules and nodes with two children are kept.
+ *
+ * The rules are pushed down the trie at build time: each node's rules are merged with those of
+ * its ancestors into one segment (a port partition for the rules without a source prefix, per-
+ * interval rule lists for the rest), so a lookup walks the destination's bits to the deepest
+ * node whose prefix covers it and looks at one segment there, not at every node on the way. A
+ * node without rules of a kind shares its parent's segment. Merging is bounded: when the merged
+ * segment would hold more than max(PUSH_MIN, 2 x the node's own) entries, the node's segment holds
+ * only its own rules and links up to its parent's, so memory stays linear in the rules and a
+ * lookup follows a short chain of segments (at worst one per node with rules, as without
+ * pushing). Each segment knows the lowest rule number on its chain, so a chain that cannot beat
+ * the best match so far is left early. A jump table indexed by the destination's top K bits
+ * starts the walk at the deepest node of at most K bits that covers it, and a node with many
+ * nodes in the STRIDE levels below it has a stride table that does the same for the next STRIDE
+ * bits, so a walk takes a few steps where the trie is dense (each step reads one node record).
+ */
 class Trie {
-  /** Children (-1 = none). */
-  private readonly child: Int32Array;
-  /** Each node's prefix: address, mask, length. */
-  private readonly addr: Uint32Array;
-  private readonly mask: Uint32Array;
-  private readonly plen: Uint8Array;
-  /** Lowest rule number in each node's subtree (n = none). */
-  private readonly subMin: Int32Array;
-  /** Each node's port intervals: starts in `bounds`, lowest covering rule in `bmin` (n = none). */
-  private readonly bStart: Int32Array;
-  private readonly bCount: Int32Array;
+  /**
+   * The nodes, one record of NODE_WORDS int32 each (what a step of the walk reads lies in one
+   * cache line); a node is named by its record's offset. See the N_ constants.
+   */
+  private readonly nd: Int32Array;
+  /** Top-K-bits jump table into the trie (record offsets), and 32 - K. */
+  private readonly jump: Int32Array;
+  private readonly shift: number;
+  /** The stride tables of the nodes that have one (record offsets; see N_TABLE). */
+  private readonly tables: Int32Array;
+  /**
+   * Fast segments, one record of SEG_WORDS each (named by its offset): intervals in bounds/bmin
+   * (start, count), the next segment up (-1 = none), the chain's lowest rule.
+   */
+  private readonly fSegs: Int32Array;
   private readonly bounds: Int32Array;
   private readonly bmin: Int32Array;
-  /** Each node's rules with a source prefix, in rule order. */
-  private readonly sStart: Int32Array;
-  private readonly sCount: Int32Array;
-  /** Slow rules by port: per node its intervals (sbStart, sbCount) into sBounds; per interval
-   * the rules covering it, in order (sLStart, sLCount into slow). */
+  /**
+   * Slow segments, records as fSegs: intervals in sBounds (start, count), next segment up,
+   * chain's lowest rule; per interval the rules covering it, in rule order (sLStart, sLCount
+   * into slow).
+   */
+  private readonly sSegs: Int32Array;
   private readonly sBounds: Int32Array;
   private readonly sLStart: Int32Array;
   private readonly sLCount: Int32Array;
   private readonly slow: Int32Array;
+  /** Rules in this trie. */
+  readonly size: number;
 
   constructor(
     rules: readonly EgressRule[],
     ids: readonly number[],
     private readonly n: number,
-    private readonly src: Uint32Array,
-    private readonly srcMask: Uint32Array,
+    private readonly src: Int32Array,
+    private readonly srcMask: Int32Array,
     private readonly portLo: Uint16Array,
     private readonly portHi: Uint16Array,
     /** ICMP: ports do not apply (a rule with ports is never in this trie). */
     portless: boolean,
   ) {
+    this.size = ids.length;
     const bchild: number[] = [-1, -1];
     const bfast: number[][] = [[]];
     const bslow: number[][] = [[]];
@@ -140,143 +208,276 @@ class Trie {
     const fast: number[][] = [];
     const slow: number[][] = [];
     const child: number[] = [];
+    const parent: number[] = [];
     const addr: number[] = [];
     const plen: number[] = [];
-    // Preorder, so that children get higher numbers than their parent.
-    const visit = (v: number): number => {
+    // Preorder, so that a parent is numbered (and its segments built) before its children.
+    const visit = (v: number, up: number): number => {
       const id = fast.length;
       fast.push(bfast[v] as number[]);
       slow.push(bslow[v] as number[]);
       addr.push(baddr[v] as number);
       plen.push(blen[v] as number);
+      parent.push(up);
       child.push(-1, -1);
       for (let b = 0; b < 2; b++) {
         const c = follow(bchild[v * 2 + b] as number);
-        if (c >= 0) child[id * 2 + b] = visit(c);
+        if (c >= 0) child[id * 2 + b] = visit(c, id);
       }
       return id;
     };
-    visit(0);
+    visit(0, -1);
     const nodes = fast.length;
-    this.addr = Uint32Array.from(addr);
-    this.mask = Uint32Array.from(plen, maskOf);
-    this.plen = Uint8Array.from(plen);
-    this.child = Int32Array.from(child);
-    this.subMin = new Int32Array(nodes).fill(n);
-    this.bStart = new Int32Array(nodes);
-    this.bCount = new Int32Array(nodes);
-    this.sStart = new Int32Array(nodes);
-    this.sCount = new Int32Array(nodes);
+
+    // The segments, parents first.
+    const fSeg = new Int32Array(nodes).fill(-1);
+    const sSeg = new Int32Array(nodes).fill(-1);
+    const fParts: FastPart[] = [];
+    const fUp: number[] = [];
+    const fMin: number[] = [];
+    const sParts: SlowPart[] = [];
+    const sUp: number[] = [];
+    const sMin: number[] = [];
+    for (let v = 0; v < nodes; v++) {
+      const p = parent[v] as number;
+      const pf = p >= 0 ? (fSeg[p] as number) : -1;
+      const ps = p >= 0 ? (sSeg[p] as number) : -1;
+      fSeg[v] = pf;
+      sSeg[v] = ps;
+      const f = fast[v] as number[];
+      if (f.length > 0) {
+        const own = partition(f, portless ? null : portLo, portless ? null : portHi, n);
+        let part = own;
+        let up = pf;
+        if (pf >= 0) {
+          const merged = mergeFast(own, fParts[pf] as FastPart);
+          if (merged.starts.length <= Math.max(PUSH_MIN, 2 * own.starts.length)) {
+            part = merged;
+            up = fUp[pf] as number;
+          }
+        }
+        let m = up >= 0 ? (fMin[up] as number) : n;
+        for (const x of part.min) if (x < m) m = x;
+        fSeg[v] = fParts.length;
+        fParts.push(part);
+        fUp.push(up);
+        fMin.push(m);
+      }
+      const sl = slow[v] as number[];
+      if (sl.length > 0) {
+        const own = slowPart(sl, portless, portLo, portHi);
+        let part = own;
+        let up = ps;
+        if (ps >= 0) {
+          const merged = mergeSlow(own, sParts[ps] as SlowPart);
+          if (slowSize(merged) <= Math.max(PUSH_MIN, 2 * slowSize(own))) {
+            part = merged;
+            up = sUp[ps] as number;
+          }
+        }
+        let m = up >= 0 ? (sMin[up] as number) : n;
+        for (const l of part.lists) if (l.length > 0 && (l[0] as number) < m) m = l[0] as number;
+        sSeg[v] = sParts.length;
+        sParts.push(part);
+        sUp.push(up);
+        sMin.push(m);
+      }
+    }
+    // Flatten into typed arrays.
+    this.fSegs = new Int32Array(fParts.length * SEG_WORDS);
     const bounds: number[] = [];
     const bmin: number[] = [];
-    const slowAll: number[] = [];
+    fParts.forEach((part, s) => {
+      const o = s * SEG_WORDS;
+      this.fSegs[o + S_START] = bounds.length;
+      this.fSegs[o + S_COUNT] = part.starts.length;
+      this.fSegs[o + S_UP] = (fUp[s] as number) < 0 ? -1 : (fUp[s] as number) * SEG_WORDS;
+      this.fSegs[o + S_MIN] = fMin[s] as number;
+      for (let k = 0; k < part.starts.length; k++) {
+        bounds.push(part.starts[k] as number);
+        bmin.push(part.min[k] as number);
+      }
+    });
+    this.bounds = Int32Array.from(bounds);
+    this.bmin = Int32Array.from(bmin);
+    this.sSegs = new Int32Array(sParts.length * SEG_WORDS);
     const sBounds: number[] = [];
     const sLStart: number[] = [];
     const sLCount: number[] = [];
-    for (let v = 0; v < nodes; v++) {
-      const f = fast[v] as number[];
-      this.bStart[v] = bounds.length;
-      if (f.length > 0) {
-        const part = partition(f, portless ? null : portLo, portless ? null : portHi, n);
-        for (let k = 0; k < part.starts.length; k++) {
-          bounds.push(part.starts[k] as number);
-          bmin.push(part.min[k] as number);
-        }
-      }
-      this.bCount[v] = bounds.length - (this.bStart[v] as number);
-      const sl = slow[v] as number[];
-      // The node's source-prefix rules cut by port like the others: per interval, the rules
-      // covering it in order, so a lookup looks only at rules whose ports match. Bounded: a node
-      // whose lists would exceed SLOW_LIST_MAX entries keeps one interval with all its rules.
-      this.sStart[v] = sBounds.length;
-      const cuts = portless ? [0] : cutsOf(sl, portLo, portHi);
-      let lists = cuts.map((c) =>
-        sl.filter((r) => portless || ((portLo[r] as number) <= c && c <= (portHi[r] as number))),
-      );
-      if (lists.reduce((a, l) => a + l.length, 0) > SLOW_LIST_MAX + sl.length) {
-        cuts.length = 1;
-        cuts[0] = 0;
-        lists = [sl];
-      }
-      for (let k = 0; k < cuts.length; k++) {
-        sBounds.push(cuts[k] as number);
+    const slowAll: number[] = [];
+    sParts.forEach((part, s) => {
+      const o = s * SEG_WORDS;
+      this.sSegs[o + S_START] = sBounds.length;
+      this.sSegs[o + S_COUNT] = part.cuts.length;
+      this.sSegs[o + S_UP] = (sUp[s] as number) < 0 ? -1 : (sUp[s] as number) * SEG_WORDS;
+      this.sSegs[o + S_MIN] = sMin[s] as number;
+      for (let k = 0; k < part.cuts.length; k++) {
+        const l = part.lists[k] as number[];
+        sBounds.push(part.cuts[k] as number);
         sLStart.push(slowAll.length);
-        sLCount.push((lists[k] as number[]).length);
-        slowAll.push(...(lists[k] as number[]));
+        sLCount.push(l.length);
+        for (const r of l) slowAll.push(r);
       }
-      this.sCount[v] = sl.length > 0 ? cuts.length : 0;
-      this.subMin[v] = Math.min(
-        f.length > 0 ? (f[0] as number) : n,
-        sl.length > 0 ? (sl[0] as number) : n,
-      );
-    }
-    this.bounds = Int32Array.from(bounds);
-    this.bmin = Int32Array.from(bmin);
-    this.slow = Int32Array.from(slowAll);
+    });
     this.sBounds = Int32Array.from(sBounds);
     this.sLStart = Int32Array.from(sLStart);
     this.sLCount = Int32Array.from(sLCount);
-    // Children have higher node numbers than their parent: a reverse pass is bottom-up.
-    for (let v = nodes - 1; v >= 0; v--) {
-      let m = this.subMin[v] as number;
-      const c0 = this.child[v * 2] as number;
-      const c1 = this.child[v * 2 + 1] as number;
-      if (c0 >= 0 && (this.subMin[c0] as number) < m) m = this.subMin[c0] as number;
-      if (c1 >= 0 && (this.subMin[c1] as number) < m) m = this.subMin[c1] as number;
-      this.subMin[v] = m;
+    this.slow = Int32Array.from(slowAll);
+
+    // The jump table: per value of the top K bits, the deepest node of at most K bits covering
+    // it. Preorder visits a node after its ancestors, so a deeper node overwrites their entries.
+    let k = 1;
+    while (k < 16 && 2 ** (k + 1) <= JUMP_PER_NODE * nodes) k++;
+    this.shift = 32 - k;
+    this.jump = new Int32Array(2 ** k);
+    for (let v = 0; v < nodes; v++) {
+      const d = plen[v] as number;
+      if (d > k) continue;
+      const first = (addr[v] as number) >>> (32 - k);
+      this.jump.fill(v * NODE_WORDS, first, first + 2 ** (k - d));
+    }
+
+    // Stride tables: a node with many nodes in the STRIDE levels below it gets a table, indexed
+    // by the destination's next STRIDE bits, of the deepest node there that covers it (as the
+    // jump table does from the root). The nodes with the most such nodes first, up to
+    // TABLE_PER_NODE entries per node in all.
+    const below = new Int32Array(nodes);
+    for (let w = 1; w < nodes; w++)
+      for (let a = parent[w] as number; a >= 0; a = parent[a] as number) {
+        if ((plen[w] as number) - (plen[a] as number) > STRIDE) break;
+        below[a] = (below[a] as number) + 1;
+      }
+    const tableAt = new Int32Array(nodes).fill(-1);
+    const stride = (v: number) => Math.min(STRIDE, 32 - (plen[v] as number));
+    let budget = TABLE_PER_NODE * nodes;
+    let used = 0;
+    const candidates = [...below.keys()]
+      .filter((v) => (below[v] as number) >= TABLE_MIN_BELOW && (plen[v] as number) < 32)
+      .sort((a, b) => (below[b] as number) - (below[a] as number));
+    for (const v of candidates) {
+      const size = 2 ** stride(v);
+      if (size > budget) break;
+      budget -= size;
+      tableAt[v] = used;
+      used += size;
+    }
+    this.tables = new Int32Array(used);
+    for (let v = 0; v < nodes; v++) {
+      const at = tableAt[v] as number;
+      if (at < 0) continue;
+      const d = plen[v] as number;
+      const sb = stride(v);
+      // v itself, then its descendants within the stride, in preorder (deeper overwrites).
+      this.tables.fill(v * NODE_WORDS, at, at + 2 ** sb);
+      const fillFrom = (w: number) => {
+        for (let b = 0; b < 2; b++) {
+          const c = child[w * 2 + b] as number;
+          if (c < 0 || (plen[c] as number) > d + sb) continue;
+          const first = ((((addr[c] as number) << d) >>> 0) >>> (32 - sb)) >>> 0;
+          this.tables.fill(
+            c * NODE_WORDS,
+            at + first,
+            at + first + 2 ** (d + sb - (plen[c] as number)),
+          );
+          fillFrom(c);
+        }
+      };
+      fillFrom(v);
+    }
+
+    // The node records.
+    this.nd = new Int32Array(nodes * NODE_WORDS);
+    for (let v = 0; v < nodes; v++) {
+      const o = v * NODE_WORDS;
+      const c0 = child[v * 2] as number;
+      const c1 = child[v * 2 + 1] as number;
+      this.nd[o + N_ADDR] = addr[v] as number;
+      this.nd[o + N_PLEN] = plen[v] as number;
+      this.nd[o + N_CHILD] = c0 < 0 ? -1 : c0 * NODE_WORDS;
+      this.nd[o + N_CHILD + 1] = c1 < 0 ? -1 : c1 * NODE_WORDS;
+      this.nd[o + N_TABLE] = tableAt[v] as number;
+      this.nd[o + N_STRIDE] = (tableAt[v] as number) >= 0 ? stride(v) : 0;
+      const f = fSeg[v] as number;
+      const sg = sSeg[v] as number;
+      this.nd[o + N_FSEG] = f < 0 ? -1 : f * SEG_WORDS;
+      this.nd[o + N_SSEG] = sg < 0 ? -1 : sg * SEG_WORDS;
     }
   }
 
   get nodes(): number {
-    return this.subMin.length;
+    return this.nd.length / NODE_WORDS;
+  }
+
+  /** Fast and slow segments, and those that link up to another (their chain is longer). */
+  get segments(): { fast: number; slow: number; linked: number } {
+    let linked = 0;
+    for (const g of [this.fSegs, this.sSegs])
+      for (let o = S_UP; o < g.length; o += SEG_WORDS) if ((g[o] as number) >= 0) linked++;
+    return { fast: this.fSegs.length / SEG_WORDS, slow: this.sSegs.length / SEG_WORDS, linked };
   }
 
   match(src: number, dst: number, dport: number): number {
-    // Locals: the loop reads nine arrays; through `this` each read would reload the field.
-    const subMin = this.subMin;
-    const bStart = this.bStart;
-    const bCount = this.bCount;
-    const bounds = this.bounds;
-    const bmin = this.bmin;
-    const sStart = this.sStart;
-    const sCount = this.sCount;
-    const child = this.child;
-    const addr = this.addr;
-    const mask = this.mask;
-    let best = this.n;
-    let node = 0;
+    // Locals: the loops read many arrays; through `this` each read would reload the field.
+    const nd = this.nd;
+    const tables = this.tables;
+    const d32 = dst | 0;
+    // The deepest node whose prefix covers dst: from the jump table's node, through stride
+    // tables where a node has one, else a bit at a time.
+    let node = this.jump[d32 >>> this.shift] as number;
     for (;;) {
-      if ((dst & (mask[node] as number)) >>> 0 !== addr[node]) break;
-      if ((subMin[node] as number) >= best) break;
-      const bc = bCount[node] as number;
-      if (bc > 0) {
-        // The last interval starting at or below dport.
-        let lo = bStart[node] as number;
-        let hi = lo + bc - 1;
-        while (lo < hi) {
-          const mid = (lo + hi + 1) >>> 1;
-          if ((bounds[mid] as number) <= dport) lo = mid;
-          else hi = mid - 1;
+      const d = nd[node + N_PLEN] as number;
+      const tb = nd[node + N_TABLE] as number;
+      if (tb >= 0) {
+        const w = tables[tb + ((d32 << d) >>> (32 - (nd[node + N_STRIDE] as number)))] as number;
+        if (w !== node) {
+          node = w;
+          continue;
         }
-        const m = bmin[lo] as number;
-        if (m < best) best = m;
       }
-      const sc = sCount[node] as number;
-      if (sc > 0) best = this.scanSlow(sStart[node] as number, sc, best, src, dport);
-      const d = this.plen[node] as number;
       if (d === 32) break;
-      const c = child[node * 2 + ((dst >>> (31 - d)) & 1)] as number;
-      if (c < 0) break;
+      const c = nd[node + N_CHILD + ((d32 >>> (31 - d)) & 1)] as number;
+      // A child's prefix is at least one bit long: its mask is -1 << (32 - length).
+      if (
+        c < 0 ||
+        ((d32 ^ (nd[c + N_ADDR] as number)) & (-1 << (32 - (nd[c + N_PLEN] as number)))) !== 0
+      )
+        break;
       node = c;
     }
+    let best = this.n;
+    const fSegs = this.fSegs;
+    for (
+      let s = nd[node + N_FSEG] as number;
+      s >= 0 && (fSegs[s + S_MIN] as number) < best;
+      s = fSegs[s + S_UP] as number
+    ) {
+      // The last interval starting at or below dport.
+      let lo = fSegs[s + S_START] as number;
+      let hi = lo + (fSegs[s + S_COUNT] as number) - 1;
+      const bounds = this.bounds;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >>> 1;
+        if ((bounds[mid] as number) <= dport) lo = mid;
+        else hi = mid - 1;
+      }
+      const m = this.bmin[lo] as number;
+      if (m < best) best = m;
+    }
+    const sSegs = this.sSegs;
+    for (
+      let s = nd[node + N_SSEG] as number;
+      s >= 0 && (sSegs[s + S_MIN] as number) < best;
+      s = sSegs[s + S_UP] as number
+    )
+      best = this.scanSlow(s, best, src | 0, dport);
     return best;
   }
 
-  /** The first of a node's source-prefix rules that matches and beats `best`, else `best`. */
-  private scanSlow(sb: number, sc: number, best: number, src: number, dport: number): number {
-    // The node's interval holding dport, then its rules.
-    let lo = sb;
-    let hi = sb + sc - 1;
+  /** The first of a slow segment's rules that matches and beats `best`, else `best`. */
+  private scanSlow(s: number, best: number, src: number, dport: number): number {
+    // The segment's interval holding dport, then its rules.
+    let lo = this.sSegs[s + S_START] as number;
+    let hi = lo + (this.sSegs[s + S_COUNT] as number) - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >>> 1;
       if ((this.sBounds[mid] as number) <= dport) lo = mid;
@@ -288,11 +489,91 @@ class Trie {
       const r = this.slow[k] as number;
       if (r >= best) return best;
       if (dport < (this.portLo[r] as number) || dport > (this.portHi[r] as number)) continue;
-      if ((src & (this.srcMask[r] as number)) >>> 0 !== this.src[r]) continue;
+      if ((src & (this.srcMask[r] as number)) !== this.src[r]) continue;
       return r;
     }
     return best;
   }
+}
+
+/** Two port partitions merged: per interval the lower rule of the two; equal neighbours joined. */
+function mergeFast(a: FastPart, b: FastPart): FastPart {
+  const starts: number[] = [];
+  const min: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.starts.length || j < b.starts.length) {
+    const sa = i < a.starts.length ? (a.starts[i] as number) : 65536;
+    const sb = j < b.starts.length ? (b.starts[j] as number) : 65536;
+    const at = Math.min(sa, sb);
+    if (sa === at) i++;
+    if (sb === at) j++;
+    // Both start at 0, so i and j are >= 1 here: the intervals holding `at`.
+    const m = Math.min(a.min[i - 1] as number, b.min[j - 1] as number);
+    if (min.length > 0 && min[min.length - 1] === m) continue;
+    starts.push(at);
+    min.push(m);
+  }
+  return { starts, min };
+}
+
+/**
+ * A node's source-prefix rules cut by port like the others: per interval, the rules covering it
+ * in order, so a lookup looks only at rules whose ports match. Bounded: a node whose lists would
+ * exceed SLOW_LIST_MAX entries beyond one per rule keeps one interval with all its rules (the
+ * lookup checks each rule's ports anyway).
+ */
+function slowPart(
+  sl: number[],
+  portless: boolean,
+  portLo: Uint16Array,
+  portHi: Uint16Array,
+): SlowPart {
+  if (portless) return { cuts: [0], lists: [sl] };
+  const cuts = cutsOf(sl, portLo, portHi);
+  const lists = cuts.map((c) =>
+    sl.filter((r) => (portLo[r] as number) <= c && c <= (portHi[r] as number)),
+  );
+  if (lists.reduce((a, l) => a + l.length, 0) > SLOW_LIST_MAX + sl.length)
+    return { cuts: [0], lists: [sl] };
+  return { cuts, lists };
+}
+
+/** Entries a slow part costs: its intervals and the rules listed in them. */
+function slowSize(p: SlowPart): number {
+  let k = p.cuts.length;
+  for (const l of p.lists) k += l.length;
+  return k;
+}
+
+/** Two slow parts merged: the union of their cuts, per interval both lists in rule order. */
+function mergeSlow(a: SlowPart, b: SlowPart): SlowPart {
+  const cuts: number[] = [];
+  const lists: number[][] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.cuts.length || j < b.cuts.length) {
+    const ca = i < a.cuts.length ? (a.cuts[i] as number) : 65536;
+    const cb = j < b.cuts.length ? (b.cuts[j] as number) : 65536;
+    const at = Math.min(ca, cb);
+    if (ca === at) i++;
+    if (cb === at) j++;
+    cuts.push(at);
+    lists.push(mergeSorted(a.lists[i - 1] as number[], b.lists[j - 1] as number[]));
+  }
+  return { cuts, lists };
+}
+
+/** Two ascending lists of distinct rule numbers as one. */
+function mergeSorted(a: number[], b: number[]): number[] {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length)
+    out.push((a[i] as number) < (b[j] as number) ? (a[i++] as number) : (b[j++] as number));
+  while (i < a.length) out.push(a[i++] as number);
+  while (j < b.length) out.push(b[j++] as number);
+  return out;
 }
 
 /** Entries a node's per-interval lists of source-prefix rules may hold beyond one per rule. */
@@ -388,8 +669,8 @@ export class EgressPolicy {
     this.answerOf = new Uint8Array(n);
     const portLo = new Uint16Array(n);
     const portHi = new Uint16Array(n);
-    const src = new Uint32Array(n);
-    const srcMask = new Uint32Array(n);
+    const src = new Int32Array(n);
+    const srcMask = new Int32Array(n);
     const ids: [number[], number[], number[]] = [[], [], []];
     for (let i = 0; i < n; i++) {
       const r = rules[i] as EgressRule;
@@ -426,6 +707,16 @@ export class EgressPolicy {
     return this.tcp.nodes + this.udp.nodes + this.icmp.nodes;
   }
 
+  /** Segments over the three protocols (for tests; see Trie). */
+  get segments(): { fast: number; slow: number; linked: number } {
+    const t = [this.tcp.segments, this.udp.segments, this.icmp.segments];
+    return {
+      fast: t.reduce((a, x) => a + x.fast, 0),
+      slow: t.reduce((a, x) => a + x.slow, 0),
+      linked: t.reduce((a, x) => a + x.linked, 0),
+    };
+  }
+
   /**
    * The first rule matching a new flow (proto, inside source, destination, destination port), or
    * -1 when none does. `dport` is ignored for ICMP. Counts nothing.
@@ -433,8 +724,8 @@ export class EgressPolicy {
   match(proto: number, src: number, dst: number, dport: number): number {
     if (this.n === 0) return -1;
     const t = proto === 6 ? this.tcp : proto === 17 ? this.udp : proto === 1 ? this.icmp : null;
-    if (t === null) return -1;
-    const best = t.match(src >>> 0, dst >>> 0, proto === 1 ? 0 : dport);
+    if (t === null || t.size === 0) return -1;
+    const best = t.match(src, dst, proto === 1 ? 0 : dport);
     return best < this.n ? best : -1;
   }
 

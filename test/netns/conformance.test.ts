@@ -8,20 +8,15 @@
  * Needs root and the tools each test names; a test whose tools are missing is skipped naming them.
  * Namespaces are `tnconf-<pid>-*`, removed in teardown even on failure.
  *
- * Peer notes:
- * - Debian's /etc/turnserver.conf sets `no-rfc5780` (and `syslog`): with it turnserver never
- *   sends OTHER-ADDRESS, opens no alternate port, and natdiscovery prints no verdict at all. So
- *   turnserver runs with `-c` on an empty file; its pid file and user DB go to the scratch dir.
- * - natdiscovery -f and -H wait ~3 s per unanswered probe ("STUN receive timeout.."), so a
- *   filtering run takes ~6 s when the NAT filters.
+ * Peer notes (coturn's are in helpers/turn.ts):
  * - The veths offload checksums (CHECKSUM_PARTIAL): a capture shows the sender's unfinished
  *   checksums as bad. The checksum test turns transmit offload off on the end hosts, so every
  *   packet carries a full checksum and a bad one can only come from a translation.
  */
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
 import t, { type Test } from "tap";
 import { Lab, missing, scapyPython, sleep } from "./helpers/lab.js";
+import { turnPeer } from "./helpers/turn.js";
 
 function lacking(tools: string[]): string | false {
   for (const tool of tools) {
@@ -45,7 +40,6 @@ else {
   t.teardown(() => lab.down());
   const [inet, inet2] = lab.inet as [string, string];
   const nat = lab.natAddress;
-  const tmp = lab.tmp;
   const esc = (s: string) => s.replace(/\./g, "\\.");
 
   /** Start the daemon with these flags; returns false (after a failed assertion) if it won't. */
@@ -59,48 +53,11 @@ else {
     }
   }
 
-  // turnserver on inet with both addresses: RFC 5780 needs two listener IPs (and alt port 3479).
+  // coturn on inet with both addresses (helpers/turn.ts).
   const turnSkip = lacking(["turnserver", "turnutils_natdiscovery", "ss"]);
-  let turnUp = false;
-  async function startTurn(): Promise<boolean> {
-    if (turnUp) return true;
-    const conf = `${tmp}/turnserver.conf`;
-    writeFileSync(conf, "# empty: overrides Debian's no-rfc5780 in /etc/turnserver.conf\n");
-    const srv = lab.spawn("inet", [
-      "turnserver",
-      "-c",
-      conf,
-      "-L",
-      inet,
-      "-L",
-      inet2,
-      "--listening-port",
-      "3478",
-      "--stun-only",
-      "--no-cli",
-      "--no-tls",
-      "--no-dtls",
-      "--log-file",
-      "stdout",
-      "--simple-log",
-      "--pidfile",
-      `${tmp}/turnserver.pid`,
-      "--userdb",
-      `${tmp}/turndb`,
-    ]);
-    for (let i = 0; i < 100; i++) {
-      const r = await lab.exec("inet", ["ss", "-lnuH", "sport = :3479"]);
-      if (r.stdout.includes(inet) && r.stdout.includes(inet2)) {
-        turnUp = true;
-        return true;
-      }
-      if (srv.child.exitCode !== null) break;
-      await sleep(50);
-    }
-    return false;
-  }
-  const natdiscovery = (flag: string) =>
-    lab.exec("p1", ["turnutils_natdiscovery", flag, inet], { timeoutMs: 40_000 });
+  const turn = turnPeer(lab);
+  const startTurn = turn.start;
+  const natdiscovery = turn.natdiscovery;
 
   t.test("the daemon starts with the default (address-and-port-dependent) filtering", async (t) => {
     t.ok(await daemon(t, []));

@@ -22,6 +22,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import t from "tap";
 import { HELPERS, Lab, missing, sleep } from "./helpers/lab.js";
+import { scanAllTcp } from "./helpers/nmap.js";
 
 const reason = missing(["nmap", "socat", "python3"]);
 if (reason) t.plan(0, reason);
@@ -97,37 +98,10 @@ else {
   t.test("a forward is the only way in: reachable, hairpinned, the rest filtered", async (t) => {
     t.equal(await connect("inet", nat, 443), "ok p2-forward", "from the internet side");
     t.equal(await connect("p1", nat, 443), "ok p2-forward", "from p1 through the NAT address");
-    const scan = await lab.exec(
-      "inet",
-      [
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sS",
-        "-p",
-        "1-65535",
-        "-T5",
-        "--max-retries",
-        "0",
-        "--min-rate",
-        "20000",
-        "--initial-rtt-timeout",
-        "50ms",
-        "--max-rtt-timeout",
-        "100ms",
-        "--host-timeout",
-        "120s",
-        "-oX",
-        "-",
-        nat,
-      ],
-      { timeoutMs: 150_000 },
-    );
+    const scan = await scanAllTcp(lab, "inet", nat);
     t.equal(scan.code, 0, "nmap ran");
-    const open = [...scan.stdout.matchAll(/portid="(\d+)"><state state="open"/g)].map((m) => m[1]);
-    t.same(open, ["443"], "443 is the only open port");
-    const filtered = [...scan.stdout.matchAll(/<extraports state="filtered" count="(\d+)"/g)];
-    t.equal(Number(filtered[0]?.[1] ?? 0), 65534, "every other port is filtered (no answer)");
+    t.same(scan.open, ["443"], "443 is the only open port");
+    t.equal(scan.filtered, 65534, "every other port is filtered (no answer)");
     const m = await lab.metricsText();
     t.match(m, /tunnat_forward_flows_total\{forward="tcp:443=10\.0\.1\.3:8443"\} [2-9]/);
   });

@@ -9,16 +9,16 @@
  * RFC 4787 checks); skipped with what is missing named. Namespaces are `tnmq-<pid>-*`, removed in
  * teardown. Traffic goes only to lab addresses.
  */
-import { writeFileSync } from "node:fs";
 import t, { type Test } from "tap";
 import { BIN, Lab, missing, sleep } from "./helpers/lab.js";
+import { turnPeer } from "./helpers/turn.js";
 
 const reason = missing(["socat", "python3", "sha256sum", "traceroute", "ss"]);
 if (reason) t.plan(0, reason);
 else {
   const lab = await Lab.up("tnmq");
   t.teardown(() => lab.down());
-  const [inet, inet2] = lab.inet as [string, string];
+  const [inet] = lab.inet as [string, string];
   const nat = lab.natAddress;
   const tmp = lab.tmp;
   const esc = (s: string) => s.replace(/\./g, "\\.");
@@ -124,48 +124,11 @@ print(ok)`,
     );
   });
 
-  // turnserver on inet with both addresses (conformance.test.ts explains the empty config file).
+  // coturn on inet with both addresses (helpers/turn.ts).
   const turnSkip = lacking(["turnserver", "turnutils_natdiscovery"]);
-  let turnUp = false;
-  async function startTurn(): Promise<boolean> {
-    if (turnUp) return true;
-    const conf = `${tmp}/turnserver.conf`;
-    writeFileSync(conf, "# empty: overrides Debian's no-rfc5780 in /etc/turnserver.conf\n");
-    const srv = lab.spawn("inet", [
-      "turnserver",
-      "-c",
-      conf,
-      "-L",
-      inet,
-      "-L",
-      inet2,
-      "--listening-port",
-      "3478",
-      "--stun-only",
-      "--no-cli",
-      "--no-tls",
-      "--no-dtls",
-      "--log-file",
-      "stdout",
-      "--simple-log",
-      "--pidfile",
-      `${tmp}/turnserver.pid`,
-      "--userdb",
-      `${tmp}/turndb`,
-    ]);
-    for (let i = 0; i < 100; i++) {
-      const r = await lab.exec("inet", ["ss", "-lnuH", "sport = :3479"]);
-      if (r.stdout.includes(inet) && r.stdout.includes(inet2)) {
-        turnUp = true;
-        return true;
-      }
-      if (srv.child.exitCode !== null) break;
-      await sleep(50);
-    }
-    return false;
-  }
-  const natdiscovery = (flag: string) =>
-    lab.exec("p1", ["turnutils_natdiscovery", flag, inet], { timeoutMs: 40_000 });
+  const turn = turnPeer(lab);
+  const startTurn = turn.start;
+  const natdiscovery = turn.natdiscovery;
 
   t.test(
     "natdiscovery: endpoint-independent mapping and the default address-and-port-dependent filtering",

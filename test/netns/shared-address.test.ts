@@ -21,6 +21,7 @@ import { join } from "node:path";
 import t from "tap";
 import { daemonArgs } from "../../src/cli/lab.js";
 import { BIN, HELPERS, Lab, missing, sleep } from "./helpers/lab.js";
+import { scanAllTcp } from "./helpers/nmap.js";
 
 const reason = missing(["nmap", "socat", "nft", "ping", "python3"]);
 if (reason) t.plan(0, reason);
@@ -29,6 +30,7 @@ else {
   t.teardown(() => lab.down());
   const [server] = lab.inet as [string, string];
   const shared = lab.lab.outside.natInterfaceAddress;
+  const esc = (a: string) => a.replace(/\./g, "\\.");
   const connectPy = join(HELPERS, "connect.py");
   const connect = async (role: "p1" | "nat" | "inet", host: string, port: number) =>
     (
@@ -116,41 +118,34 @@ else {
     t.equal(pingOut.code, 0, "the host pings out");
     const pingIn = await lab.exec("inet", ["ping", "-c", "2", "-i", "0.2", "-W", "1", shared]);
     t.equal(pingIn.code, 0, "the host is pinged");
+    // Operators see the address the internet sees, never the internal one the table holds.
+    const internal = /169\.254\.77\.2\b/;
+    const metrics = await lab.metricsText();
+    t.match(
+      metrics,
+      new RegExp(`tunnat_nat_ports_used\\{nat_address="${esc(shared)}",protocol="tcp"\\} [1-9]`),
+      "the port-usage metrics are labelled with the shared address",
+    );
+    t.notMatch(metrics, internal, "no metric names the internal address");
+    const cli = (verb: string[]) =>
+      lab.sh("nat", [process.execPath, BIN, ...verb, "--socket", lab.controlSocket]);
+    const flows = await cli(["flows", "--json", "--host", lab.p1]);
+    t.match(flows, new RegExp(`"outsideAddr":\\s*"${esc(shared)}"`), "tunnat flows shows it");
+    t.notMatch(flows, internal, "and not the internal address");
+    t.match(await cli(["flows", "--nat", shared, "--count"]), /^[1-9]/, "--nat takes it");
+    const stats = await cli(["stats", "--json"]);
+    t.match(stats, new RegExp(`"natAddress":\\s*"${esc(shared)}"`), "tunnat stats shows it");
+    t.notMatch(stats, internal);
+    t.notMatch(await cli(["status"]), internal, "tunnat status does not name the internal one");
     await hold.exited;
     t.match(hold.out(), /^ok \d+/m, "p1's connection went on throughout");
     t.equal(await connect("inet", shared, 443), "ok p2-forward", "the forward answers");
   });
 
   t.test("a scan of the shared address reaches no private host", async (t) => {
-    const scan = await lab.exec(
-      "inet",
-      [
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sS",
-        "-p",
-        "1-65535",
-        "-T5",
-        "--max-retries",
-        "0",
-        "--min-rate",
-        "20000",
-        "--initial-rtt-timeout",
-        "50ms",
-        "--max-rtt-timeout",
-        "100ms",
-        "--host-timeout",
-        "120s",
-        "-oX",
-        "-",
-        shared,
-      ],
-      { timeoutMs: 150_000 },
-    );
+    const scan = await scanAllTcp(lab, "inet", shared);
     t.equal(scan.code, 0, "nmap ran");
-    const open = [...scan.stdout.matchAll(/portid="(\d+)"><state state="open"/g)].map((x) => x[1]);
-    t.same(open, ["22", "443"], "only the host's own service and the forward are open");
+    t.same(scan.open, ["22", "443"], "only the host's own service and the forward are open");
     for (const l of privateListeners)
       t.notMatch(l.out(), /accepting connection/, "no private listener was reached");
     const metrics = await lab.metricsText();
