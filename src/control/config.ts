@@ -297,11 +297,19 @@ function resolveGroup(name: string, readFile: (p: string) => string): number | u
 const DEFAULT_POLL_US = 0;
 
 const QUEUES_WHY = "expected auto or an integer 1..256";
-/** --queues: "auto" (the CPUs in this process's affinity mask) or a count 1..256. */
+/**
+ * --queues: "auto" or a count 1..256. auto is one queue per CPU in this process's affinity mask,
+ * except on two CPUs or fewer, where it is one: measured on a quiet 2-core VM (README "Measured",
+ * native-notes/README.md "Multi-queue"), two queues lost to one in every figure (request/response
+ * 0.42-0.54x of the kernel against 0.70-0.71x, TCP 1 stream 0.49-0.57x against 0.78-0.80x, idle
+ * ping +282-332 us against +161-188 us, UDP 64 B 0.41-0.49x against 0.56-0.65x): the hand-over
+ * between the I/O threads and the translator costs more than two cores win back.
+ */
+export const autoQueues = (cpus: number): number => (cpus <= 2 ? 1 : Math.min(256, cpus));
 const QUEUES: Kind<number> = {
   expect: "auto or an integer 1..256",
   parse: (text) => {
-    if (text === "auto") return Math.min(256, availableParallelism());
+    if (text === "auto") return autoQueues(availableParallelism());
     if (!/^[0-9]+$/.test(text)) return new Bad(QUEUES_WHY);
     const n = Number(text);
     return n < 1 || n > 256 ? new Bad(QUEUES_WHY) : n;
@@ -576,7 +584,7 @@ export const FIELDS = {
     kind: QUEUES,
     to: "control",
     describe:
-      "TUN queues (IFF_MULTI_QUEUE), one native I/O thread each; auto: the CPUs this process may run on; 1: the single-threaded loop",
+      "TUN queues (IFF_MULTI_QUEUE), one native I/O thread each; auto: one per CPU this process may run on, or 1 on 2 CPUs or fewer; 1: the single-threaded loop",
   },
   pollUs: {
     key: "pollUs",

@@ -2,6 +2,7 @@ import t from "tap";
 import yargs from "yargs";
 import { ErrorCode, exitCodeFor, TunnatError } from "../../../src/base/errors.js";
 import {
+  autoQueues,
   describeConfig,
   FIELDS,
   type LoadInput,
@@ -171,15 +172,20 @@ t.test("every field's error names the field and the bad value", async (t) => {
   }
 });
 
-t.test("--queues: auto is the CPUs this process may use; a number is taken as given", async (t) => {
-  const { availableParallelism } = await import("node:os");
-  t.equal(load({}).control.queues, availableParallelism(), "default auto");
-  t.equal(load({ queues: "1" }).control.queues, 1);
-  t.equal(load({ queues: "4" }).control.queues, 4);
-  t.equal(errorOf(() => load({ queues: "257" })).code, ErrorCode.Config);
-  t.equal(load({}).control.pollUs, 0, "--poll-us defaults to 0 (no spinning)");
-  t.equal(load({ "poll-us": "50" }).control.pollUs, 50);
-});
+t.test(
+  "--queues: auto is one per CPU this process may use, 1 on 2 CPUs or fewer; a number is taken as given",
+  async (t) => {
+    const { availableParallelism } = await import("node:os");
+    const cpus = availableParallelism();
+    t.equal(load({}).control.queues, cpus <= 2 ? 1 : Math.min(256, cpus), "default auto");
+    t.same([1, 2, 3, 8, 300].map(autoQueues), [1, 1, 3, 8, 256], "auto by CPU count");
+    t.equal(load({ queues: "1" }).control.queues, 1);
+    t.equal(load({ queues: "4" }).control.queues, 4);
+    t.equal(errorOf(() => load({ queues: "257" })).code, ErrorCode.Config);
+    t.equal(load({}).control.pollUs, 0, "--poll-us defaults to 0 (no spinning)");
+    t.equal(load({ "poll-us": "50" }).control.pollUs, 50);
+  },
+);
 
 t.test(
   "--tun-queue-length: unset leaves the kernel's, a value is kept, too large exits 2",
