@@ -17,26 +17,11 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
 import { A, type Gw, HaLab, type Proc } from "./helpers/ha-lab.js";
+import type { TrafficSummary, TrafficTrack } from "./helpers/ha-traffic.js";
 import { missing, sleep } from "./helpers/lab.js";
 
 const TRAFFIC = join(dirname(fileURLToPath(import.meta.url)), "helpers", "ha-traffic.js");
 const FORWARDS = ["--forward", "tcp:7100=10.0.1.2:7100", "--forward", "udp:7101=10.0.1.2:7101"];
-
-interface TrackOut {
-  ports: number[];
-  answers: number;
-  maxGap: number;
-  maxGapAt: number;
-  errors: string[];
-  closed: boolean;
-}
-interface Summary {
-  t0: number;
-  connected: number;
-  stalls: [number, number][];
-  tcp: TrackOut[];
-  udp: TrackOut[];
-}
 
 const reason = missing(["keepalived", "arping"]);
 if (reason) t.plan(0, reason);
@@ -185,13 +170,13 @@ else {
         .split("\n")
         .find((l) => l.startsWith("{"));
       t.ok(line, `${name}: the client's summary`);
-      const sum = JSON.parse(line ?? "{}") as Summary;
+      const sum = JSON.parse(line ?? "{}") as TrafficSummary;
       const maxTcp = Math.max(...sum.tcp.map((x) => x.maxGap));
       const maxUdp = Math.max(...sum.udp.map((x) => x.maxGap));
       t.comment(
         `${name}: longest gap TCP ${maxTcp} ms, UDP ${maxUdp} ms; events: ${events.join(" | ")}`,
       );
-      const at = (x: TrackOut) => `${x.maxGap}@${iso(sum.t0 + x.maxGapAt - x.maxGap)}`;
+      const at = (x: TrafficTrack) => `${x.maxGap}@${iso(sum.t0 + x.maxGapAt - x.maxGap)}`;
       t.comment(`${name}: longest gaps (began at): ${[...sum.tcp, ...sum.udp].map(at).join(" ")}`);
       t.comment(
         `${name}: client stalls: ${sum.stalls.map(([a, ms]) => `${ms}@${iso(sum.t0 + a)}`).join(" ")}`,

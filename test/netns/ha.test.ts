@@ -15,29 +15,12 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
 import { A, type Gw, HaLab, type Proc } from "./helpers/ha-lab.js";
+import type { TrafficSummary } from "./helpers/ha-traffic.js";
 import { BIN, missing, sleep } from "./helpers/lab.js";
 
 const TRAFFIC = join(dirname(fileURLToPath(import.meta.url)), "helpers", "ha-traffic.js");
 const TCP_PORT = 7000;
 const UDP_PORT = 7001;
-
-interface TrackOut {
-  ports: number[];
-  answers: number;
-  maxGap: number;
-  maxGapAt: number;
-  errors: string[];
-  closed: boolean;
-  gaps: [number, number][];
-}
-interface Summary {
-  t0: number;
-  connected: number;
-  /** The client's own event-loop stalls: [ms since t0, ms late]. */
-  stalls: [number, number][];
-  tcp: TrackOut[];
-  udp: TrackOut[];
-}
 
 const reason = missing(["keepalived", "arping", "iperf3"]);
 if (reason) t.plan(0, reason);
@@ -238,7 +221,7 @@ else {
       .split("\n")
       .find((l) => l.startsWith("{"));
     t.ok(line, "the client's summary");
-    const sum = JSON.parse(line ?? "{}") as Summary;
+    const sum = JSON.parse(line ?? "{}") as TrafficSummary;
     t.equal(sum.connected, 50, "50 connections were made");
     const maxTcp = Math.max(...sum.tcp.map((x) => x.maxGap));
     const maxUdp = Math.max(...sum.udp.map((x) => x.maxGap));

@@ -30,6 +30,7 @@
  */
 import t, { type Test } from "tap";
 import { HELPERS, Lab, missing, scapyPython, sleep, totalDrops } from "./helpers/lab.js";
+import { NMAP_FAST } from "./helpers/nmap.js";
 
 const reason = missing(["nmap", "tcpdump", "socat", "ping", "nft", "scapy"]);
 if (reason) t.plan(0, reason);
@@ -105,17 +106,7 @@ else {
         kind,
         ...ports,
         ...(exclude ? ["--exclude-ports", exclude] : []),
-        "-T5",
-        "--max-retries",
-        "0",
-        "--min-rate",
-        "20000",
-        "--initial-rtt-timeout",
-        "50ms",
-        "--max-rtt-timeout",
-        "100ms",
-        "--host-timeout",
-        "120s",
+        ...NMAP_FAST,
         "-S",
         other,
         "-e",

@@ -75,14 +75,7 @@ else {
   const daemon = lab.spawn("nat", args(["--forward", `tcp:443=${lab.p2}:8443`]));
   for (let i = 0; i < 100; i++) {
     if (daemon.child.exitCode !== null) break;
-    const r = await lab.exec("nat", [
-      "curl",
-      "-sf",
-      "-m",
-      "1",
-      `http://${lab.lab.daemon.metrics}/healthz`,
-    ]);
-    if (r.code === 0) break;
+    if (await lab.daemonAnswers("/healthz", 1)) break;
     await sleep(100);
   }
 

@@ -35,6 +35,30 @@ interface Track {
   gaps: [number, number][];
 }
 
+/** One connection or socket in the summary the client prints when it ends. */
+export interface TrafficTrack {
+  /** The outside ports the server saw it from (one, unless its mapping changed). */
+  ports: number[];
+  answers: number;
+  maxGap: number;
+  /** When the longest gap ended (ms since the client started). */
+  maxGapAt: number;
+  errors: string[];
+  closed: boolean;
+  /** Gaps longer than 1.5 intervals: [ms since start when it ended, its length]. */
+  gaps: [number, number][];
+}
+
+/** The client's summary line (JSON). */
+export interface TrafficSummary {
+  t0: number;
+  connected: number;
+  /** The client's own event-loop stalls: [ms since t0, ms late]. */
+  stalls: [number, number][];
+  tcp: TrafficTrack[];
+  udp: TrafficTrack[];
+}
+
 /** Call fn(at, ms) whenever a 50 ms timer fired more than 250 ms late. */
 function watchLag(fn: (at: number, ms: number) => void): void {
   let last = Date.now();
@@ -138,7 +162,7 @@ if (mode === "server") {
   const finish = () => {
     for (const x of timers) clearInterval(x);
     const now = Date.now();
-    const show = (t: Track) => ({
+    const show = (t: Track): TrafficTrack => ({
       ports: [...t.ports],
       answers: t.answers,
       maxGap: Math.max(t.maxGap, t.answers > 0 ? now - t.last : 0),

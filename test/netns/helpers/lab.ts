@@ -401,10 +401,22 @@ export class Lab {
     return d;
   }
 
+  /** GET a path of the daemon's HTTP listener from the nat namespace: curl's exit and body. */
+  private async getDaemon(path: string, seconds: number): Promise<ExecResult> {
+    const url = `http://${this.lab.daemon.metrics}${path}`;
+    return this.exec("nat", ["curl", "-sf", "-m", String(seconds), url], {
+      timeoutMs: seconds * 1000 + 3000,
+    });
+  }
+
+  /** Whether the daemon answers `path` (/healthz, /readyz) with a 2xx within `seconds`. */
+  async daemonAnswers(path: string, seconds = 2): Promise<boolean> {
+    return (await this.getDaemon(path, seconds)).code === 0;
+  }
+
   /** The Prometheus text of the daemon's /metrics ("" when it does not answer). */
   async metricsText(): Promise<string> {
-    const url = `http://${this.lab.daemon.metrics}/metrics`;
-    const r = await this.exec("nat", ["curl", "-sf", "-m", "2", url], { timeoutMs: 5000 });
+    const r = await this.getDaemon("/metrics", 2);
     return r.code === 0 ? r.stdout : "";
   }
 
