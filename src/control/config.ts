@@ -300,8 +300,9 @@ const QUEUES_WHY = "expected auto or an integer 1..256";
 /**
  * --queues: "auto" or a count 1..256. auto is one queue per CPU in this process's affinity mask,
  * except on two CPUs or fewer, where it is one: measured on a quiet 2-core VM (README "Measured",
- * native-notes/README.md "Multi-queue"), two queues lost to one in every figure (request/response
- * 0.42-0.54x of the kernel against 0.70-0.71x, TCP 1 stream 0.49-0.57x against 0.78-0.80x, idle
+ * native-notes/README.md "Multi-queue"), two queues lost to one in every figure but many-stream
+ * TCP (request/response 0.42-0.54x of the kernel against 0.70-0.71x, TCP 1 stream 0.49-0.57x
+ * against 0.78-0.80x, idle
  * ping +282-332 us against +161-188 us, UDP 64 B 0.41-0.49x against 0.56-0.65x): the hand-over
  * between the I/O threads and the translator costs more than two cores win back.
  */
