@@ -16,7 +16,7 @@
 import { execFileSync } from "node:child_process";
 import t, { type Test } from "tap";
 import { Lab, missing, scapyPython, sleep } from "./helpers/lab.js";
-import { turnPeer } from "./helpers/turn.js";
+import { reflexiveAddrs, turnPeer } from "./helpers/turn.js";
 
 function lacking(tools: string[]): string | false {
   for (const tool of tools) {
@@ -70,7 +70,7 @@ else {
       t.ok(await startTurn(), "turnserver listens on both addresses and the alternate port");
       const r = await natdiscovery("-m");
       t.match(r.stdout, /NAT with Endpoint Independent Mapping!/, r.stdout);
-      const refl = [...r.stdout.matchAll(/UDP reflexive addr: ([\d.]+:\d+)/g)].map((m) => m[1]);
+      const refl = reflexiveAddrs(r.stdout);
       t.ok(refl.length >= 2, "two responses, one per server address");
       t.same(new Set(refl).size, 1, `the same external address for both: ${refl[0]}`);
       t.match(

@@ -11,7 +11,7 @@
  */
 import t, { type Test } from "tap";
 import { BIN, Lab, missing, sleep } from "./helpers/lab.js";
-import { turnPeer } from "./helpers/turn.js";
+import { reflexiveAddrs, turnPeer } from "./helpers/turn.js";
 
 const reason = missing(["socat", "python3", "sha256sum", "traceroute", "ss"]);
 if (reason) t.plan(0, reason);
@@ -137,7 +137,7 @@ print(ok)`,
       t.ok(await startTurn(), "turnserver listens on both addresses");
       const m = await natdiscovery("-m");
       t.match(m.stdout, /NAT with Endpoint Independent Mapping!/, m.stdout);
-      const refl = [...m.stdout.matchAll(/UDP reflexive addr: ([\d.]+:\d+)/g)].map((x) => x[1]);
+      const refl = reflexiveAddrs(m.stdout);
       t.ok(refl.length >= 2, "two responses, one per server address");
       t.equal(new Set(refl).size, 1, `one external address for both: ${refl[0]}`);
       t.match(refl[0] ?? "", new RegExp(`^${esc(nat)}:`));

@@ -70,3 +70,8 @@ export function turnPeer(lab: Lab): TurnPeer {
       lab.exec("p1", ["turnutils_natdiscovery", flag, inet], { timeoutMs: 40_000 }),
   };
 }
+
+/** The reflexive (outside) addresses turnutils_natdiscovery reports, in order. */
+export function reflexiveAddrs(stdout: string): string[] {
+  return [...stdout.matchAll(/UDP reflexive addr: ([\d.]+:\d+)/g)].map((m) => m[1] as string);
+}
