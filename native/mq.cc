@@ -21,6 +21,10 @@
 // (WriteInline): at low load that saves the thread's wakeup and its cross-CPU latency; big or
 // many packets, and every packet while the thread is awake, are still written by the thread, so
 // under load the kernel work inside write() stays spread over the I/O threads.
+//
+// Before a handover restart the old process quiesces the queues (pauseReads, the JS drain,
+// awaitWritten): nobody reads any more, what was read is translated and written, and what the
+// kernel queues after that is left for the successor, which reads the same queue fds.
 
 #include <napi.h>
 #include <uv.h>
@@ -112,6 +116,8 @@ struct Queue {
   // The read side: the ring's `fill` cursor moves only while `reader` is held, by the thread or
   // by the main thread (ReadInline).
   alignas(64) std::atomic<uint32_t> reader{0};
+  // The main thread took the read side for good (pauseReads); main thread only.
+  bool reader_held_by_js = false;
   std::thread thread;
   Queue() {
     for (auto& c : counters) c.store(0, std::memory_order_relaxed);
@@ -146,6 +152,8 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
                            InstanceMethod<&IoQueues::Stop>("stop"),
                            InstanceMethod<&IoQueues::Counters>("counters"),
                            InstanceMethod<&IoQueues::InjectFault>("injectFault"),
+                           InstanceMethod<&IoQueues::PauseReads>("pauseReads"),
+                           InstanceMethod<&IoQueues::AwaitWritten>("awaitWritten"),
                        });
   }
 
@@ -370,6 +378,57 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     return info.Env().Undefined();
   }
 
+  // pauseReads(timeoutMs): from now on nobody reads a queue (the threads go on writing what JS
+  // hands back); returns true once every read under way has ended and been published, false if
+  // one had not within timeoutMs. What arrives after stays in the kernel's TUN queue, for whoever
+  // reads the queue next (a handover's successor). The main thread takes every queue's read side
+  // and keeps it: a thread that saw the flag too late finds the side taken and looks again, then
+  // sees the flag. The caller drains the rings (JS) and then calls awaitWritten.
+  Napi::Value PauseReads(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
+                                                        : 0;
+    if (!started_) return Napi::Boolean::New(env, false);
+    reads_paused_.store(true, std::memory_order_seq_cst);
+    const uint64_t deadline = NowNs() + static_cast<uint64_t>(ms > 0 ? ms * 1e6 : 0);
+    bool all = true;
+    for (Queue& q : queues_) {
+      if (q.reader_held_by_js) continue;
+      bool got = q.TryTakeReader();
+      while (!got && NowNs() < deadline) {
+        sched_yield();
+        got = q.TryTakeReader();
+      }
+      // Held now, or the deadline passed with a read still under way.
+      q.reader_held_by_js = got;
+      if (!got) all = false;
+    }
+    return Napi::Boolean::New(env, all);
+  }
+
+  // awaitWritten(timeoutMs): wait until every queue's thread wrote every slot JS handed back
+  // (free has reached done), waking a thread that sleeps with slots to write. True when all are
+  // written; false on the deadline or when a thread ended (its slots are not written).
+  Napi::Value AwaitWritten(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
+                                                        : 0;
+    if (!started_) return Napi::Boolean::New(env, false);
+    const uint64_t deadline = NowNs() + static_cast<uint64_t>(ms > 0 ? ms * 1e6 : 0);
+    for (;;) {
+      bool all = true;
+      for (Queue& q : queues_) {
+        if (LoadSeqCst(q.ctl + kCtlExit) != 0) return Napi::Boolean::New(env, false);
+        if (q.free.load(std::memory_order_seq_cst) == LoadSeqCst(q.ctl + kCtlDone)) continue;
+        all = false;
+        if (LoadSeqCst(q.ctl + kCtlSleeping) != 0) Wake(q);
+      }
+      if (all) return Napi::Boolean::New(env, true);
+      if (NowNs() >= deadline) return Napi::Boolean::New(env, false);
+      sched_yield();
+    }
+  }
+
   // stop(): end and join every thread, close the async handle. Idempotent; the fds stay open.
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     if (started_) napi_remove_env_cleanup_hook(info.Env(), &IoQueues::EnvCleanup, this);
@@ -400,6 +459,11 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     for (Queue& q : queues_) Wake(q);
     for (Queue& q : queues_)
       if (q.thread.joinable()) q.thread.join();
+    for (Queue& q : queues_) {
+      if (q.reader_held_by_js) q.ReleaseReader();
+      q.reader_held_by_js = false;
+    }
+    reads_paused_.store(false);
     CloseEventFds();
     return true;
   }
@@ -461,7 +525,10 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
       // 2. Read into the empty slots [fill, free + n), unless the main thread is reading
       //    (ReadInline); then look again in a moment.
       uint32_t got = 0;
-      if (q.TryTakeReader()) {
+      const bool paused = reads_paused_.load(std::memory_order_seq_cst);
+      if (paused) {
+        fill = LoadAcquire(ctl + kCtlFill);
+      } else if (q.TryTakeReader()) {
         fill = LoadAcquire(ctl + kCtlFill);
         while (fill - free < n) {
           uint32_t i = fill % n;
@@ -529,7 +596,7 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
         continue;
       }
       struct pollfd pfd[2];
-      pfd[0].fd = full ? -1 : q.fd;  // poll ignores a negative fd
+      pfd[0].fd = full || paused ? -1 : q.fd;  // poll ignores a negative fd
       pfd[0].events = POLLIN;
       pfd[0].revents = 0;
       pfd[1].fd = q.efd;
@@ -690,6 +757,8 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
   bool started_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<bool> js_awake_{false};
+  // pauseReads was called: the threads read no more (they still write).
+  std::atomic<bool> reads_paused_{false};
   uv_async_t* async_ = nullptr;
   Napi::AsyncContext* async_context_ = nullptr;
   Napi::ObjectReference refs_;

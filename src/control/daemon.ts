@@ -111,6 +111,12 @@ export function defaultDeps(): DaemonDeps {
   return { openTun: defaultOpenTun, runner: hostRunner(), preflight: true };
 }
 
+/**
+ * How long a handover waits for a multi-queue TUN's threads to end their reads, and again for
+ * their writes (Device.quiesce): each is microseconds; the bound is for a thread stuck in one.
+ */
+const QUIESCE_MS = 200;
+
 /** The guard's state file (guard.ts), beside the plumbing's: `plumbing.json` -> `guard.json`. */
 function guardStateFile(plumbingStateFile: string): string {
   if (plumbingStateFile.endsWith("plumbing.json"))
@@ -627,6 +633,14 @@ export class Daemon {
     this.kernel?.stop();
     await this.tableKeeper?.stop();
     const stoppedReading = st.mark("stoppedReading");
+    // A multi-queue TUN's I/O threads hold packets they read and packets to write: finish both
+    // here, so the handover loses none of them (what arrives now waits for the successor).
+    if (this.device?.quiesce && !this.device.quiesce(QUIESCE_MS))
+      this.log.warn(
+        { timeoutMs: QUIESCE_MS },
+        "the TUN queues' threads did not finish their packets in time; some may be lost",
+      );
+    st.mark("quiesced");
     this.loop?.stop();
     this.device?.close();
     const saved =

@@ -28,6 +28,13 @@ export interface Device {
   write(count: number): number;
   /** Stop reading and close the file descriptor. Idempotent. */
   close(): void;
+  /**
+   * Stop reading and hand every packet already read from the kernel to the batch handler, and
+   * write what it sends, before returning; what arrives after stays in the kernel's queue for
+   * the next reader (a handover's successor). Only a device that reads on other threads needs
+   * it; false if that could not be finished within `timeoutMs`.
+   */
+  quiesce?(timeoutMs: number): boolean;
 }
 
 /** Size of struct virtio_net_hdr without num_buffers. */

@@ -243,6 +243,19 @@ export class QueuedTunDevice {
     return this.counters;
   }
 
+  /**
+   * Before a handover: the I/O threads stop reading; what they had read into the rings goes
+   * through the batch handler now and its writes are finished, so the old process loses none of
+   * it, and the rest waits in the kernel's queues for the successor. Then close().
+   */
+  quiesce(timeoutMs: number): boolean {
+    const native = this.#native;
+    if (native === undefined || this.#closed) return false;
+    const paused = native.pauseReads(timeoutMs);
+    this.#drain();
+    return native.awaitWritten(timeoutMs) && paused && !this.#closed;
+  }
+
   /** Test hook: the I/O thread of `queue` ends as if a syscall had failed (ECANCELED). */
   injectFault(queue: number): void {
     this.#native?.injectFault(queue);

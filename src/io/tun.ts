@@ -107,6 +107,10 @@ export interface NativeIoQueues {
   stop(): void;
   counters(out: Float64Array): void;
   injectFault(queue: number): void;
+  /** Nobody reads the queues any more (the threads still write); false if a read outlasted it. */
+  pauseReads(timeoutMs: number): boolean;
+  /** Wait until every slot handed back is written; false on the deadline or a thread's end. */
+  awaitWritten(timeoutMs: number): boolean;
 }
 
 export interface NativeAddon {

@@ -11,7 +11,7 @@
  * was written exactly once and in ring order; a slot left in the ring with nobody awake to write
  * it (a lost wakeup) shows as a round that never completes.
  */
-import { closeSync } from "node:fs";
+import { closeSync, readSync, writeSync } from "node:fs";
 import { Socket } from "node:net";
 import t from "tap";
 import { QUEUE_COUNTERS } from "../../../src/io/queues.js";
@@ -25,6 +25,7 @@ class Echo {
   readonly native: NativeIoQueues;
   readonly peer: Socket;
   readonly fd: number;
+  readonly peerFd: number;
   readonly sent: Buffer[] = [];
   readonly got: Buffer[] = [];
   sentBytes = 0;
@@ -35,6 +36,7 @@ class Echo {
     const a = loadAddon();
     const [fd, peerFd] = a.socketPair();
     this.fd = fd;
+    this.peerFd = peerFd;
     this.ring = new SlotRing(slots, slotSize);
     const r = this.ring;
     const native = new a.IoQueues(
@@ -45,9 +47,7 @@ class Echo {
       slots,
       slotSize,
       pollUs,
-      () => {
-        for (let run = r.nextRun(); run > 0; run = r.nextRun()) if (r.release(run)) native.kick(0);
-      },
+      () => this.drain(),
     );
     this.native = native;
     this.#out = new Float64Array(QUEUE_COUNTERS.length);
@@ -57,6 +57,12 @@ class Echo {
       this.gotBytes += b.length;
     });
     native.start();
+  }
+
+  /** Hand every published run back unchanged, as the translator does. */
+  drain(): void {
+    const r = this.ring;
+    for (let run = r.nextRun(); run > 0; run = r.nextRun()) if (r.release(run)) this.native.kick(0);
   }
 
   /** Send the chunks (one write each) and wait until as many bytes came back, or 10 s. */
@@ -214,3 +220,58 @@ for (const [slots, slotSize, pollUs] of [
     },
   );
 }
+
+t.test(
+  "pauseReads + awaitWritten (a handover's quiesce): what the thread read is all written, the rest stays unread",
+  { skip: noAddon },
+  async (t) => {
+    // 4 slots of 512 bytes: the thread reads 2 KB of the 6 KB sent and stops with the ring full,
+    // while this thread is kept from draining it; that ring is what a handover used to lose.
+    const e = new Echo(4, 512, 0);
+    let stopped = false;
+    t.teardown(() => {
+      if (!stopped) e.close();
+    });
+    const sent = chunk(rng(5), 6000);
+    e.sent.push(sent);
+    e.sentBytes = sent.length;
+    t.equal(writeSync(e.peerFd, sent), sent.length, "6000 bytes in the socket");
+    // Keep this thread from its event loop (the drain) until the thread has filled the ring.
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    for (let i = 0; i < 400 && e.counters().read < 4; i++) Atomics.wait(nap, 0, 0, 5);
+    const before = e.counters();
+    t.equal(before.read, 4, "the thread filled the ring while this thread was busy");
+    t.ok(e.native.pauseReads(200), "every read ended");
+    e.drain();
+    t.ok(e.native.awaitWritten(200), "every slot handed back was written");
+    const after = e.counters();
+    t.equal(after.read, before.read, "nothing was read after the pause");
+    t.equal(after.written, after.read, "everything read was written");
+    // Stop the thread; what it did not read is still in the socket, for the next reader.
+    e.native.stop();
+    stopped = true;
+    const rest = Buffer.alloc(sent.length);
+    let restBytes = 0;
+    for (;;) {
+      try {
+        const n = readSync(e.fd, rest, restBytes, rest.length - restBytes, null);
+        if (n <= 0) break;
+        restBytes += n;
+      } catch {
+        break; // EAGAIN: drained
+      }
+    }
+    const deadline = Date.now() + 5000;
+    while (e.gotBytes + restBytes < sent.length && Date.now() < deadline)
+      await new Promise((res) => setTimeout(res, 1));
+    t.equal(e.gotBytes + restBytes, sent.length, `${e.gotBytes} back + ${restBytes} unread`);
+    const back = Buffer.concat(e.got);
+    t.ok(
+      back.equals(sent.subarray(0, back.length)),
+      "what came back is the start of what was sent",
+    );
+    t.ok(rest.subarray(0, restBytes).equals(sent.subarray(back.length)), "and the rest follows it");
+    e.peer.destroy();
+    closeSync(e.fd);
+  },
+);
