@@ -89,7 +89,8 @@ else {
     report(t, "SIGTERM restart", r, x);
   });
 
-  t.test("tunnat restart hands the gateway over to a new process", async (t) => {
+  /** `tunnat restart` of the lab's daemon under the traffic; the old daemon, the restart, the traffic. */
+  const handoverUnderTraffic = async () => {
     const old = lab.daemon;
     let x: (Restart & { successor: number; verb: string }) | undefined;
     const r = await rl.withTraffic(traffic, async () => {
@@ -97,6 +98,11 @@ else {
       return x.ms;
     });
     if (!x || !old) throw new Error("no restart");
+    return { old, x, r };
+  };
+
+  t.test("tunnat restart hands the gateway over to a new process", async (t) => {
+    const { old, x, r } = await handoverUnderTraffic();
     t.match(x.verb, /"successor":\d+/, "tunnat restart names the new process");
     t.not(x.successor, old.child.pid, "a new process forwards");
     t.match(old.out(), /handed over to pid \d+/, "the old daemon says it handed over");
@@ -129,13 +135,7 @@ else {
     // A multi-queue TUN's threads hold packets they read and packets to write; before the old
     // daemon quiesced them, each handover lost a few of those (0-6 probe datagrams).
     await lab.startDaemon([...STATE, "--queues", "2"]);
-    const old = lab.daemon;
-    let x: (Restart & { successor: number; verb: string }) | undefined;
-    const r = await rl.withTraffic(traffic, async () => {
-      x = await rl.handover();
-      return x.ms;
-    });
-    if (!x || !old) throw new Error("no restart");
+    const { old, x, r } = await handoverUnderTraffic();
     t.match(old.out(), /handed over to pid \d+/, "the old daemon handed over");
     t.notMatch(old.out(), /did not finish their packets/, "its queues' threads finished in time");
     t.equal(x.tunDropped, 0, "the TUN's queues dropped nothing while no process read them");
