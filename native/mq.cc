@@ -378,6 +378,13 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
     return info.Env().Undefined();
   }
 
+  // The monotonic deadline of a call whose first argument is a timeout in milliseconds.
+  static uint64_t DeadlineFrom(const Napi::CallbackInfo& info) {
+    double ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
+                                                        : 0;
+    return NowNs() + static_cast<uint64_t>(ms > 0 ? ms * 1e6 : 0);
+  }
+
   // pauseReads(timeoutMs): from now on nobody reads a queue (the threads go on writing what JS
   // hands back); returns true once every read under way has ended and been published, false if
   // one had not within timeoutMs. What arrives after stays in the kernel's TUN queue, for whoever
@@ -386,11 +393,9 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
   // sees the flag. The caller drains the rings (JS) and then calls awaitWritten.
   Napi::Value PauseReads(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    double ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
-                                                        : 0;
     if (!started_) return Napi::Boolean::New(env, false);
     reads_paused_.store(true, std::memory_order_seq_cst);
-    const uint64_t deadline = NowNs() + static_cast<uint64_t>(ms > 0 ? ms * 1e6 : 0);
+    const uint64_t deadline = DeadlineFrom(info);
     bool all = true;
     for (Queue& q : queues_) {
       if (q.reader_held_by_js) continue;
@@ -411,10 +416,8 @@ class IoQueues : public Napi::ObjectWrap<IoQueues> {
   // written; false on the deadline or when a thread ended (its slots are not written).
   Napi::Value AwaitWritten(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    double ms = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
-                                                        : 0;
     if (!started_) return Napi::Boolean::New(env, false);
-    const uint64_t deadline = NowNs() + static_cast<uint64_t>(ms > 0 ? ms * 1e6 : 0);
+    const uint64_t deadline = DeadlineFrom(info);
     for (;;) {
       bool all = true;
       for (Queue& q : queues_) {

@@ -635,12 +635,14 @@ export class Daemon {
     const stoppedReading = st.mark("stoppedReading");
     // A multi-queue TUN's I/O threads hold packets they read and packets to write: finish both
     // here, so the handover loses none of them (what arrives now waits for the successor).
-    if (this.device?.quiesce && !this.device.quiesce(QUIESCE_MS))
-      this.log.warn(
-        { timeoutMs: QUIESCE_MS },
-        "the TUN queues' threads did not finish their packets in time; some may be lost",
-      );
-    st.mark("quiesced");
+    if (this.device?.quiesce) {
+      if (!this.device.quiesce(QUIESCE_MS))
+        this.log.warn(
+          { timeoutMs: QUIESCE_MS },
+          "the TUN queues' threads did not finish their packets in time; some may be lost",
+        );
+      st.mark("quiesced");
+    }
     this.loop?.stop();
     this.device?.close();
     const saved =
